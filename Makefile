@@ -1,0 +1,50 @@
+# Two commands for a new machine: `make demo` and `make test`. Both create .venv and install the
+# locked dependencies (requirements.lock, made by `make lock`) when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: install demo test test-fast bench lock lint ui clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): requirements.lock pyproject.toml | $(BIN)/uv
+	rm -f $(VENV)/.installed-*
+	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/lora-factory demo
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e"
+
+bench: install
+	$(BIN)/python bench/demo.py
+
+ui: install
+	$(BIN)/lora-factory ui
+
+lint: install
+	$(BIN)/ruff check .
+
+# Re-resolve the lock (needs the package registry). Commit requirements.lock afterwards.
+lock: | $(BIN)/uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes -o requirements.lock
+
+clean:
+	rm -rf $(VENV) lora-factory-data .pytest_cache

@@ -1,0 +1,175 @@
+"""Load a ``FactoryConfig`` from a YAML profile, CLI overrides and ``LORA_FACTORY_*`` variables.
+
+Precedence, lowest first: model defaults < profile YAML < environment < CLI overrides.
+Environment variables use ``__`` for nesting: ``LORA_FACTORY_TRAIN__MAX_STEPS=5``.
+Every problem becomes one ``ConfigError`` line naming the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .config import FactoryConfig
+from .errors import ConfigError
+
+ENV_PREFIX = "LORA_FACTORY_"
+# Variables with the prefix that are not config keys (they steer the CLI or tests).
+ENV_RESERVED = {"LORA_FACTORY_CONFIG_DIR"}
+
+
+def profiles_dir() -> Path:
+    """Where the YAML profiles live: $LORA_FACTORY_CONFIG_DIR or the checkout's configs/profiles."""
+    env = os.environ.get("LORA_FACTORY_CONFIG_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "configs" / "profiles"
+
+
+def available_profiles() -> list[str]:
+    d = profiles_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def load_profile_data(profile: str) -> dict[str, Any]:
+    """The raw mapping of a profile name or a path to a YAML file."""
+    candidate = Path(profile)
+    if profile.endswith((".yaml", ".yml")) or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"profile file {profile} does not exist")
+        data = _read_yaml(candidate)
+    else:
+        path = profiles_dir() / f"{profile}.yaml"
+        if not path.is_file():
+            names = ", ".join(available_profiles()) or "none found"
+            raise ConfigError(
+                f"unknown profile '{profile}': choose one of {names}, or pass a path to a YAML file"
+            )
+        data = _read_yaml(path)
+    data.setdefault("profile", profile)
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A CLI/env value as YAML scalar or list: ``5`` -> 5, ``[a, b]`` -> list, ``x`` -> 'x'."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = [p for p in dotted.split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{dotted}' has no key")
+    node = target
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``LORA_FACTORY_TRAIN__MAX_STEPS=5`` -> {"train.max_steps": 5}."""
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in ENV_RESERVED:
+            continue
+        dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
+        out[dotted] = parse_value(raw)
+    return out
+
+
+def parse_set_args(items: list[str]) -> dict[str, Any]:
+    """CLI ``--set train.max_steps=5`` pairs -> {"train.max_steps": 5}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set '{item}' must look like section.key=value")
+        out[key.strip()] = parse_value(raw)
+    return out
+
+
+def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """The allowed keys at ``loc`` (for unknown-key errors)."""
+    cls: Any = model
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return ""
+        ann = field.annotation
+        args = [a for a in typing.get_args(ann) if isinstance(a, type)] or [ann]
+        cls = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if cls is None:
+            return ""
+    return ", ".join(cls.model_fields)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line: ``<source>: train.rank: Input should be greater than or equal to 1 (got 0)``."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed(FactoryConfig, loc)
+            parts.append(f"{dotted}: unknown key (allowed: {allowed})")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            parts.append(f"{dotted}: {e['msg']}{got_s}")
+    return f"config error in {source}: " + "; ".join(parts)
+
+
+def load_config(
+    profile: str = "tiny",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FactoryConfig:
+    """Build the run's config. ``overrides`` are dotted keys (from CLI flags or flow params)."""
+    data = load_profile_data(profile)
+    env = env_overrides(os.environ if environ is None else environ)
+    for source, layer in (("environment", env), ("overrides", dict(overrides or {}))):
+        for dotted, value in layer.items():
+            _set_dotted(data, dotted, value)
+    try:
+        cfg = FactoryConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, f"profile '{profile}' with overrides")) from None
+    return finalize(cfg)
+
+
+def finalize(cfg: FactoryConfig) -> FactoryConfig:
+    """Fill the defaults that depend on the machine: home, store root, tracking URI."""
+    home = Path(cfg.home or "./lora-factory-data").expanduser().resolve()
+    cfg.home = str(home)
+    if not cfg.store.root:
+        cfg.store.root = str(home)
+    elif "://" not in cfg.store.root:
+        cfg.store.root = str(Path(cfg.store.root).expanduser().resolve())
+    if not cfg.tracking.uri:
+        cfg.tracking.uri = f"sqlite:///{home / 'mlflow.db'}"
+    return cfg
