@@ -1,0 +1,1 @@
+"""Prefect flows: compose the stage tasks, no stage logic."""

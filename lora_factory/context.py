@@ -1,0 +1,157 @@
+"""What a stage needs to run, rebuilt from ids on each side of a task boundary.
+
+Tasks receive a ``RunRef`` (config + run id + parent MLflow run id: small, serialisable) and
+open a ``Stage`` with ``run_stage``: it marks the stage running in ``run.json``, opens the nested
+MLflow run, hands out a staging folder, and on exit commits the outputs and records done/failed.
+The stage logic itself stays a plain function of paths and config.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from .config import FactoryConfig
+from .errors import FactoryError
+from .manifest import refresh_run_manifest
+from .runstore import DONE, FAILED, RUNNING, STAGES, RunDir, RunStore
+from .storage import open_store
+from .tracking import Tracker
+
+
+def get_logger(name: str = "lora_factory") -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task (so lines reach the UI), else a std logger."""
+    try:
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            return get_run_logger()
+        except MissingContextError:
+            pass
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        pass
+    logger = logging.getLogger(name)
+    if not logging.getLogger().handlers and not logger.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return logger
+
+
+class RunRef(BaseModel):
+    """The ids a task needs to find its run; nothing heavy."""
+
+    run_id: str
+    parent_run_id: str
+    topics: list[str]
+    config: FactoryConfig
+
+    def run_store(self) -> RunStore:
+        cfg = self.config
+        store = open_store(cfg.store.root, cfg.store.s3_endpoint_url)
+        return RunStore(store, Path(cfg.home) / "work")
+
+    def run_dir(self) -> RunDir:
+        return self.run_store().open(self.run_id)
+
+    def tracker(self) -> Tracker:
+        return make_tracker(self.config)
+
+
+def make_tracker(cfg: FactoryConfig) -> Tracker:
+    return Tracker(cfg.tracking.uri, cfg.tracking.experiment, Path(cfg.home) / "mlartifacts")
+
+
+@dataclass
+class Stage:
+    """A running stage: where to write, which MLflow run to log to."""
+
+    name: str
+    ref: RunRef
+    run: RunDir
+    tracker: Tracker
+    mlflow_run_id: str
+    out: Path
+    log: Any
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> FactoryConfig:
+        return self.ref.config
+
+    def input(self, stage: str) -> Path:
+        """A previous stage's committed outputs, as a local folder."""
+        return self.run.stage_path(stage)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.tracker.log_params(self.mlflow_run_id, params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.tracker.log_metrics(self.mlflow_run_id, metrics, step)
+        if step is None:
+            self.summary.update({k: v for k, v in metrics.items()})
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifact(self.mlflow_run_id, path, artifact_path)
+
+    def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifacts(self.mlflow_run_id, folder, artifact_path)
+
+
+@contextmanager
+def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
+    """Open stage ``name`` of the run; see the module docstring for what it guarantees."""
+    run = ref.run_dir()
+    tracker = ref.tracker()
+    log = get_logger()
+    mlflow_run_id = tracker.start_stage(ref.parent_run_id, name, tags={"lora_factory.run_id": ref.run_id})
+    run.set_stage(name, RUNNING, mlflow_run_id=mlflow_run_id)
+    started = time.monotonic()
+    log.info("%s: started (run %s)", name, ref.run_id)
+    staged: list[Path] = []
+    try:
+        with run.stage_output(name) as out:
+            staged.append(out)
+            stage = Stage(name, ref, run, tracker, mlflow_run_id, out, log)
+            try:
+                yield stage
+            except BaseException:
+                _keep_partial_outputs(tracker, mlflow_run_id, out)
+                raise
+    except BaseException as e:
+        line = str(e) if isinstance(e, FactoryError) else f"{type(e).__name__}: {e}"
+        run.set_stage(name, FAILED, error=line)
+        tracker.set_tags(mlflow_run_id, {"lora_factory.error": line[:5000]})
+        if not isinstance(e, FactoryError):
+            tracker.client.log_text(mlflow_run_id, traceback.format_exc(), "error.txt")
+        tracker.end(mlflow_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        log.error("%s: failed: %s", name, line)
+        raise
+    seconds = round(time.monotonic() - started, 2)
+    tracker.log_metrics(mlflow_run_id, {"stage_seconds": seconds})
+    tracker.end(mlflow_run_id)
+    run.set_stage(name, DONE, seconds=seconds, summary=_jsonable(stage.summary))
+    refresh_run_manifest(run, STAGES)
+    log.info("%s: done in %.1fs", name, seconds)
+
+
+def _keep_partial_outputs(tracker: Tracker, mlflow_run_id: str, out: Path) -> None:
+    """A failed stage's small outputs (reports, stats) go to its MLflow run before the staging
+    folder is discarded, so the user can see why it failed without a half-written run dir."""
+    for path in sorted(out.glob("*")):
+        if path.is_file() and path.suffix in (".html", ".json", ".md", ".yaml") and path.stat().st_size < 20e6:
+            try:
+                tracker.log_artifact(mlflow_run_id, path, "partial")
+            except Exception:  # best effort: the original error matters more
+                pass
+
+
+def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in d.items()}

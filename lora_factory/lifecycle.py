@@ -1,0 +1,127 @@
+"""Starting, resuming and finishing a factory run.
+
+``preflight`` checks everything a user can get wrong *before* anything is written, so a bad
+topic list, an unwritable store or a dead tracking server costs one line and leaves no debris.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+from .config import FactoryConfig
+from .context import RunRef, make_tracker
+from .errors import ConfigError, StoreError
+from .runstore import DONE, STAGES, RunStore
+from .storage import open_store
+from .tracking import check_tracking_uri, flatten_params
+
+
+def normalize_topics(topics: Iterable[str] | str | None) -> list[str]:
+    """Strip, drop blanks, de-duplicate (case-insensitively, first spelling wins)."""
+    if isinstance(topics, str):
+        topics = topics.split(",")
+    seen: set[str] = set()
+    out: list[str] = []
+    for t in topics or []:
+        if not isinstance(t, str):
+            raise ConfigError(f"topic {t!r} is not text: pass topics as a list of strings")
+        clean = " ".join(t.split())
+        if clean and clean.lower() not in seen:
+            seen.add(clean.lower())
+            out.append(clean)
+    if not out:
+        raise ConfigError(
+            "no topics given: pass at least one, e.g. --topics 'lighthouse,sailboat' "
+            "or --topics-file configs/topics/demo.yaml"
+        )
+    return out
+
+
+def preflight(cfg: FactoryConfig, topics: Iterable[str] | str | None) -> list[str]:
+    """Validate topics, the store and the tracking URI; returns the normalised topics."""
+    clean = normalize_topics(topics)
+    if cfg.crawl.source == "seeds":
+        missing = [t for t in clean if not cfg.crawl.seeds.get(t)]
+        if missing:
+            raise ConfigError(
+                f"crawl.source is 'seeds' but crawl.seeds has no URLs for {missing}: "
+                "add them (--seeds FILE) or use crawl.source=demo"
+            )
+    check_services(cfg)
+    return clean
+
+
+def check_services(cfg: FactoryConfig) -> None:
+    """The data folder and store are writable and the tracking store answers."""
+    home = Path(cfg.home)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the data folder {home}: {e.strerror}: set --home") from None
+    open_store(cfg.store.root, cfg.store.s3_endpoint_url).check_writable()
+    check_tracking_uri(cfg.tracking.uri)
+
+
+def git_sha() -> str | None:
+    """The code version that ran, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_store_for(cfg: FactoryConfig) -> RunStore:
+    return RunStore(open_store(cfg.store.root, cfg.store.s3_endpoint_url), Path(cfg.home) / "work")
+
+
+def start_run(cfg: FactoryConfig, topics: list[str], resume_run_id: str | None = None) -> RunRef:
+    """Create the run directory and the MLflow parent run, or reopen both to resume."""
+    runs = run_store_for(cfg)
+    tracker = make_tracker(cfg)
+    if resume_run_id:
+        run = runs.open(resume_run_id)
+        state = run.state()
+        parent = state["mlflow_parent_run_id"]
+        tracker.reopen(parent)
+        # A resumed run keeps the config and topics it started with: outputs must agree.
+        saved = FactoryConfig.model_validate(state["config"])
+        return RunRef(run_id=run.run_id, parent_run_id=parent, topics=state["topics"], config=saved)
+    run = runs.create(
+        topics, cfg.profile, cfg.model_dump(mode="json"), git_sha=git_sha(), store=runs.store.url
+    )
+    parent = tracker.start_parent(
+        run_name=f"{run.run_id} {', '.join(topics)}"[:250],
+        tags={
+            "lora_factory.run_id": run.run_id,
+            "lora_factory.profile": cfg.profile,
+            "lora_factory.topics": ", ".join(topics),
+            "lora_factory.run_dir": run.url,
+            **({"mlflow.source.git.commit": sha} if (sha := git_sha()) else {}),
+        },
+    )
+    tracker.log_params(parent, {"topics": topics, **flatten_params(cfg.model_dump(mode="json"))})
+    run.update(mlflow_parent_run_id=parent, mlflow_tracking_uri=cfg.tracking.uri)
+    return RunRef(run_id=run.run_id, parent_run_id=parent, topics=topics, config=cfg)
+
+
+def pending_stages(ref: RunRef) -> list[str]:
+    run = ref.run_dir()
+    return [s for s in STAGES if run.stage_status(s) != DONE]
+
+
+def finish_run(ref: RunRef, ok: bool, error: str | None = None) -> None:
+    run = ref.run_dir()
+    run.update(status="done" if ok else "failed", error=error)
+    tracker = ref.tracker()
+    if error:
+        tracker.set_tags(ref.parent_run_id, {"lora_factory.error": error[:5000]})
+    tracker.end(ref.parent_run_id, "FINISHED" if ok else "FAILED")

@@ -1,0 +1,1 @@
+"""One module per stage: the stage logic as plain functions, and a thin Prefect task around it."""
