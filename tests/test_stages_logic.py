@@ -1,0 +1,125 @@
+"""Curate, label, tune and the deploy gate as plain functions on small real files."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lora_factory.config import CurateConfig, DeployConfig, LabelConfig, TrainConfig
+from lora_factory.errors import StageError
+from lora_factory.manifest import item_id_for, write_items
+from tasks.curate import curate_items, run_curate
+from tasks.deploy import gate
+from tasks.label import caption_for, clean_text, run_label
+from tasks.tune import load_train_config, run_tune
+from training.tuner import DatasetStats, recommend_from_profile
+
+
+def _save(crawl: Path, img: Image.Image, fmt: str, **item) -> dict:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"compress_level": 1} if fmt == "PNG" and item.pop("alt_level", False) else {}))
+    data = buf.getvalue()
+    iid = item_id_for(data)
+    rel = f"images/{iid}.{fmt.lower()}"
+    (crawl / "images").mkdir(parents=True, exist_ok=True)
+    (crawl / rel).write_bytes(data)
+    return {
+        "item_id": iid, "image_path": rel, "image_url": f"http://s/{iid[:6]}", "page_url": "http://s/p",
+        "license": item.pop("license", "CC-BY-4.0"), "crawl_time": datetime(2026, 1, 1, tzinfo=UTC),
+        "width": img.width, "height": img.height, "num_bytes": len(data), "mime_type": f"image/{fmt.lower()}",
+        **item,
+    }
+
+
+@pytest.fixture
+def crawl_dir(tmp_path: Path) -> tuple[Path, list[dict]]:
+    crawl = tmp_path / "crawl"
+    red = Image.new("RGB", (96, 96), (200, 30, 30))
+    items = [
+        _save(crawl, red, "PNG", alt_text="a red lighthouse", license="unknown"),
+        _save(crawl, red, "PNG", alt_level=True, alt_text="red lighthouse again"),  # same pixels
+        _save(crawl, Image.new("RGB", (24, 24), (0, 0, 255)), "PNG", alt_text="icon"),
+        _save(crawl, Image.new("RGB", (128, 80), (0, 200, 0)), "JPEG", alt_text="IMG_1234.jpg",
+              figure_caption="A green sailboat, click to enlarge"),
+    ]
+    (crawl / "images" / "broken.png").write_bytes(b"not an image")
+    items.append({**items[2], "item_id": "f" * 64, "image_path": "images/broken.png"})
+    write_items(crawl / "items.parquet", items)
+    return crawl, items
+
+
+def test_curate_drops_with_reasons(crawl_dir, tmp_path: Path) -> None:
+    crawl, items = crawl_dir
+    result = curate_items(items, crawl, CurateConfig(min_side=64))
+    reasons = {d["item_id"]: (d["decision"], d["reason"], d["dup_of"]) for d in result.decisions}
+    assert reasons[items[2]["item_id"]] == ("drop", "too_small", None)
+    assert reasons["f" * 64][1] == "corrupt"
+    # Of the two identical-pixel copies, the one with a known licence represents the group.
+    assert reasons[items[1]["item_id"]] == ("keep", None, None)
+    assert reasons[items[0]["item_id"]] == ("drop", "exact_duplicate", items[1]["item_id"])
+    assert {k["item_id"] for k in result.kept} == {items[1]["item_id"], items[3]["item_id"]}
+    assert result.counts() == {"kept": 2, "dropped": 3, "drop_too_small": 1, "drop_corrupt": 1,
+                               "drop_exact_duplicate": 1}
+    out = tmp_path / "curate"
+    out.mkdir()
+    run_curate(crawl, CurateConfig(min_side=64), out)
+    report = (out / "report.html").read_text()
+    assert "exact_duplicate" in report and "data:image/png;base64," in report
+
+
+def test_curate_names_the_filter_when_nothing_survives(crawl_dir, tmp_path: Path) -> None:
+    crawl, _ = crawl_dir
+    with pytest.raises(StageError, match="no images left after curation: 'too_small' removed 4 of 5"):
+        run_curate(crawl, CurateConfig(min_side=4096), tmp_path)
+
+
+def test_clean_text_and_captions() -> None:
+    assert clean_text("IMG_1234.jpg") == ""
+    assert clean_text("  A\u00a0red   fox — click to enlarge ") == "A red fox —"
+    cfg = LabelConfig(trigger_word="tok")
+    assert caption_for({"alt_text": "DSC0042", "figure_caption": "A boat"}, cfg) == ("tok, A boat", "figure_caption")
+    assert caption_for({"alt_text": "", "topic": "cactus"}, cfg) == ("tok, cactus", "topic")
+
+
+def test_label_and_tune_write_a_training_folder(crawl_dir, tmp_path: Path) -> None:
+    crawl, _ = crawl_dir
+    curate = tmp_path / "curate"
+    curate.mkdir()
+    run_curate(crawl, CurateConfig(min_side=64), curate)
+    label = tmp_path / "label"
+    result = run_label(curate, crawl, LabelConfig(trigger_word="tok"), label)
+    meta = [json.loads(line) for line in (label / "dataset" / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(m["text"] for m in meta) == ["tok, A green sailboat", "tok, red lighthouse again"]
+    for m in meta:
+        assert (label / "dataset" / m["file_name"]).is_file()
+        assert (label / "dataset" / (Path(m["file_name"]).stem + ".txt")).read_text().strip() == m["text"]
+    assert len(result.labels) == 2
+
+    from lora_factory.profiles import load_config
+
+    cfg = load_config("tiny", {"train.batch_size": 8}, environ={})
+    tune = tmp_path / "tune"
+    tune.mkdir()
+    rec, stats = run_tune(label, cfg, tune)
+    assert stats.num_images == 2 and rec.config.batch_size == 2
+    assert load_train_config(tune) == rec.config
+    assert "lowered from 8 to 2" in (tune / "rationale.md").read_text()
+
+
+def test_tuner_keeps_a_feasible_profile() -> None:
+    rec = recommend_from_profile(TrainConfig(batch_size=2), DatasetStats(num_images=10))
+    assert rec.config == TrainConfig(batch_size=2) and rec.rationale == []
+
+
+def test_gate() -> None:
+    ev = {"clip_t_delta": 0.02, "lora": {"clip_t_mean": 0.30}}
+    assert gate(ev, DeployConfig(min_clip_t_delta=0.0), None).promote
+    assert not gate(ev, DeployConfig(min_clip_t_delta=0.05), None).promote
+    blocked = gate(ev, DeployConfig(), champion_clip_t=0.31)
+    assert not blocked.promote and "below the champion" in blocked.reason
