@@ -1,0 +1,43 @@
+"""Turn a failed request into a short, stable reason token for pages.parquet and rejections.
+
+Why tokens: reports and tests group by reason ("http_404", "robots_txt", "private_address"),
+so the spelling must not depend on exception message wording.
+"""
+
+from __future__ import annotations
+
+from scrapy.exceptions import (
+    CannotResolveHostError,
+    DownloadCancelledError,
+    DownloadConnectionRefusedError,
+    DownloadTimeoutError,
+    IgnoreRequest,
+)
+from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.internet import error as twisted_error
+from twisted.python.failure import Failure
+
+from .middlewares import PrivateAddressRefused
+
+_BY_TYPE: tuple[tuple[tuple[type[BaseException], ...], str], ...] = (
+    ((PrivateAddressRefused,), "private_address"),
+    ((DownloadConnectionRefusedError, twisted_error.ConnectionRefusedError), "connection_refused"),
+    ((DownloadTimeoutError, twisted_error.TimeoutError), "timeout"),
+    ((CannotResolveHostError, twisted_error.DNSLookupError), "dns_error"),
+    ((DownloadCancelledError,), "too_large"),
+)
+
+
+def failure_reason(failure: Failure) -> tuple[str, str, int | None]:
+    """(reason token, one-line detail, HTTP status if there was a response)."""
+    exc = failure.value
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, HttpError):
+        status = exc.response.status
+        return f"http_{status}", f"HTTP {status}", status
+    for types, reason in _BY_TYPE:
+        if isinstance(exc, types):
+            return reason, detail, None
+    if isinstance(exc, IgnoreRequest):
+        return ("robots_txt" if "robots.txt" in detail else "ignored"), detail, None
+    return "download_error", f"{type(exc).__name__}: {detail}", None

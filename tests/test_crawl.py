@@ -1,0 +1,292 @@
+"""The crawl stage against the demo site, over real HTTP on 127.0.0.1, plus its pure helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pandas as pd
+import pytest
+from parsel import Selector
+from PIL import Image
+
+from lora_factory.config import CrawlConfig
+from lora_factory.errors import StageError
+from lora_factory.manifest import ITEM_SCHEMA, read_items
+from spiders.crawl import run_crawl
+from spiders.extract import extract_page, licence_from_text, licence_from_url
+from spiders.images import ImageRejected, inspect_image
+from spiders.middlewares import is_public
+from spiders.sources.demo_site import MISSING_IMAGE, generate_demo_site, serve_site
+
+MIN_SIDE = 48  # above the demo's tiny images (24x24, 40x30), below everything else
+
+
+def _config(**overrides) -> CrawlConfig:
+    settings = {
+        "allow_private_addresses": True,
+        "min_image_side": MIN_SIDE,
+        "max_depth": 4,
+        "timeout_s": 60.0,
+    }
+    return CrawlConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    site = generate_demo_site(tmp_path_factory.mktemp("site"), seed=0)
+    with serve_site(site.root) as base_url:
+        yield site, base_url
+
+
+@pytest.fixture(scope="module")
+def crawled(demo, tmp_path_factory: pytest.TempPathFactory):
+    site, base = demo
+    out = tmp_path_factory.mktemp("crawl")
+    lines: list[str] = []
+    started = time.monotonic()
+    stats = run_crawl(site.topic_urls(base), out, _config(), on_progress=lines.append)
+    return {
+        "site": site,
+        "base": base,
+        "out": out,
+        "stats": stats,
+        "lines": lines,
+        "seconds": time.monotonic() - started,
+        "items": read_items(out / "items.parquet"),
+        "pages": pd.read_parquet(out / "pages.parquet"),
+        "rejected": pd.read_parquet(out / "rejected.parquet"),
+    }
+
+
+def _path(url: str) -> str:
+    return urlsplit(url).path
+
+
+# -- the demo crawl -------------------------------------------------------------------------
+
+
+def test_crawl_collects_every_reachable_image_once(crawled) -> None:
+    truth, base = crawled["site"].ground_truth, crawled["base"]
+    expected = {
+        base + p
+        for p, e in truth.items()
+        if e["kind"] != "corrupt" and min(e["width"], e["height"]) >= MIN_SIDE
+    }
+    seen = [u for it in crawled["items"] for u in [it["image_url"], *it["other_urls"]]]
+    assert sorted(seen) == sorted(expected)
+    assert (
+        crawled["stats"]["images"]
+        == len(crawled["items"])
+        == len({it["item_id"] for it in crawled["items"]})
+    )
+    for it in crawled["items"]:
+        stored = crawled["out"] / it["image_path"]
+        data = stored.read_bytes()
+        assert (
+            it["image_path"]
+            == f"images/{it['item_id']}.{'jpg' if it['mime_type'] == 'image/jpeg' else 'png'}"
+        )
+        assert hashlib.sha256(data).hexdigest() == it["item_id"] and len(data) == it["num_bytes"]
+        assert data == (crawled["site"].root / _path(it["image_url"]).lstrip("/")).read_bytes()
+    assert len(list((crawled["out"] / "images").iterdir())) == len(crawled["items"])
+
+
+def test_items_carry_provenance(crawled) -> None:
+    truth = crawled["site"].ground_truth
+    assert pd.read_parquet(crawled["out"] / "items.parquet").columns.tolist() == ITEM_SCHEMA.names
+    for it in crawled["items"]:
+        entry = truth[_path(it["image_url"])]
+        assert it["page_url"] == crawled["base"] + entry["page"]
+        assert (
+            it["page_title"]
+            and it["crawl_time"] is not None
+            and it["topic"] in crawled["site"].topics
+        )
+        assert it["license"] == entry["license"]
+        assert it["author"] == entry["author"]
+        assert it["alt_text"] == entry["alt"]
+        assert (it["width"], it["height"]) == (entry["width"], entry["height"])
+        assert it["robots"] == "allowed"
+        if it["license"].startswith("CC-"):
+            assert it["license_url"].startswith("https://creativecommons.org/licenses/")
+    with_caption = [it for it in crawled["items"] if it["figure_caption"]]
+    assert with_caption and all(it["surrounding_text"] for it in with_caption)
+    assert any(it["title_text"] for it in crawled["items"])
+
+
+def test_byte_copies_merge_and_pixel_copies_stay_separate(crawled) -> None:
+    truth, base, items = crawled["site"].ground_truth, crawled["base"], crawled["items"]
+    item_of = {u: it["item_id"] for it in items for u in [it["image_url"], *it["other_urls"]]}
+    byte_dups = [p for p, e in truth.items() if e["kind"] == "byte_dup"]
+    assert byte_dups
+    for path in byte_dups:
+        holders = [
+            it
+            for it in items
+            if {base + path, base + truth[path]["dup_of"]} <= {it["image_url"], *it["other_urls"]}
+        ]
+        assert len(holders) == 1 and len(holders[0]["other_urls"]) == 1
+    assert crawled["stats"]["byte_duplicates_merged"] == len(byte_dups)
+    for path, entry in truth.items():
+        if (
+            entry["kind"] == "exact_dup"
+        ):  # same pixels, other bytes: curation's job, not the crawl's
+            assert item_of[base + path] != item_of[base + entry["dup_of"]]
+
+
+def test_rejections_and_pages_are_recorded(crawled) -> None:
+    truth, base, stats = crawled["site"].ground_truth, crawled["base"], crawled["stats"]
+    reasons = dict(zip(crawled["rejected"]["url"], crawled["rejected"]["reason"]))
+    tiny = [p for p, e in truth.items() if e["kind"] == "tiny"]
+    assert all(reasons[base + p] == "too_small" for p in tiny)
+    assert all(
+        reasons[base + p] == "undecodable" for p, e in truth.items() if e["kind"] == "corrupt"
+    )
+    assert reasons[base + MISSING_IMAGE] == "http_404"
+    assert stats["rejections"] == {"too_small": len(tiny), "undecodable": 1, "http_404": 1}
+    pages = crawled["pages"]
+    assert sorted(_path(u) for u in pages["url"]) == sorted(crawled["site"].pages)
+    assert set(pages["decision"]) == {"parsed"} and set(pages["status"]) == {200}
+    assert stats["pages"] == len(pages) and stats["finish_reason"] == "finished"
+    assert stats["duration_s"] > 0 and stats["bytes"] >= stats["image_bytes"] > 0
+    assert crawled["lines"] and all(line.startswith("crawl: ") for line in crawled["lines"])
+    assert crawled["lines"][-1].startswith("crawl: done")
+    assert (crawled["out"] / "crawl_stats.json").exists()
+
+
+def test_max_pages_stops_the_crawl_and_says_why(demo, tmp_path: Path) -> None:
+    site, base = demo
+    stats = run_crawl(site.topic_urls(base), tmp_path, _config(max_pages=4, autothrottle=False))
+    pages = pd.read_parquet(tmp_path / "pages.parquet")
+    assert len(pages) == 4 and stats["pages"] == 4
+    assert stats["finish_reason"] == "max_pages"
+    page_urls = set(pages["url"])
+    assert all(it["page_url"] in page_urls for it in read_items(tmp_path / "items.parquet"))
+
+
+def test_max_images_stops_the_crawl_and_says_why(demo, tmp_path: Path) -> None:
+    site, base = demo
+    stats = run_crawl(site.topic_urls(base), tmp_path, _config(max_images=5, autothrottle=False))
+    assert stats["images"] == 5 and len(read_items(tmp_path / "items.parquet")) == 5
+    assert stats["finish_reason"] == "max_images"
+
+
+def test_private_addresses_are_refused_by_default(demo, tmp_path: Path) -> None:
+    site, base = demo
+    with pytest.raises(StageError, match="allow_private_addresses=true") as err:
+        run_crawl(site.topic_urls(base), tmp_path, _config(allow_private_addresses=False))
+    assert "\n" not in str(err.value)
+    pages = pd.read_parquet(tmp_path / "pages.parquet")
+    assert set(pages["reason"]) == {"private_address"}
+
+
+def test_unreachable_seed_fails_fast_with_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    url = f"http://127.0.0.1:{port}/index.html"
+    started = time.monotonic()
+    with pytest.raises(StageError, match="the crawl found no images at .*connection_refused"):
+        run_crawl({"lighthouse": [url]}, tmp_path, _config())
+    assert time.monotonic() - started < 30
+
+
+def test_bad_seed_urls_are_refused_before_crawling(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="no seed URLs"):
+        run_crawl({"lighthouse": []}, tmp_path, _config())
+    with pytest.raises(StageError, match="not an http"):
+        run_crawl({"lighthouse": ["ftp://example.org/x"]}, tmp_path, _config())
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+PAGE = """<html><head><title> A  page </title><meta name="author" content="Ana Ruiz"></head><body>
+<p>Before the figure.</p>
+<figure><img src="/a.png" alt=" a red  lighthouse " title="Red"><figcaption>A red lighthouse.</figcaption></figure>
+<p>After the figure.</p>
+<p>Inline <img src="b.jpg#frag" alt=""> picture.</p>
+<img src="data:image/png;base64,AAAA"><img src="/a.png">
+<footer><a rel="license" href="https://creativecommons.org/licenses/by-sa/4.0/">CC BY-SA</a></footer>
+</body></html>"""
+
+
+def test_extract_page_reads_images_licence_and_author() -> None:
+    page = extract_page(Selector(text=PAGE), "http://site.test/dir/page.html")
+    assert (page.title, page.license, page.author) == ("A page", "CC-BY-SA-4.0", "Ana Ruiz")
+    assert page.license_url == "https://creativecommons.org/licenses/by-sa/4.0/"
+    a, b = page.images
+    assert (a.url, a.alt_text, a.title_text, a.figure_caption) == (
+        "http://site.test/a.png",
+        "a red lighthouse",
+        "Red",
+        "A red lighthouse.",
+    )
+    assert a.surrounding_text == "Before the figure. After the figure."
+    assert (b.url, b.alt_text, b.figure_caption, b.surrounding_text) == (
+        "http://site.test/dir/b.jpg",
+        "",
+        None,
+        "Inline picture.",
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://creativecommons.org/licenses/by/4.0/", "CC-BY-4.0"),
+        ("http://creativecommons.org/licenses/by-nc-nd/3.0/deed.en", "CC-BY-NC-ND-3.0"),
+        ("https://creativecommons.org/publicdomain/zero/1.0/", "CC0-1.0"),
+        ("https://example.org/terms", None),
+    ],
+)
+def test_licence_from_url(url: str, expected: str | None) -> None:
+    assert licence_from_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Licensed CC BY-SA 4.0 by the club", "CC-BY-SA-4.0"),
+        ("(c) 2024 Someone. All rights reserved.", "all-rights-reserved"),
+        ("Nothing here", None),
+    ],
+)
+def test_licence_from_text(text: str, expected: str | None) -> None:
+    assert licence_from_text(text) == expected
+
+
+def test_inspect_image_accepts_images_and_names_what_it_rejects() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 20), "red").save(buf, "PNG")
+    info = inspect_image(buf.getvalue(), "image/png")
+    assert (info.width, info.height, info.ext, info.mime_type) == (30, 20, "png", "image/png")
+    with pytest.raises(ImageRejected) as rejected:
+        inspect_image(b"<html>not an image</html>", "text/html")
+    assert rejected.value.reason == "not_image"
+    with pytest.raises(ImageRejected) as rejected:
+        inspect_image(buf.getvalue()[:40], "image/png")
+    assert rejected.value.reason == "undecodable"
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("192.168.0.1", False),
+        ("169.254.1.1", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("fd00::1", False),
+        ("0.0.0.0", False),
+        ("93.184.216.34", True),
+        ("2606:2800:220:1::1", True),
+    ],
+)
+def test_is_public(address: str, public: bool) -> None:
+    assert is_public(address) is public
