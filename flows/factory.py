@@ -13,7 +13,14 @@ from prefect import flow
 
 from lora_factory.context import get_logger
 from lora_factory.errors import FactoryError
-from lora_factory.lifecycle import check_services, finish_run, pending_stages, preflight, start_run
+from lora_factory.lifecycle import (
+    check_services,
+    finish_run,
+    pending_stages,
+    preflight,
+    resume_run,
+    start_run,
+)
 from lora_factory.profiles import load_config
 from tasks.crawl import crawl_task
 from tasks.curate import curate_task
@@ -56,10 +63,11 @@ def lora_factory(
 ) -> dict[str, Any]:
     """Run every stage that is not done yet; returns where the results are."""
     log = get_logger()
-    cfg = load_config(profile, build_overrides(max_pages, max_images, overrides))
+    extra = build_overrides(max_pages, max_images, overrides)
+    cfg = load_config(profile, extra)
     if resume_run_id:
         check_services(cfg)
-        ref = start_run(cfg, [], resume_run_id)  # the run's own topics and config
+        ref = resume_run(cfg, resume_run_id, extra)  # the run's own topics and config
     else:
         ref = start_run(cfg, preflight(cfg, topics))
     todo = pending_stages(ref)

@@ -7,7 +7,6 @@ The flow is imported lazily: the kernel itself depends only on third-party packa
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -38,6 +37,30 @@ def _quiet_environment() -> None:
     import logging
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+class _UserErrorFilter:
+    """Drop tracebacks of ``FactoryError``s from log output: they are the user's to fix, and
+    their message says how. Bugs keep their tracebacks."""
+
+    def filter(self, record: Any) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FactoryError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _hide_user_error_tracebacks() -> None:
+    import logging
+
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for handler in lg.handlers:
+            if not any(isinstance(f, _UserErrorFilter) for f in handler.filters):
+                handler.addFilter(_UserErrorFilter())
 
 
 def _fail(e: FactoryError) -> None:
@@ -113,15 +136,18 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 
 def _run(topics: list[str], profile: str, overrides: dict[str, Any], resume: str | None) -> dict[str, Any]:
-    from .lifecycle import check_services, preflight
+    from .lifecycle import check_services, preflight, run_store_for
 
     cfg = load_config(profile, overrides)
     if resume:
         check_services(cfg)
+        run_store_for(cfg).open(resume)  # a typo'd run id fails here, in a second
     else:
         topics = preflight(cfg, topics)
     _quiet_environment()
     from flows.factory import lora_factory  # heavy: prefect, torch, diffusers
+
+    _hide_user_error_tracebacks()
 
     return lora_factory(topics=topics, profile=profile, overrides=overrides, resume_run_id=resume)
 

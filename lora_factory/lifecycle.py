@@ -7,13 +7,15 @@ topic list, an unwritable store or a dead tracking server costs one line and lea
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 from pathlib import Path
 
 from .config import FactoryConfig
 from .context import RunRef, make_tracker
 from .errors import ConfigError, StoreError
-from .runstore import DONE, STAGES, RunStore
+from .profiles import config_from_data
+from .runstore import DONE, STAGES, RunStore, now_iso
 from .storage import open_store
 from .tracking import check_tracking_uri, flatten_params
 
@@ -83,21 +85,12 @@ def run_store_for(cfg: FactoryConfig) -> RunStore:
     return RunStore(open_store(cfg.store.root, cfg.store.s3_endpoint_url), Path(cfg.home) / "work")
 
 
-def start_run(cfg: FactoryConfig, topics: list[str], resume_run_id: str | None = None) -> RunRef:
-    """Create the run directory and the MLflow parent run, or reopen both to resume."""
+def start_run(cfg: FactoryConfig, topics: list[str]) -> RunRef:
+    """Create the run directory and the MLflow parent run."""
     runs = run_store_for(cfg)
     tracker = make_tracker(cfg)
-    if resume_run_id:
-        run = runs.open(resume_run_id)
-        state = run.state()
-        parent = state["mlflow_parent_run_id"]
-        tracker.reopen(parent)
-        # A resumed run keeps the config and topics it started with: outputs must agree.
-        saved = FactoryConfig.model_validate(state["config"])
-        return RunRef(run_id=run.run_id, parent_run_id=parent, topics=state["topics"], config=saved)
-    run = runs.create(
-        topics, cfg.profile, cfg.model_dump(mode="json"), git_sha=git_sha(), store=runs.store.url
-    )
+    sha = git_sha()
+    run = runs.create(topics, cfg.profile, cfg.model_dump(mode="json"), git_sha=sha, store=runs.store.url)
     parent = tracker.start_parent(
         run_name=f"{run.run_id} {', '.join(topics)}"[:250],
         tags={
@@ -105,12 +98,31 @@ def start_run(cfg: FactoryConfig, topics: list[str], resume_run_id: str | None =
             "lora_factory.profile": cfg.profile,
             "lora_factory.topics": ", ".join(topics),
             "lora_factory.run_dir": run.url,
-            **({"mlflow.source.git.commit": sha} if (sha := git_sha()) else {}),
+            **({"mlflow.source.git.commit": sha} if sha else {}),
         },
     )
     tracker.log_params(parent, {"topics": topics, **flatten_params(cfg.model_dump(mode="json"))})
     run.update(mlflow_parent_run_id=parent, mlflow_tracking_uri=cfg.tracking.uri)
     return RunRef(run_id=run.run_id, parent_run_id=parent, topics=topics, config=cfg)
+
+
+def resume_run(cfg: FactoryConfig, run_id: str, overrides: Mapping[str, Any] | None = None) -> RunRef:
+    """Reopen ``run_id`` (found through ``cfg``'s store) to run its unfinished stages.
+
+    The run keeps the topics and config it started with, so finished stages' outputs still
+    agree with the rest; ``overrides`` (e.g. the setting that made a stage fail) apply on top
+    and are recorded in run.json.
+    """
+    run = run_store_for(cfg).open(run_id)
+    state = run.state()
+    if "mlflow_parent_run_id" not in state:
+        raise StoreError(f"run '{run_id}' never started tracking: start a new run instead")
+    saved = config_from_data(state["config"], [dict(overrides or {})], f"run {run_id} with overrides")
+    resumes = state.get("resumes", []) + [{"at": now_iso(), "overrides": dict(overrides or {})}]
+    run.update(config=saved.model_dump(mode="json"), resumes=resumes, status="running", error=None)
+    make_tracker(saved).reopen(state["mlflow_parent_run_id"])
+    return RunRef(run_id=run_id, parent_run_id=state["mlflow_parent_run_id"], topics=state["topics"],
+                  config=saved)
 
 
 def pending_stages(ref: RunRef) -> list[str]:

@@ -7,6 +7,7 @@ Every problem becomes one ``ConfigError`` line naming the dotted key and what is
 
 from __future__ import annotations
 
+import json
 import os
 import typing
 from collections.abc import Mapping
@@ -152,13 +153,21 @@ def load_config(
     """Build the run's config. ``overrides`` are dotted keys (from CLI flags or flow params)."""
     data = load_profile_data(profile)
     env = env_overrides(os.environ if environ is None else environ)
-    for source, layer in (("environment", env), ("overrides", dict(overrides or {}))):
+    return config_from_data(data, [env, dict(overrides or {})], f"profile '{profile}' with overrides")
+
+
+def config_from_data(
+    data: dict[str, Any], layers: list[Mapping[str, Any]], source: str
+) -> FactoryConfig:
+    """Apply dotted-key ``layers`` (lowest first) to ``data`` and validate it."""
+    data = json.loads(json.dumps(data))  # a deep copy the layers can change
+    for layer in layers:
         for dotted, value in layer.items():
             _set_dotted(data, dotted, value)
     try:
         cfg = FactoryConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"profile '{profile}' with overrides")) from None
+        raise ConfigError(format_validation_error(e, source)) from None
     return finalize(cfg)
 
 

@@ -1,0 +1,151 @@
+"""The whole factory through the real CLI: Prefect flow, Scrapy on loopback, tiny models, MLflow.
+
+One run is made to fail at curation (a bad setting), then resumed with the setting fixed: the
+crawl is not repeated, every stage's outputs exist, MLflow has a parent run with seven nested
+runs, and the adapter is registered and loads in diffusers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.parquet as pq
+import pytest
+
+CLI = Path(sys.executable).parent / "lora-factory"
+STAGES = ("crawl", "curate", "label", "tune", "train", "evaluate", "deploy")
+
+pytestmark = pytest.mark.e2e
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CLI), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def factory_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("e2e")
+    home = tmp / "home"
+    failed = run_cli("run", "-t", "lighthouse,sailboat", "--home", str(home),
+                     "--set", "curate.min_side=100000", cwd=tmp)
+    runs = sorted((home / "runs").iterdir())
+    assert len(runs) == 1
+    run_dir = runs[0]
+    state_after_failure = json.loads((run_dir / "run.json").read_text())
+    resumed = run_cli("run", "--resume", run_dir.name, "--home", str(home),
+                      "--set", "curate.min_side=64", cwd=tmp)
+    return {"home": home, "tmp": tmp, "run_dir": run_dir, "failed": failed,
+            "state_after_failure": state_after_failure, "resumed": resumed}
+
+
+def test_a_failing_stage_stops_the_run_with_one_line_and_keeps_earlier_work(factory_run: dict) -> None:
+    failed = factory_run["failed"]
+    assert failed.returncode == 2
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "no images left after curation: 'too_small' removed" in errors[0]
+    state = factory_run["state_after_failure"]
+    assert state["stages"]["crawl"]["status"] == "done"
+    assert state["stages"]["curate"]["status"] == "failed"
+    assert "too_small" in state["stages"]["curate"]["error"]
+    assert all(state["stages"][s]["status"] == "pending" for s in STAGES[2:])
+
+
+def test_resume_finishes_without_recrawling(factory_run: dict) -> None:
+    resumed = factory_run["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "LoRA Factory run finished." in resumed.stdout
+    state = json.loads((factory_run["run_dir"] / "run.json").read_text())
+    assert state["status"] == "done"
+    assert all(state["stages"][s]["status"] == "done" for s in STAGES)
+    crawl_history = [h["status"] for h in state["stages"]["crawl"]["history"]]
+    assert crawl_history == ["running", "done"]  # the crawl ran once
+    assert state["config"]["curate"]["min_side"] == 64
+    assert state["resumes"][0]["overrides"] == {"curate.min_side": 64}
+
+
+def test_every_stage_wrote_its_outputs(factory_run: dict) -> None:
+    run_dir = factory_run["run_dir"]
+    for rel in [
+        "run.json", "manifest.parquet",
+        "crawl/items.parquet", "crawl/pages.parquet", "crawl/crawl_stats.json",
+        "curate/dataset.parquet", "curate/rejected.parquet", "curate/report.html",
+        "label/labels.parquet", "label/dataset/metadata.jsonl",
+        "tune/train_config.yaml", "tune/rationale.md",
+        "train/lora/pytorch_lora_weights.safetensors",
+        "evaluate/eval.json", "evaluate/grid.png", "evaluate/report.html",
+        "deploy/decision.json",
+    ]:
+        assert (run_dir / rel).is_file(), rel
+    assert not (run_dir / ".staging").exists()
+    images = list((run_dir / "crawl" / "images").iterdir())
+    assert len(images) > 20
+    meta = (run_dir / "label" / "dataset" / "metadata.jsonl").read_text().splitlines()
+    assert meta and all(json.loads(m)["text"].startswith("lfstyle, ") for m in meta)
+    ev = json.loads((run_dir / "evaluate" / "eval.json").read_text())
+    assert len(ev["base"]["clip_t"]) == len(ev["lora"]["clip_t"]) == len(ev["prompts"]) > 0
+
+
+def test_planted_defects_are_explained(factory_run: dict) -> None:
+    """Every planted tiny image and exact duplicate the crawl kept is dropped by curate with the
+    right reason, and `lora-factory explain` says so."""
+    from spiders.sources.demo_site import generate_demo_site
+
+    truth = generate_demo_site(factory_run["tmp"] / "site", seed=0).ground_truth
+    manifest = pq.read_table(factory_run["run_dir"] / "manifest.parquet").to_pylist()
+    kinds = {}
+    for row in manifest:
+        kinds[row["item_id"]] = (truth[urlparse(row["image_url"]).path]["kind"], row)
+    tiny = [r for k, r in kinds.values() if k == "tiny"]
+    dups = [r for k, r in kinds.values() if k == "exact_dup"]
+    assert tiny and dups
+    assert all(r["curate_reason"] == "too_small" for r in tiny)
+    assert all(r["curate_reason"] == "exact_duplicate" and r["curate_dup_of"] for r in dups)
+    clean = [r for k, r in kinds.values() if k == "clean"]
+    assert all(r["curate_decision"] == "keep" for r in clean)
+
+    proc = run_cli("explain", factory_run["run_dir"].name, tiny[0]["image_url"],
+                   "--home", str(factory_run["home"]), cwd=factory_run["tmp"])
+    assert proc.returncode == 0, proc.stderr
+    assert "dropped by curate, reason too_small" in proc.stdout
+
+
+def test_mlflow_parent_with_seven_nested_runs_and_registered_version(factory_run: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    state = json.loads((factory_run["run_dir"] / "run.json").read_text())
+    uri = state["mlflow_tracking_uri"]
+    client = MlflowClient(uri, registry_uri=uri)
+    parent = client.get_run(state["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and attributes.status = 'FINISHED'",
+    )
+    assert sorted(c.info.run_name for c in children) == sorted(STAGES)
+    train = next(c for c in children if c.info.run_name == "train")
+    losses = client.get_metric_history(train.info.run_id, "loss")
+    assert [m.step for m in losses] == list(range(1, len(losses) + 1)) and len(losses) == 20
+    decision = json.loads((factory_run["run_dir"] / "deploy" / "decision.json").read_text())
+    mv = client.get_model_version(decision["registered_model"], decision["version"])
+    assert mv.run_id == next(c for c in children if c.info.run_name == "deploy").info.run_id
+    assert client.get_model_version_by_alias(decision["registered_model"], "candidate").version == mv.version
+
+
+def test_the_lora_loads_in_diffusers(factory_run: dict) -> None:
+    import torch
+
+    from lora_factory.models import load_pipeline
+
+    pipe = load_pipeline("tiny:sd", "sd15", factory_run["home"] / "models")
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = pipe.unet(latents, 10, encoder_hidden_states=text).sample
+        pipe.load_lora_weights(factory_run["run_dir"] / "train" / "lora")
+        after = pipe.unet(latents, 10, encoder_hidden_states=text).sample
+    assert not torch.allclose(before, after)
