@@ -96,13 +96,13 @@ def read_seeds(path: Path) -> dict[str, list[str]]:
 
 
 def _overrides(
-    sets: list[str] | None,
-    store: str | None,
-    home: str | None,
-    tracking_uri: str | None,
-    seeds: Path | None,
-    max_pages: int | None,
-    max_images: int | None,
+    sets: list[str] | None = None,
+    store: str | None = None,
+    home: str | None = None,
+    tracking_uri: str | None = None,
+    seeds: Path | None = None,
+    max_pages: int | None = None,
+    max_images: int | None = None,
 ) -> dict[str, Any]:
     ov = parse_set_args(sets or [])
     for key, value in (("store.root", store), ("home", home), ("tracking.uri", tracking_uri),
@@ -193,10 +193,16 @@ def demo(
     """The whole factory on the built-in demo site, offline, with the tiny profile."""
     try:
         topics = read_topics(None, DEMO_TOPICS_FILE)
-        result = _run(topics, "tiny", _overrides(sets, None, home, None, None, None, None), None)
+        result = _run(topics, "tiny", _overrides(sets, home=home), None)
     except FactoryError as e:
         _fail(e)
     _print_summary(result)
+
+
+def _run_store(profile: str, store: str | None, home: str | None) -> Any:
+    from .lifecycle import run_store_for
+
+    return run_store_for(load_config(profile, _overrides(store=store, home=home)))
 
 
 @app.command()
@@ -206,11 +212,8 @@ def runs(
     home: HomeOpt = None,
 ) -> None:
     """List the runs in the store with each stage's status."""
-    from .lifecycle import run_store_for
-
     try:
-        cfg = load_config(profile, _overrides(None, store, home, None, None, None, None))
-        rs = run_store_for(cfg)
+        rs = _run_store(profile, store, home)
         for run_id in rs.list():
             state = rs.open(run_id).state()
             stages = " ".join(f"{k}:{v.get('status', '?')}" for k, v in state["stages"].items())
@@ -232,13 +235,11 @@ def explain(
 
     import pyarrow.parquet as pq
 
-    from .lifecycle import run_store_for
     from .manifest import explain as explain_rows
     from .runstore import STAGES
 
     try:
-        cfg = load_config(profile, _overrides(None, store, home, None, None, None, None))
-        run = run_store_for(cfg).open(run_id)
+        run = _run_store(profile, store, home).open(run_id)
         table = pq.read_table(io.BytesIO(run.store.read_bytes(f"{run.key}/manifest.parquet")))
     except FactoryError as e:
         _fail(e)
@@ -260,7 +261,7 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the factory's tracking store."""
     try:
-        cfg = load_config(profile, _overrides(None, None, home, tracking_uri, None, None, None))
+        cfg = load_config(profile, _overrides(home=home, tracking_uri=tracking_uri))
     except FactoryError as e:
         _fail(e)
     uri = cfg.tracking.uri
@@ -281,7 +282,7 @@ def config(
 ) -> None:
     """Print the resolved settings of a profile with overrides applied."""
     try:
-        cfg = load_config(profile, _overrides(sets, None, None, None, None, None, None))
+        cfg = load_config(profile, _overrides(sets))
     except FactoryError as e:
         _fail(e)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

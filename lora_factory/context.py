@@ -149,8 +149,8 @@ def _keep_partial_outputs(tracker: Tracker, mlflow_run_id: str, out: Path) -> No
         if path.is_file() and path.suffix in (".html", ".json", ".md", ".yaml") and path.stat().st_size < 20e6:
             try:
                 tracker.log_artifact(mlflow_run_id, path, "partial")
-            except Exception:  # best effort: the original error matters more
-                pass
+            except Exception as e:  # noqa: BLE001 - best effort: the stage's own error matters more
+                get_logger().warning("could not keep %s in MLflow: %s", path.name, e)
 
 
 def _jsonable(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterable, Mapping
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from .config import FactoryConfig
 from .context import RunRef, make_tracker

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 import pyarrow as pa
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lora_factory.config import CurateConfig
 from lora_factory.context import RunRef, run_stage

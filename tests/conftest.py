@@ -48,9 +48,9 @@ def moto_s3() -> Iterator[str]:
 @pytest.fixture
 def s3_bucket(moto_s3: str) -> str:
     """A fresh bucket per test; yields ``s3://<bucket>/prefix``."""
-    import boto3
-
     import uuid
+
+    import boto3
 
     name = f"lf-{uuid.uuid4().hex[:16]}"
     boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=name)

@@ -141,7 +141,7 @@ def test_byte_copies_merge_and_pixel_copies_stay_separate(crawled) -> None:
 
 def test_rejections_and_pages_are_recorded(crawled) -> None:
     truth, base, stats = crawled["site"].ground_truth, crawled["base"], crawled["stats"]
-    reasons = dict(zip(crawled["rejected"]["url"], crawled["rejected"]["reason"]))
+    reasons = dict(zip(crawled["rejected"]["url"], crawled["rejected"]["reason"], strict=True))
     tiny = [p for p, e in truth.items() if e["kind"] == "tiny"]
     assert all(reasons[base + p] == "too_small" for p in tiny)
     assert all(

@@ -74,10 +74,9 @@ def test_run_lifecycle_same_layout_on_every_store(store, tmp_path: Path) -> None
     assert run.first_unfinished_stage() == "curate"
 
     # A failing stage leaves the previous outputs as they were and nothing staged behind.
-    with pytest.raises(RuntimeError):
-        with run.stage_output("crawl") as out:
-            (out / "items.parquet").write_bytes(b"half")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), run.stage_output("crawl") as out:
+        (out / "items.parquet").write_bytes(b"half")
+        raise RuntimeError("crash")
     run.set_stage("crawl", FAILED, error="crash")
     assert store.read_bytes(f"runs/{run.run_id}/crawl/items.parquet") == b"parquet"
     assert not [k for k in store.list(f"runs/{run.run_id}") if ".staging" in k]

@@ -76,7 +76,7 @@ def test_dataset_gives_normalised_square_crops_with_captions(dataset_dir: Path) 
     item = ds[1]
     assert item["pixel_values"].shape == (3, RES, RES)
     assert item["pixel_values"].dtype == torch.float32
-    assert -1.0 <= float(item["pixel_values"].min()) and float(item["pixel_values"].max()) <= 1.0
+    assert float(item["pixel_values"].min()) >= -1.0 and float(item["pixel_values"].max()) <= 1.0
     assert item["caption"] == (dataset_dir / "0001.txt").read_text()
     assert item["original_size"] == (96, 64)  # (h, w)
     assert item["crop_top_left"] == (16, 0)  # 64x96 is already 64 wide: crop 16 px off the top

@@ -64,7 +64,7 @@ def _gradient(w: int, h: int, top: RGB, bottom: RGB) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for y in range(h):
         t = y / max(1, h - 1)
-        draw.line([(0, y), (w, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(top, bottom)))
+        draw.line([(0, y), (w, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
     return img
 
 
