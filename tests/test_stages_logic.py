@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from deploy.gate import gate
 from lora_factory.config import CurateConfig, DeployConfig, LabelConfig, TrainConfig
 from lora_factory.errors import StageError
 from lora_factory.manifest import item_id_for, write_items
 from tasks.curate import curate_items, run_curate
-from tasks.deploy import gate
 from tasks.label import caption_for, clean_text, run_label
 from tasks.tune import load_train_config, run_tune
 from training.tuner import DatasetStats, recommend_from_profile

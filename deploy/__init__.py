@@ -1,0 +1,1 @@
+"""Deployment: the promotion gate and the MLflow model registry."""

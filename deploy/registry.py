@@ -1,0 +1,57 @@
+"""Register adapters in the MLflow model registry and move the aliases the gate decides."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lora_factory.config import DeployConfig
+from lora_factory.tracking import Tracker
+
+from .gate import gate
+
+CLIP_T_TAG = "clip_t_lora"
+
+
+def champion_score(tracker: Tracker, cfg: DeployConfig) -> float | None:
+    """The CLIP-T the current champion version was registered with, if there is one."""
+    version = tracker.alias_version(cfg.registered_model_name, cfg.champion_alias)
+    if version is None:
+        return None
+    value = tracker.client.get_model_version(cfg.registered_model_name, version).tags.get(CLIP_T_TAG)
+    return float(value) if value is not None else None
+
+
+def register_lora(
+    tracker: Tracker,
+    mlflow_run_id: str,
+    lora_dir: Path,
+    eval_result: dict[str, Any],
+    cfg: DeployConfig,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """Log the adapter to ``mlflow_run_id``, register it as a new version, apply the gate.
+
+    Returns the record written to ``deploy/decision.json``.
+    """
+    tracker.log_artifacts(mlflow_run_id, lora_dir, "lora")
+    decision = gate(eval_result, cfg, champion_score(tracker, cfg))
+    version = tracker.register(
+        cfg.registered_model_name,
+        mlflow_run_id,
+        "lora",
+        tags={**tags, CLIP_T_TAG: f"{decision.clip_t_lora:.6f}",
+              "clip_t_delta": f"{decision.clip_t_delta:.6f}"},
+        description=f"LoRA for {tags.get('topics', '?')}: {decision.reason}",
+    )
+    tracker.set_alias(cfg.registered_model_name, cfg.candidate_alias, version)
+    if decision.promote:
+        tracker.set_alias(cfg.registered_model_name, cfg.champion_alias, version)
+    return {
+        "registered_model": cfg.registered_model_name,
+        "version": version,
+        "aliases": [cfg.candidate_alias] + ([cfg.champion_alias] if decision.promote else []),
+        "model_uri": f"models:/{cfg.registered_model_name}/{version}",
+        **asdict(decision),
+    }
