@@ -20,7 +20,7 @@ $(BIN)/uv: | $(BIN)/python
 $(STAMP): requirements.lock pyproject.toml | $(BIN)/uv
 	rm -f $(VENV)/.installed-*
 	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e . --config-settings editable_mode=compat
 	touch $@
 
 install: $(STAMP)

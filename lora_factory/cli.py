@@ -115,6 +115,16 @@ def _overrides(
     return ov
 
 
+def _self_command() -> str:
+    """How the user can call us again: the bare name if it is on PATH, else the full path."""
+    import shutil
+
+    if shutil.which("lora-factory"):
+        return "lora-factory"
+    exe = Path(sys.argv[0])
+    return str(exe.resolve()) if exe.name == "lora-factory" else "lora-factory"
+
+
 def _print_summary(result: dict[str, Any]) -> None:
     deploy = result.get("deploy") or {}
     uri = result["tracking_uri"]
@@ -131,7 +141,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     if deploy.get("model_uri"):
         aliases = ", ".join(deploy.get("aliases", []))
         lines.append(f"  registered    {deploy['model_uri']} (aliases: {aliases})")
-    lines.append(f"  look at it    lora-factory ui --tracking-uri '{uri}'")
+    lines.append(f"  look at it    {_self_command()} ui --tracking-uri '{uri}'")
     typer.echo("\n".join(lines))
 
 
