@@ -118,3 +118,15 @@ def test_unwritable_stores_say_so(tmp_path: Path, moto_s3: str) -> None:
         S3Store("s3://no-such-bucket/x", endpoint_url=moto_s3).check_writable()
     with pytest.raises(StoreError, match="neither a folder nor an s3:// URL"):
         open_store("gs://bucket/x")
+
+
+def test_scratch_survives_a_failed_attempt_and_is_cleared(store, tmp_path: Path) -> None:
+    run = RunStore(store, tmp_path / "work").create(["t"], "tiny", {})
+    scratch = run.scratch_dir("train")
+    (scratch / "checkpoint-10").mkdir()
+    with pytest.raises(RuntimeError), run.stage_output("train"):
+        raise RuntimeError("killed")
+    assert (run.scratch_dir("train") / "checkpoint-10").is_dir()
+    run.clear_scratch("train")
+    assert not (scratch / "checkpoint-10").exists()
+    assert not [k for k in store.list(f"runs/{run.run_id}") if ".scratch" in k]
