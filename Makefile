@@ -34,8 +34,9 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not e2e"
 
+# Every bench/*.py prints one JSON document of figures; none of them is a test.
 bench: install
-	$(BIN)/python bench/demo.py
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 ui: install
 	$(BIN)/lora-factory ui
