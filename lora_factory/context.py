@@ -79,6 +79,7 @@ class Stage:
     tracker: Tracker
     mlflow_run_id: str
     out: Path
+    scratch: Path  # survives a failed attempt; see RunDir.scratch_dir
     log: Any
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -111,7 +112,13 @@ def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
     run = ref.run_dir()
     tracker = ref.tracker()
     log = get_logger()
-    mlflow_run_id = tracker.start_stage(ref.parent_run_id, name, tags={"lora_factory.run_id": ref.run_id})
+    previous = run.state()["stages"].get(name, {})
+    if previous.get("status") in (FAILED, RUNNING) and previous.get("mlflow_run_id"):
+        # A resumed stage logs into the run of its failed attempt, so step axes continue.
+        mlflow_run_id = previous["mlflow_run_id"]
+        tracker.reopen(mlflow_run_id)
+    else:
+        mlflow_run_id = tracker.start_stage(ref.parent_run_id, name, tags={"lora_factory.run_id": ref.run_id})
     run.set_stage(name, RUNNING, mlflow_run_id=mlflow_run_id)
     started = time.monotonic()
     log.info("%s: started (run %s)", name, ref.run_id)
@@ -119,7 +126,7 @@ def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
     try:
         with run.stage_output(name) as out:
             staged.append(out)
-            stage = Stage(name, ref, run, tracker, mlflow_run_id, out, log)
+            stage = Stage(name, ref, run, tracker, mlflow_run_id, out, run.scratch_dir(name), log)
             try:
                 yield stage
             except BaseException:
@@ -138,6 +145,7 @@ def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
     tracker.log_metrics(mlflow_run_id, {"stage_seconds": seconds})
     tracker.end(mlflow_run_id)
     run.set_stage(name, DONE, seconds=seconds, summary=_jsonable(stage.summary))
+    run.clear_scratch(name)
     refresh_run_manifest(run, STAGES)
     log.info("%s: done in %.1fs", name, seconds)
 

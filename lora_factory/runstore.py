@@ -146,6 +146,23 @@ class RunDir:
             (local / ".complete").write_text(now_iso())
         return local
 
+    def scratch_dir(self, stage: str) -> Path:
+        """A local folder for ``stage`` that survives a failed attempt (crawl job state, training
+        checkpoints), so a resumed stage continues instead of starting over. The stage decides
+        what of it to copy into its outputs; ``clear_scratch`` removes it once the stage is done."""
+        local = self.store.local_path(f"{self.key}/.scratch/{stage}")
+        path = local if local is not None else self.work_root / self.run_id / ".scratch" / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def clear_scratch(self, stage: str) -> None:
+        local = self.store.local_path(f"{self.key}/.scratch/{stage}")
+        path = local if local is not None else self.work_root / self.run_id / ".scratch" / stage
+        shutil.rmtree(path, ignore_errors=True)
+        parent = path.parent
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
     def write_file(self, rel: str, data: bytes) -> None:
         """A file at the run's top level (e.g. ``manifest.parquet``)."""
         self.store.write_bytes(f"{self.key}/{rel}", data)
