@@ -28,9 +28,12 @@ app = typer.Typer(
 DEMO_TOPICS_FILE = Path(__file__).resolve().parent.parent / "configs" / "topics" / "demo.yaml"
 
 
-def _quiet_environment() -> None:
-    """Defaults that keep an offline run offline and its log readable."""
+def _runtime_defaults() -> None:
+    """Defaults that keep an offline run offline, robust on a busy machine, and readable."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary API server gets 20 s to start by default; a loaded 2-core machine
+    # needs about that much, and missing it fails the run before it begins.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -154,7 +157,7 @@ def _run(topics: list[str], profile: str, overrides: dict[str, Any], resume: str
         run_store_for(cfg).open(resume)  # a typo'd run id fails here, in a second
     else:
         topics = preflight(cfg, topics)
-    _quiet_environment()
+    _runtime_defaults()
     from flows.factory import lora_factory  # heavy: prefect, torch, diffusers
 
     _hide_user_error_tracebacks()
