@@ -32,6 +32,7 @@ def factory_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp / "home"
     failed = run_cli("run", "-t", "lighthouse,sailboat", "--home", str(home),
                      "--set", "curate.min_side=100000", cwd=tmp)
+    assert (home / "runs").is_dir(), failed.stderr[-3000:]
     runs = sorted((home / "runs").iterdir())
     assert len(runs) == 1
     run_dir = runs[0]
