@@ -109,12 +109,18 @@ class Tracker:
 
     # logging --------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log params; on a reopened run (a resumed stage) values that changed since the failed
+        attempt become ``resumed.<key>`` tags, since MLflow params cannot change."""
         from mlflow.entities import Param
 
         flat = flatten_params(params)
-        items = [Param(k, v) for k, v in flat.items()]
+        existing = self.client.get_run(run_id).data.params
+        items = [Param(k, v) for k, v in flat.items() if k not in existing]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
+        changed = {f"resumed.{k}": v for k, v in flat.items() if k in existing and existing[k] != v}
+        if changed:
+            self.set_tags(run_id, changed)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():

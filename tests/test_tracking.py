@@ -53,3 +53,16 @@ def test_parent_nested_runs_metrics_and_registry(tmp_path: Path) -> None:
     # A second Tracker on the same DB finds the experiment instead of creating another.
     again = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp", tmp_path / "artifacts")
     assert again.experiment_id == tracker.experiment_id
+
+
+def test_a_reopened_run_records_changed_params_as_tags(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+    run = tracker.start_stage(tracker.start_parent("p"), "curate")
+    tracker.log_params(run, {"curate": {"min_side": 100000, "exact_dedup": True}})
+    tracker.end(run, "FAILED")
+    tracker.reopen(run)
+    tracker.log_params(run, {"curate": {"min_side": 64, "exact_dedup": True}, "extra": 1})
+    data = tracker.client.get_run(run).data
+    assert data.params["curate.min_side"] == "100000"  # what the failed attempt ran with
+    assert data.tags["resumed.curate.min_side"] == "64"
+    assert data.params["extra"] == "1" and "resumed.curate.exact_dedup" not in data.tags
