@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -32,29 +32,120 @@ class ModelsConfig(Section):
 class CrawlConfig(Section):
     """Where to crawl and how far; the crawl stops cleanly at the first bound reached."""
 
-    source: Literal["demo", "seeds"] = "demo"
+    source: Literal["demo", "seeds", "wikimedia", "openverse"] = "demo"
     # topic -> seed URLs (pages or sitemaps), used when source == "seeds".
     seeds: dict[str, list[str]] = Field(default_factory=dict)
+    # API sources (source == "wikimedia" / "openverse"): images found per topic, fetched directly.
+    wikimedia_api_url: str = "https://commons.wikimedia.org/w/api.php"
+    openverse_api_url: str = "https://api.openverse.org/v1/"
+    api_max_results: int = Field(50, ge=1, le=500)  # candidates asked for per topic
     allowed_domains: list[str] = Field(default_factory=list)  # empty: the seeds' own domains
+    # Bounds: the crawl stops at the first one reached and names it as its finish reason.
     max_pages: int = Field(200, ge=1)
     max_images: int = Field(500, ge=1)
+    max_images_per_topic: int | None = Field(None, ge=1)  # None: only max_images applies
     max_depth: int = Field(3, ge=0)
     timeout_s: float = Field(600.0, gt=0)
+    # Images: what is downloaded (bytes) and kept (decoded pixels, resolution).
     min_image_side: int = Field(16, ge=1)  # smaller images are not worth downloading twice
-    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
-    allow_private_addresses: bool = False
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)  # aborted beyond this (too_large)
+    warn_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # logged beyond this
+    max_image_pixels: int = Field(40_000_000, ge=1)  # width x height; beyond: too_many_pixels
+    # Safety.
+    allow_private_addresses: bool = False  # any non-public address (private, loopback, ...)
+    allow_loopback: bool = False  # only 127.0.0.0/8 and ::1 (the demo site, tests, benches)
+    download_timeout_s: float = Field(30.0, gt=0)
+    max_redirects: int = Field(5, ge=0)
+    # Politeness.
     obey_robots: bool = True
-    honour_noai: bool = True
+    honour_noai: bool = True  # X-Robots-Tag / meta robots noai, noimageai
     user_agent: str = "LoRAFactoryBot/0.1 (+https://github.com/lora-factory/lora-factory)"
+    concurrent_requests: int = Field(16, ge=1)
     concurrent_requests_per_domain: int = Field(8, ge=1)
     download_delay_s: float = Field(0.0, ge=0)
     autothrottle: bool = True
+    # Page quality: pages failing a check are recorded in pages.parquet with the reason and are
+    # neither mined for images nor followed.
+    allowed_languages: list[str] = Field(default_factory=lambda: ["en"])  # empty: any language
+    min_text_entropy: float = Field(3.0, ge=0)  # bits per word; keyword-stuffed pages score low
+    max_ad_ratio: float = Field(0.6, gt=0, le=1)  # share of text in links and ad blocks
+    # Relevance (MiniLM cosine similarity of link/page text to the topic); None: off.
+    relevance_threshold: float | None = Field(None, ge=-1, le=1)
+    relevance_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     demo_seed: int = 0  # the demo site generator's seed
+    # Distributed mode (scrapy-redis): with a Redis URL, crawler processes of the same run share
+    # one frontier and seen-set in Redis under <redis_key_prefix>:<run id>:*; see spiders.distributed.
+    redis_url: str | None = None
+    redis_key_prefix: str = "lora-factory"
+    # Crawler processes the crawl task starts on the shared Redis frontier (needs redis_url).
+    workers: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _workers_need_redis(self) -> CrawlConfig:
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError("crawl.workers > 1 needs crawl.redis_url (the shared frontier)")
+        return self
 
 
 class CurateConfig(Section):
-    min_side: int = Field(64, ge=1)  # drop images whose shorter side is below this (too_small)
-    exact_dedup: bool = True  # identical decoded pixels -> one representative (exact_duplicate)
+    """Every curation filter with its threshold; ``None`` (or ``false``) turns a filter off.
+
+    Each filter writes its reason and the score it judged on per item (see ``tasks.curate``).
+    CLIP thresholds are per model (``clip_thresholds`` keyed by the ``models.clip_scorer``
+    reference), because cosines are not comparable across CLIP models; a model without an entry
+    gets no CLIP alignment or CLIP near-duplicate filtering (its embeddings still feed the stats).
+    """
+
+    # Technical quality
+    min_side: int = Field(64, ge=1)  # shorter side below this: too_small
+    max_pixels: int | None = Field(None, ge=1)  # more pixels than this: too_large (decompression bombs)
+    max_aspect: float | None = Field(3.0, ge=1.0)  # long/short side above this: bad_aspect
+    min_sharpness: float | None = Field(20.0, ge=0)  # variance of the Laplacian (<=512 px grey): blurry
+    min_brightness: float | None = Field(20.0, ge=0, le=255)  # mean luma below: too_dark
+    max_brightness: float | None = Field(240.0, ge=0, le=255)  # mean luma above: overexposed
+    max_clipped_fraction: float | None = Field(0.9, gt=0, le=1)  # share of pixels black or white
+    min_contrast: float | None = Field(4.0, ge=0)  # std of luma below: low_information
+    min_entropy: float | None = Field(0.3, ge=0, le=8)  # luma histogram entropy (bits): low_information
+    # Text: cleaning is always on; these decide drops
+    languages: list[str] | None = Field(default_factory=lambda: ["en"])  # None: any language
+    language_min_words: int = Field(4, ge=1)  # shorter texts are not judged (langdetect is unreliable)
+    language_min_confidence: float = Field(0.9, gt=0, le=1)
+    drop_ad_text: bool = True  # texts like "advertisement", "sponsored", "buy now": ad
+    require_text: bool = False  # no usable text at all: no_caption
+    min_text_topic: float | None = Field(None, ge=-1, le=1)  # MiniLM text-topic cosine: off_topic
+    # Duplicates
+    exact_dedup: bool = True  # identical decoded pixels: exact_duplicate
+    phash_max_distance: int | None = Field(12, ge=0, le=64)  # pHash Hamming bits: near_duplicate
+    dhash_max_distance: int = Field(10, ge=0, le=64)  # ... and dHash bits (both must hold)
+    near_dup_max_aspect_change: float = Field(0.1, ge=0)  # |log aspect ratio| difference
+    text_dedup_threshold: float | None = Field(0.97, gt=0, le=1)  # MiniLM cosine: semantic_duplicate
+    text_dedup_image_check: bool = True  # also require similar pictures (see text_dedup_max_phash)
+    text_dedup_max_phash: int = Field(14, ge=0, le=64)  # when CLIP has no image_duplicate threshold
+    dedup_exact_max_items: int = Field(20000, ge=2)  # above: SemDeDup cluster-then-compare
+    dedup_items_per_cluster: int = Field(1000, ge=10)  # k-means clusters = n / this
+    # CLIP alignment and near-duplicates, per CLIP model reference
+    clip_thresholds: dict[str, dict[Literal["image_text", "image_topic", "image_duplicate"], float | None]] = Field(
+        default_factory=lambda: {
+            # LAION-5B used image-text cosine 0.28 with ViT-B/32.
+            "laion/CLIP-ViT-B-32-laion2B-s34B-b79K": {"image_text": 0.28, "image_topic": 0.2, "image_duplicate": 0.96},
+            "openai/clip-vit-base-patch32": {"image_text": 0.28, "image_topic": 0.2, "image_duplicate": 0.96},
+        }
+    )
+    topic_prompt: str = Field("a photo of {topic}", min_length=1)
+    domain_prompts: dict[str, str] = Field(
+        default_factory=lambda: {
+            "photo": "a photo", "art": "a painting", "anime": "an anime drawing",
+            "illustration": "a digital illustration", "3d": "a 3d render", "sketch": "a pencil sketch",
+            "screenshot": "a screenshot with text",
+        }
+    )
+    clip_batch_size: int = Field(64, ge=1)
+    # Balance
+    max_per_composition: int | None = Field(None, ge=1)  # near-identical compositions: composition_cap
+    composition_max_phash: int = Field(12, ge=0, le=64)
+    max_source_share: float | None = Field(None, gt=0, le=1)  # per page domain: source_cap
+    # Report
+    report_thumbnails_per_reason: int = Field(48, ge=0)
 
 
 class LabelConfig(Section):
@@ -83,6 +174,29 @@ class TrainConfig(Section):
     target_modules: list[str] = Field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(1, ge=1)
+    # Loss.
+    noise_offset: float = Field(0.0, ge=0)  # 0.05-0.1 helps very dark / bright images
+    snr_gamma: float | None = Field(None, gt=0)  # min-SNR-gamma weighting; 5.0 is the paper's value
+    # Checkpoints and resume (the train task keeps them in the stage's scratch folder).
+    checkpoint_every: int = Field(0, ge=0)  # 0: only when the run stops early (SIGTERM, guard, stop)
+    keep_checkpoints: int = Field(2, ge=1)  # the last K, plus the best
+    resume: bool = True  # continue from the latest checkpoint when one exists
+    force_resume: bool = False  # resume even if the dataset or the config changed
+    # Monitoring and guards.
+    loss_smoothing: float = Field(0.9, ge=0, lt=1)  # EMA factor of the smoothed loss
+    nan_max_consecutive: int = Field(3, ge=1)  # non-finite steps in a row before the run stops
+    nan_lr_factor: float = Field(0.5, gt=0, le=1)  # LR multiplier after a skipped step
+    validation_split: float = Field(0.0, ge=0, lt=1)  # held-out fraction (0: no validation)
+    validation_every: int = Field(0, ge=0)  # steps between validations (0: checkpoint_every or end)
+    early_stopping_window: int = Field(0, ge=0)  # validations of rising val loss; 0: off
+    plateau_patience: int = Field(0, ge=0)  # steps without a better smoothed loss; 0: off
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    sample_every: int = Field(0, ge=0)  # steps between sample grids (0: off)
+    sample_prompts: list[str] = Field(default_factory=list)  # empty: the first training captions
+    sample_seed: int = 1234
+    sample_steps: int = Field(20, ge=1)
+    # Export.
+    export_kohya: bool = True
 
 
 class EvaluateConfig(Section):

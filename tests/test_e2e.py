@@ -92,8 +92,8 @@ def test_every_stage_wrote_its_outputs(factory_run: dict) -> None:
 
 
 def test_planted_defects_are_explained(factory_run: dict) -> None:
-    """Every planted tiny image and exact duplicate the crawl kept is dropped by curate with the
-    right reason, and `lora-factory explain` says so."""
+    """Every planted tiny, blurry, off-topic image and exact or near duplicate the crawl kept is
+    dropped by curate with the right reason, and `lora-factory explain` says so."""
     from spiders.sources.demo_site import generate_demo_site
 
     truth = generate_demo_site(factory_run["tmp"] / "site", seed=0).ground_truth
@@ -108,18 +108,43 @@ def test_planted_defects_are_explained(factory_run: dict) -> None:
     assert tiny and all(r["curate_reason"] == "too_small" for r in tiny)
     # Each planted exact duplicate whose original was crawled too: one of the pair is kept and
     # the other dropped as its exact_duplicate (which one depends on licence and crawl order).
+    # (Pairs of a topic the run did not ask for are dropped earlier, as off_topic: see below.)
+    run_topics = {"lighthouse", "sailboat"}
     pairs = [(r, by_path[truth[p]["dup_of"]]) for p, r in by_path.items()
-             if truth[p]["kind"] == "exact_dup" and truth[p]["dup_of"] in by_path]
+             if truth[p]["kind"] == "exact_dup" and truth[p]["dup_of"] in by_path
+             and truth[p]["topic"] in run_topics]
     assert pairs
     for copy, original in pairs:
         kept, dropped = (copy, original) if copy["curate_decision"] == "keep" else (original, copy)
         assert kept["curate_decision"] == "keep"
         assert dropped["curate_reason"] == "exact_duplicate"
         assert dropped["curate_dup_of"] == kept["item_id"]
-    # Clean images are kept, except an original that lost to its planted copy (better licence).
+    # Planted blurry images are dropped as blurry; each planted near copy whose original was
+    # crawled collapses with it into one kept image (the better-ranked one).
+    blurry = [r for k, r in kinds.values() if k == "blurry"]
+    assert blurry and all(r["curate_reason"] == "blurry" for r in blurry)
+    near = [(r, by_path[truth[p]["dup_of"]]) for p, r in by_path.items()
+            if truth[p]["kind"] == "near_dup" and truth[p]["dup_of"] in by_path
+            and truth[p]["topic"] in run_topics]
+    assert near
+    for copy, original in near:
+        kept, dropped = (copy, original) if copy["curate_decision"] == "keep" else (original, copy)
+        assert kept["curate_decision"] == "keep"
+        assert dropped["curate_reason"] == "near_duplicate" and dropped["curate_dup_of"] == kept["item_id"]
+    # Clean images of the run's topics are kept, except an original that lost to its planted
+    # identical copy; clean images of a topic the run did not ask for (reached through the site's
+    # links) are off_topic.
     clean = [r for k, r in kinds.values() if k == "clean"]
-    assert clean and all(r["curate_decision"] == "keep" or r["curate_reason"] == "exact_duplicate"
-                         for r in clean)
+    on_topic = [r for r in clean if truth[urlparse(r["image_url"]).path]["topic"] in run_topics]
+    assert on_topic and all(r["curate_decision"] == "keep" or r["curate_reason"] == "exact_duplicate"
+                            for r in on_topic)
+    assert all(r["curate_reason"] == "off_topic" for r in clean if r not in on_topic)
+    # Everything of another topic (or none: recipes, the logo) is dropped: off_topic, or an
+    # earlier filter (too small, blurry, ad) when it was planted junk as well.
+    elsewhere = [(k, r) for k, r in kinds.values()
+                 if truth[urlparse(r["image_url"]).path]["topic"] not in run_topics and k != "corrupt"]
+    assert elsewhere and all(r["curate_decision"] == "drop" for _, r in elsewhere)
+    assert all(r["curate_reason"] == "off_topic" for k, r in elsewhere if k in ("clean", "off_topic"))
 
     proc = run_cli("explain", factory_run["run_dir"].name, tiny[0]["image_url"],
                    "--home", str(factory_run["home"]), cwd=factory_run["tmp"])
