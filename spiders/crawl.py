@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_NAME = "crawl_config.json"
 LOG_NAME = "crawl.log"
 STATS_NAME = "crawl_stats.json"
+GRACE_S = 20.0  # after SIGINT, how long the child may take to finish in-flight work and write
 
 
 def wall_clock_bound(config: CrawlConfig) -> float:
@@ -34,8 +36,12 @@ def wall_clock_bound(config: CrawlConfig) -> float:
     return config.timeout_s + 30.0 + 0.1 * config.timeout_s
 
 
-def _check_seeds(topics_to_urls: dict[str, list[str]]) -> list[str]:
+def _check_seeds(
+    topics_to_urls: dict[str, list[str]],
+    topics_to_images: dict[str, list[dict[str, Any]]] | None = None,
+) -> list[str]:
     urls = [u for us in topics_to_urls.values() for u in us]
+    urls += [c["image_url"] for cs in (topics_to_images or {}).values() for c in cs]
     if not urls:
         raise StageError("the crawl has no seed URLs: give each topic at least one page URL")
     bad = [
@@ -68,7 +74,8 @@ def _empty_crawl_error(urls: list[str], stats: dict[str, Any]) -> StageError:
     if "private_address" in failed:
         return StageError(
             f"the crawl refused {shown}: loopback/private addresses are blocked; "
-            "set crawl.allow_private_addresses=true to crawl them"
+            "set crawl.allow_loopback=true (127.0.0.1 only) or crawl.allow_private_addresses=true "
+            "to crawl them"
         )
     notes = [
         f"{what}: {', '.join(f'{k} x{v}' for k, v in counts.items())}"
@@ -84,26 +91,70 @@ def _empty_crawl_error(urls: list[str], stats: dict[str, Any]) -> StageError:
     )
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGINT first (Scrapy shuts down gracefully and the journal stays consistent), then kill."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_crawl(
     topics_to_urls: dict[str, list[str]],
     out_dir: Path,
     config: CrawlConfig,
     on_progress: Callable[[str], None] | None = None,
+    state_dir: Path | None = None,
+    models_dir: Path | None = None,
+    worker: str | None = None,
+    run_id: str | None = None,
+    topics_to_images: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Crawl the seeds into ``out_dir`` (items.parquet, pages.parquet, crawl_stats.json, images/).
 
+    ``state_dir`` holds the resumption journal and the downloaded-image store; give the same
+    folder to a re-run (the crawl task uses its stage's scratch folder) and the crawl continues
+    where the previous attempt stopped, never downloading an image twice. Default:
+    ``out_dir/.state``. ``models_dir`` is where the relevance model is cached.
+
     Returns the crawl stats. Raises ``StageError`` if the crawl fails, overruns its time bound,
-    or collects no images.
+    or collects no images. If the caller is interrupted (an exception from ``on_progress``,
+    KeyboardInterrupt, a cancelled task), the child is stopped gracefully before re-raising.
+
+    Distributed mode (``config.redis_url`` set): this process is worker ``worker`` (name it, so a
+    re-run resumes its part) of run ``run_id`` (default: derived from ``out_dir``); it shares
+    the Redis frontier with the run's other workers and writes ``out_dir/parts/<worker>/``
+    (state in ``<state_dir>/<worker>``). A worker may end with no images (the others did the
+    work): that is not an error here. Merge the parts with ``spiders.distributed.merge_parts``.
     """
-    urls = _check_seeds(topics_to_urls)
+    urls = _check_seeds(topics_to_urls, topics_to_images)
     out_dir = Path(out_dir)
+    distributed = bool(config.redis_url)
+    if distributed:
+        from .distributed import PARTS_DIR, default_run_id, default_worker
+
+        run_id = run_id or default_run_id(out_dir)
+        worker = worker or default_worker()
+        if not worker.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise StageError(f"worker name {worker!r}: use letters, digits, '-', '_' or '.'")
+        state_dir = Path(state_dir or out_dir / ".state") / worker
+        out_dir = out_dir / PARTS_DIR / worker
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STATS_NAME).unlink(missing_ok=True)  # never report a previous run's stats
     spec = {
         "topics": topics_to_urls,
         "out_dir": str(out_dir.resolve()),
         "crawl": config.model_dump(mode="json"),
+        "state_dir": str(Path(state_dir or out_dir / ".state").resolve()),
+        "models_dir": str(Path(models_dir).resolve()) if models_dir else None,
+        "images": topics_to_images or {},
     }
+    if distributed:
+        spec.update(run_id=run_id, worker=worker)
     config_path = (out_dir / CONFIG_NAME).resolve()
     config_path.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
@@ -147,9 +198,7 @@ def run_crawl(
                 f"the crawl did not exit within {bound:.0f} s and was stopped; see {log_path}"
             ) from None
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
             reader.join(timeout=5)
             proc.stdout.close()
 
@@ -161,6 +210,6 @@ def run_crawl(
         stats: dict[str, Any] = json.loads((out_dir / STATS_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise StageError(f"the crawl wrote no readable {STATS_NAME} in {out_dir}: {exc}") from exc
-    if stats.get("images", 0) == 0:
+    if stats.get("images", 0) == 0 and not distributed:
         raise _empty_crawl_error(urls, stats)
     return stats

@@ -37,7 +37,13 @@ def failure_reason(failure: Failure) -> tuple[str, str, int | None]:
         return f"http_{status}", f"HTTP {status}", status
     for types, reason in _BY_TYPE:
         if isinstance(exc, types):
+            if reason == "too_large" and detail == type(exc).__name__:
+                detail = "download cancelled: the body grew beyond download_maxsize"
             return reason, detail, None
     if isinstance(exc, IgnoreRequest):
-        return ("robots_txt" if "robots.txt" in detail else "ignored"), detail, None
+        if "robots.txt" in detail:
+            return "robots_txt", detail, None
+        if "redirections" in detail:  # RedirectMiddleware: "max redirections reached"
+            return "redirect_loop", detail, None
+        return "ignored", detail, None
     return "download_error", f"{type(exc).__name__}: {detail}", None

@@ -3,8 +3,13 @@
 Why: seed URLs and links come from the open web; a page must not steer the crawler into the
 operator's own network (SSRF). The check resolves the host once per crawl and looks at every
 address it maps to. It is deliberately simple for now (a later issue pins the resolved address
-for the connection, closing the DNS-rebinding gap). The demo site and tests, which live on
-127.0.0.1, set ``allow_private_addresses``.
+for the connection, closing the DNS-rebinding gap). The demo site, tests and benches, which live on
+127.0.0.1, set ``allow_loopback`` (only 127.0.0.0/8 and ::1) or ``allow_private_addresses`` (any
+non-public address).
+
+Redirects are re-checked: Scrapy's RedirectMiddleware (priority 600) turns a 3xx into a new
+request that goes through the scheduler and through this middleware (priority 40) again, so a
+public page redirecting to 10.0.0.1 is refused before any connection to 10.0.0.1 is attempted.
 """
 
 from __future__ import annotations
@@ -23,11 +28,23 @@ if TYPE_CHECKING:
     from scrapy.statscollectors import StatsCollector
 
 ALLOW_SETTING = "LORA_FACTORY_ALLOW_PRIVATE_ADDRESSES"
+ALLOW_LOOPBACK_SETTING = "LORA_FACTORY_ALLOW_LOOPBACK"
 RESOLVE_TIMEOUT_S = 10.0
 
 
 class PrivateAddressRefused(IgnoreRequest):
     """The request's host resolves to an address the crawl may not reach."""
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_loopback(address: str) -> bool:
+    return _ip(address).is_loopback
 
 
 def is_public(address: str) -> bool:
@@ -39,14 +56,18 @@ def is_public(address: str) -> bool:
 
 
 class PrivateAddressMiddleware:
-    def __init__(self, allow: bool, stats: StatsCollector) -> None:
+    def __init__(self, allow: bool, stats: StatsCollector, allow_loopback: bool = False) -> None:
         self.allow = allow
+        self.allow_loopback = allow_loopback
         self.stats = stats
         self._resolved: dict[str, list[str]] = {}
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        return cls(crawler.settings.getbool(ALLOW_SETTING), crawler.stats)
+        settings = crawler.settings
+        return cls(
+            settings.getbool(ALLOW_SETTING), crawler.stats, settings.getbool(ALLOW_LOOPBACK_SETTING)
+        )
 
     async def process_request(self, request: Request) -> None:
         if self.allow:
@@ -54,12 +75,16 @@ class PrivateAddressMiddleware:
         host = urlparse_cached(request).hostname
         if not host:
             return
-        blocked = [a for a in await self._addresses(host) if not is_public(a)]
+        blocked = [
+            a
+            for a in await self._addresses(host)
+            if not is_public(a) and not (self.allow_loopback and is_loopback(a))
+        ]
         if blocked:
             self.stats.inc_value("lora_factory/refused_private_address")
             raise PrivateAddressRefused(
                 f"{host} is a private/loopback address ({blocked[0]}); "
-                "set crawl.allow_private_addresses=true to crawl it"
+                "set crawl.allow_private_addresses=true (or allow_loopback) to crawl it"
             )
         return
 

@@ -1,17 +1,30 @@
-"""The crawl's ledger: items, pages and rejections as they happen, written out once at the end.
+"""The crawl's ledger: items, pages and rejections as they happen, journaled for resumption,
+and written out as the crawl directory at the end.
 
 Why one ledger: the spider (pages, rejections) and the item pipeline (stored images) both
 report here, so the crawl directory is written by one object in one place, even when the
 crawl stops early on a bound, and the progress line counts the same things the files hold.
+
+Why a journal (``<state_dir>/journal.jsonl``) instead of Scrapy's JOBDIR: JOBDIR's disk queues
+are only consistent after a graceful shutdown, while the crawl stage must also continue after a
+killed process. Every request the spider decides to make and every outcome is one JSON line,
+flushed as it happens; a re-run replays it: outcomes are restored, requested-but-unfinished
+pages and images are requested again, and an image URL with an outcome is never fetched again.
+Stored images live in ``<state_dir>/images`` (content-addressed, written atomically) and are
+hard-linked into the output directory at the end.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 
@@ -25,8 +38,16 @@ PAGE_SCHEMA = pa.schema(
         pa.field("title", pa.string()),
         pa.field("topic", pa.string()),
         pa.field("n_images", pa.int32(), nullable=False),
-        pa.field("decision", pa.string(), nullable=False),  # "parsed" | "skipped" | "error"
-        pa.field("reason", pa.string()),  # why not parsed: http_404, robots_txt, private_address...
+        # "parsed" | "rejected" (quality, relevance) | "skipped" (not HTML) | "error"
+        pa.field("decision", pa.string(), nullable=False),
+        # why not parsed: http_404, robots_txt, private_address, ad_farm, language, off_topic...;
+        # for a parsed page an opt-out note: noai (its images were not downloaded)
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("text_entropy", pa.float64()),
+        pa.field("ad_ratio", pa.float64()),
+        pa.field("relevance", pa.float64()),
     ]
 )
 
@@ -41,29 +62,137 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 PROGRESS_EVERY = 10  # image outcomes between progress lines
+JOURNAL_NAME = "journal.jsonl"
+
+
+@dataclass
+class ResumeState:
+    """What a previous attempt left: requests made and which of them have an outcome."""
+
+    pages: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {url, topic, depth}
+    pages_done: set[str] = field(default_factory=set)
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)  # url -> provenance
+    images_done: set[str] = field(default_factory=set)
+    events: int = 0
+
+    @property
+    def pending_pages(self) -> list[dict[str, Any]]:
+        return [p for k, p in self.pages.items() if k not in self.pages_done]
+
+    @property
+    def pending_images(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(u, m) for u, m in self.images.items() if u not in self.images_done]
 
 
 class CrawlRecord:
     """Collects what the crawl found; ``write`` produces the crawl directory's tables and stats."""
 
-    def __init__(self, out_dir: Path, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        progress: Callable[[str], None] | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
-        self.images_dir = self.out_dir / "images"
+        self.state_dir = Path(state_dir) if state_dir is not None else self.out_dir / ".state"
+        self.store_dir = self.state_dir / "images"  # content-addressed image store
         self.items: dict[str, dict[str, Any]] = {}  # item_id -> row, in first-seen order
         self.pages: list[dict[str, Any]] = []
         self.rejections: list[dict[str, Any]] = []
         self.merged = 0  # image URLs folded into an existing item (same bytes)
-        self.over_limit = 0  # decodable images dropped because max_images was reached
+        self.over_limit = 0  # decodable images dropped because a max_images bound was reached
+        self.per_topic: Counter[str] = Counter()
         self._progress = progress or (lambda line: None)
         self._outcomes = 0
+        self._journal: IO[str] | None = None
+        self.resumed: ResumeState | None = None
+
+    # -- journal ---------------------------------------------------------------------------
+    def open_journal(self) -> ResumeState:
+        """Replay the journal of a previous attempt (if any) and open it for appending."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / JOURNAL_NAME
+        state = ResumeState()
+        if path.exists():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by a killed process
+                    self._replay(event, state)
+                    state.events += 1
+        self._journal = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if state.events:
+            self.resumed = state
+        return state
+
+    def _replay(self, event: dict[str, Any], state: ResumeState) -> None:
+        kind = event["e"]
+        if kind == "req_page":
+            state.pages.setdefault(event["key"], event["req"])
+        elif kind == "req_image":
+            state.images.setdefault(event["url"], event["meta"])
+        elif kind == "page":
+            state.pages_done.add(event["key"])
+            self.pages.append(event["row"])
+        elif kind == "item":
+            row = dict(event["row"])
+            row["crawl_time"] = datetime.fromisoformat(row["crawl_time"])
+            if (self.store_dir / Path(row["image_path"]).name).exists():
+                self.items[row["item_id"]] = row
+                self.per_topic[row["topic"] or ""] += 1
+                state.images_done.add(row["image_url"])
+        elif kind == "merge":
+            if (row := self.items.get(event["item_id"])) is not None:
+                row["other_urls"].append(event["url"])
+                self.merged += 1
+                state.images_done.add(event["url"])
+        elif kind == "reject":
+            self.rejections.append(event["row"])
+            state.images_done.add(event["row"]["url"])
+        elif kind == "over":
+            self.over_limit += 1
+            state.images_done.add(event["url"])
+
+    def _log(self, event: dict[str, Any]) -> None:
+        if self._journal is not None:
+            self._journal.write(json.dumps(event, default=str) + "\n")
+            self._journal.flush()  # in the OS's hands: survives a killed process
+
+    def requested_page(self, key: str, url: str, topic: str | None, depth: int) -> None:
+        self._log({"e": "req_page", "key": key, "req": {"url": url, "topic": topic, "depth": depth}})
+
+    def requested_image(self, url: str, meta: Mapping[str, Any]) -> None:
+        self._log({"e": "req_image", "url": url, "meta": dict(meta)})
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     # -- reporting -------------------------------------------------------------------------
-    def add_page(self, row: Mapping[str, Any]) -> None:
-        self.pages.append(dict(row))
+    def add_page(self, row: Mapping[str, Any], key: str | None = None) -> None:
+        full = {name: row.get(name) for name in PAGE_SCHEMA.names}
+        self.pages.append(full)
+        self._log({"e": "page", "key": key or row["url"], "row": full})
         self._emit()
+
+    def store_image(self, item_id: str, ext: str, data: bytes) -> str:
+        """Write the bytes into the content-addressed store (once); returns the relative path."""
+        name = f"{item_id}.{ext}"
+        target = self.store_dir / name
+        if not target.exists():
+            tmp = target.with_name(f"{name}.{os.getpid()}.part")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+        return f"images/{name}"
 
     def add_item(self, row: Mapping[str, Any]) -> None:
         self.items[row["item_id"]] = dict(row)
+        self.per_topic[row.get("topic") or ""] += 1
+        self._log({"e": "item", "row": dict(row)})
         self._image_outcome()
 
     def merge(self, item_id: str, url: str) -> bool:
@@ -73,16 +202,22 @@ class CrawlRecord:
             return False
         if url != row["image_url"] and url not in row["other_urls"]:
             row["other_urls"].append(url)
+            self._log({"e": "merge", "item_id": item_id, "url": url})
         self.merged += 1
         self._image_outcome()
         return True
 
+    def drop_over_limit(self, url: str) -> None:
+        self.over_limit += 1
+        self._log({"e": "over", "url": url})
+        self._image_outcome()
+
     def reject(
         self, url: str, page_url: str | None, topic: str | None, reason: str, detail: str
     ) -> None:
-        self.rejections.append(
-            {"url": url, "page_url": page_url, "topic": topic, "reason": reason, "detail": detail}
-        )
+        row = {"url": url, "page_url": page_url, "topic": topic, "reason": reason, "detail": detail}
+        self.rejections.append(row)
+        self._log({"e": "reject", "row": row})
         self._image_outcome()
 
     def progress_line(self) -> str:
@@ -101,12 +236,16 @@ class CrawlRecord:
     def summary(
         self, scrapy_stats: Mapping[str, Any], finish_reason: str, duration_s: float
     ) -> dict[str, Any]:
-        pages_by_reason = Counter(p["reason"] for p in self.pages if p["decision"] != "parsed")
+        pages_by_reason = Counter(
+            p["reason"] for p in self.pages if p["decision"] not in ("parsed",)
+        )
         return {
             "pages": sum(1 for p in self.pages if p["decision"] == "parsed"),
             "pages_requested": len(self.pages),
             "pages_not_parsed": dict(sorted(pages_by_reason.items())),
+            "pages_noai": sum(1 for p in self.pages if p["reason"] == "noai"),
             "images": len(self.items),
+            "images_per_topic": dict(sorted(self.per_topic.items())),
             "image_urls": len(self.items) + self.merged,
             "byte_duplicates_merged": self.merged,
             "images_over_limit": self.over_limit,
@@ -116,15 +255,26 @@ class CrawlRecord:
             "rejected": len(self.rejections),
             "rejections": dict(sorted(Counter(r["reason"] for r in self.rejections).items())),
             "robots_forbidden": int(scrapy_stats.get("robotstxt/forbidden", 0)),
+            "links_off_topic": int(scrapy_stats.get("lora_factory/links_off_topic", 0)),
+            "resumed": self.resumed is not None,
             "finish_reason": finish_reason,
             "scrapy_finish_reason": scrapy_stats.get("finish_reason"),
             "duration_s": round(duration_s, 3),
         }
 
     def write(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """Write items/pages/rejected parquet and crawl_stats.json; returns the stats."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.images_dir.mkdir(parents=True, exist_ok=True)
+        """Write items/pages/rejected parquet, link the images, write crawl_stats.json."""
+        self.close()
+        images_dir = self.out_dir / "images"
+        images_dir.mkdir(parents=True, exist_ok=True)
+        for row in self.items.values():
+            name = Path(row["image_path"]).name
+            target = images_dir / name
+            if not target.exists():
+                try:
+                    os.link(self.store_dir / name, target)
+                except OSError:  # another file system: copy
+                    shutil.copyfile(self.store_dir / name, target)
         write_items(self.out_dir / "items.parquet", list(self.items.values()))
         write_table(self.out_dir / "pages.parquet", self.pages, PAGE_SCHEMA)
         write_table(self.out_dir / "rejected.parquet", self.rejections, REJECTED_SCHEMA)

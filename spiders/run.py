@@ -5,7 +5,14 @@ Why a process of its own: Scrapy's Twisted reactor cannot be restarted, so a lon
 stdout carries only progress lines ("crawl: 12 pages, 40 images, 3 rejected"), stderr the log,
 the exit code success; the results are the files in ``out_dir``.
 
-The JSON config: ``{"topics": {topic: [seed URL, ...]}, "out_dir": path, "crawl": CrawlConfig}``.
+The JSON config: ``{"topics": {topic: [seed URL, ...]}, "out_dir": path, "crawl": CrawlConfig,
+"state_dir": path (journal + image store, kept across attempts), "models_dir": path,
+"run_id"/"worker": distributed mode only (see ``spiders.distributed``),
+"images": {topic: [provenance with "image_url", ...]} (optional: API sources' images)}``.
+
+SIGINT (sent by the parent when it is interrupted or cancelled) stops the crawl gracefully:
+in-flight downloads finish, the journal and the crawl directory are written (finish reason
+``interrupted``), so the next attempt continues where this one stopped.
 """
 
 from __future__ import annotations
@@ -25,7 +32,14 @@ def _print_progress(line: str) -> None:
 
 
 def crawl(
-    topics_to_urls: dict[str, list[str]], out_dir: Path, config: CrawlConfig
+    topics_to_urls: dict[str, list[str]],
+    out_dir: Path,
+    config: CrawlConfig,
+    state_dir: Path | None = None,
+    models_dir: Path | None = None,
+    run_id: str | None = None,
+    worker: str | None = None,
+    topics_to_images: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Run the topic spider to completion (or a bound) and write the crawl directory."""
     from scrapy.crawler import AsyncCrawlerProcess
@@ -34,7 +48,7 @@ def crawl(
     from .topic_spider import TopicSpider
 
     started = time.monotonic()
-    process = AsyncCrawlerProcess(scrapy_settings(config))
+    process = AsyncCrawlerProcess(scrapy_settings(config, run_id, worker))
     crawler = process.create_crawler(TopicSpider)
     process.crawl(
         crawler,
@@ -42,6 +56,9 @@ def crawl(
         config=config,
         out_dir=out_dir,
         progress=_print_progress,
+        state_dir=state_dir,
+        models_dir=models_dir,
+        topics_to_images=topics_to_images,
     )
     process.start()
     spider = crawler.spider
@@ -63,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = json.loads(args.config.read_text(encoding="utf-8"))
     config = CrawlConfig.model_validate(spec["crawl"])
-    stats = crawl(spec["topics"], Path(spec["out_dir"]), config)
+    state_dir = Path(spec["state_dir"]) if spec.get("state_dir") else None
+    models_dir = Path(spec["models_dir"]) if spec.get("models_dir") else None
+    stats = crawl(
+        spec["topics"], Path(spec["out_dir"]), config, state_dir, models_dir,
+        spec.get("run_id"), spec.get("worker"), spec.get("images"),
+    )
     _print_progress(
         f"crawl: done, {stats['pages']} pages, {stats['images']} images, {stats['rejected']} rejected "
         f"({stats['finish_reason']}, {stats['duration_s']:.1f} s)"

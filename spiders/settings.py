@@ -10,12 +10,26 @@ from typing import Any
 
 from lora_factory.config import CrawlConfig
 
-from .middlewares import ALLOW_SETTING
+from .middlewares import ALLOW_LOOPBACK_SETTING, ALLOW_SETTING
 
 PAGE_MAX_BYTES = 10 * 1024 * 1024  # HTML pages; images use CrawlConfig.max_image_bytes
 
 
-def scrapy_settings(config: CrawlConfig) -> dict[str, Any]:
+def scrapy_settings(
+    config: CrawlConfig, run_id: str | None = None, worker: str | None = None
+) -> dict[str, Any]:
+    """With ``config.redis_url``: the shared Redis frontier of run ``run_id`` (``spiders.distributed``)."""
+    settings = _base_settings(config)
+    if config.redis_url:
+        from .distributed import default_worker, redis_settings
+
+        if not run_id:
+            raise ValueError("distributed mode (crawl.redis_url) needs a run id")
+        settings.update(redis_settings(config, run_id, worker or default_worker()))
+    return settings
+
+
+def _base_settings(config: CrawlConfig) -> dict[str, Any]:
     return {
         "BOT_NAME": "lora-factory",
         "USER_AGENT": config.user_agent,
@@ -26,16 +40,23 @@ def scrapy_settings(config: CrawlConfig) -> dict[str, Any]:
         "AUTOTHROTTLE_MAX_DELAY": max(config.download_delay_s, 30.0),
         "DOWNLOAD_DELAY": config.download_delay_s,
         "CONCURRENT_REQUESTS_PER_DOMAIN": config.concurrent_requests_per_domain,
-        "CONCURRENT_REQUESTS": max(16, config.concurrent_requests_per_domain),
+        "CONCURRENT_REQUESTS": config.concurrent_requests,
         "COOKIES_ENABLED": False,
-        # Bounds. The spider enforces max_pages and max_depth itself (it stops following links);
-        # DEPTH_LIMIT is the backstop (0 means "no limit" to Scrapy, hence the spider's check).
-        # Image requests reset their depth, so DEPTH_LIMIT only ever applies to pages.
+        # Scrapy 2.19 starts CONCURRENT_ITEMS asyncio tasks for *every* callback's output
+        # (scrapy.utils.asyncio._parallel_asyncio); the default 100 dominated the CPU profile,
+        # and a page yields only a handful of requests, an image one item.
+        "CONCURRENT_ITEMS": 8,
+        # Bounds. The spider enforces max_pages, max_depth and the image bounds itself (they
+        # must count what a resumed crawl already did); DEPTH_LIMIT is a backstop for pages
+        # (image requests reset their depth). The wall clock is Scrapy's CLOSESPIDER_TIMEOUT.
         "DEPTH_LIMIT": config.max_depth,
-        "CLOSESPIDER_ITEMCOUNT": config.max_images,
         "CLOSESPIDER_TIMEOUT": config.timeout_s,
-        "DOWNLOAD_TIMEOUT": min(30.0, config.timeout_s),
-        "DOWNLOAD_MAXSIZE": max(PAGE_MAX_BYTES, config.max_image_bytes),
+        "DOWNLOAD_TIMEOUT": config.download_timeout_s,
+        # Pages: PAGE_MAX_BYTES; images get max_image_bytes per request (meta download_maxsize).
+        "DOWNLOAD_MAXSIZE": PAGE_MAX_BYTES,
+        "DOWNLOAD_WARNSIZE": PAGE_MAX_BYTES // 2,
+        "REDIRECT_MAX_TIMES": config.max_redirects,
+        "METAREFRESH_ENABLED": False,
         "RETRY_TIMES": 1,
         # Breadth-first, so a max_pages bound keeps the pages closest to the seeds.
         "DEPTH_PRIORITY": 1,
@@ -43,6 +64,7 @@ def scrapy_settings(config: CrawlConfig) -> dict[str, Any]:
         "SCHEDULER_MEMORY_QUEUE": "scrapy.squeues.FifoMemoryQueue",
         # Our components.
         ALLOW_SETTING: config.allow_private_addresses,
+        ALLOW_LOOPBACK_SETTING: config.allow_loopback,
         "DOWNLOADER_MIDDLEWARES": {
             # Before OffsiteMiddleware (50) and RobotsTxtMiddleware (100): a refused host is
             # never contacted, not even for robots.txt.

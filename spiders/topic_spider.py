@@ -1,13 +1,21 @@
-"""The topic spider: pages from per-topic seeds, images with provenance, bounded and polite.
+"""The topic spider: pages from per-topic seeds, images with provenance, bounded, polite, resumable.
 
 Why images go through Scrapy (not a side download): the scheduler, robots.txt, throttling,
 the private-address guard and the crawl bounds then apply to every byte we fetch. The spider
 decides what to follow and checks what it got; storage and identity are the pipeline's job
-(``spiders.pipelines``), outputs the ledger's (``spiders.record``).
+(``spiders.pipelines``), outputs and the resumption journal the ledger's (``spiders.record``).
+
+Per page: HTML only; opt-outs (X-Robots-Tag and meta robots ``noai``/``noimageai`` skip the
+page's images with reason ``noai``, ``nofollow`` stops link following); quality (``ad_farm``,
+``low_entropy``, ``language``) and relevance (``off_topic``) checks; then images and links.
+Per image: Content-Type and opt-out headers are checked as soon as the headers arrive (the body
+of an HTML page served at an image URL is never downloaded), the body's size is capped by
+``download_maxsize``, and ``spiders.images`` checks magic bytes, pixels and decodes it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +23,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import scrapy
+from scrapy import signals
+from scrapy.exceptions import StopDownload
 from scrapy.http import HtmlResponse, Request, Response
+from scrapy.http.headers import Headers
 from scrapy.linkextractors import LinkExtractor
 from scrapy.utils.response import get_base_url
 from twisted.python.failure import Failure
@@ -25,13 +36,22 @@ from lora_factory.config import CrawlConfig
 
 from .extract import extract_page
 from .failures import failure_reason
-from .images import ImageRejected, inspect_image
-from .pipelines import BODY_KEY
+from .images import ImageRejected, declared_type, inspect_image, type_is_acceptable
+from .pipelines import BODY_KEY, close_spider_soon
+from .quality import Relevance, link_text, page_quality, page_summary_text
 from .record import CrawlRecord
 
 IMAGE_PRIORITY = 100  # a page's images are fetched before the crawl goes deeper
 IMAGE_META = "lora_factory_image"  # request.meta key carrying an image's provenance
-FRIENDLY_REASONS = {"closespider_itemcount": "max_images", "closespider_timeout": "timeout"}
+IMAGE_KEY = "lora_factory_image_url"  # the image URL as the page gave it (before redirects)
+PAGE_KEY = "lora_factory_page_key"  # the canonical URL the page was requested under
+PAGE_URL = "lora_factory_page_url"  # the URL the page was requested under (before redirects)
+STOP_META = "lora_factory_stop"  # (reason, detail) when a download was stopped at the headers
+FRIENDLY_REASONS = {"closespider_timeout": "timeout", "shutdown": "interrupted"}
+# The bounds in the order they are reported when several were hit.
+BOUND_ORDER = ("max_images", "max_images_per_topic", "max_pages", "max_depth")
+_DIRECTIVES_WITH_COLON = {"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"}
+_UA_PREFIX = re.compile(r"^\s*([A-Za-z0-9_.*-]+)\s*:\s*(.*)$")
 
 
 def seed_domains(topics_to_urls: dict[str, list[str]]) -> list[str]:
@@ -39,6 +59,32 @@ def seed_domains(topics_to_urls: dict[str, list[str]]) -> list[str]:
     return sorted(
         {urlsplit(u).hostname or "" for urls in topics_to_urls.values() for u in urls} - {""}
     )
+
+
+def bot_token(user_agent: str) -> str:
+    """The product token robots directives may address: "LoRAFactoryBot/0.1 (...)" -> lorafactorybot."""
+    return user_agent.split("/", 1)[0].split()[0].lower() if user_agent.strip() else ""
+
+
+def robots_directives(values: list[str], bot: str) -> set[str]:
+    """Directives from X-Robots-Tag values or meta robots contents that apply to ``bot``.
+
+    ``X-Robots-Tag: otherbot: noai`` addresses another crawler and is ignored; ``noai``,
+    ``*: noai`` and ``lorafactorybot: noai`` apply.
+    """
+    out: set[str] = set()
+    for value in values:
+        m = _UA_PREFIX.match(value)
+        if m and m[1].lower() not in _DIRECTIVES_WITH_COLON:
+            if m[1].lower() not in ("*", bot):
+                continue
+            value = m[2]
+        out.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return out
+
+
+def header_values(headers: Headers, name: bytes) -> list[str]:
+    return [v.decode("latin-1") for v in headers.getlist(name)]
 
 
 class TopicSpider(scrapy.Spider):
@@ -50,42 +96,105 @@ class TopicSpider(scrapy.Spider):
         config: CrawlConfig,
         out_dir: str | Path,
         progress: Callable[[str], None] | None = None,
+        state_dir: str | Path | None = None,
+        models_dir: str | Path | None = None,
+        topics_to_images: dict[str, list[dict[str, Any]]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.topics_to_urls = topics_to_urls
+        # Images an API source found (provenance dicts with "image_url"): fetched directly.
+        self.topics_to_images = topics_to_images or {}
+        self.topics_to_urls = {**{t: [] for t in self.topics_to_images}, **topics_to_urls}
         self.config = config
         self.allowed_domains = [d.lower() for d in config.allowed_domains] or seed_domains(
             topics_to_urls
         )
-        self.record = CrawlRecord(Path(out_dir), progress)
+        self.record = CrawlRecord(
+            Path(out_dir), progress, Path(state_dir) if state_dir is not None else None
+        )
         # Not LinkExtractor(allow_domains=...): it compares the netloc (with the port), while
         # OffsiteMiddleware compares the host name; _on_site follows the offsite rule.
         self.links = LinkExtractor()
-        self.bound_reached: str | None = None  # a bound that stopped the crawl following links
+        self.bot = bot_token(config.user_agent)
+        self.relevance: Relevance | None = None
+        if config.relevance_threshold is not None:
+            self.relevance = Relevance(
+                config.relevance_model, Path(models_dir or Path(out_dir) / ".models")
+            )
+        self.bounds_hit: set[str] = set()  # bounds that stopped the crawl following something
         self.close_reason: str | None = None
         self._pages: set[str] = set()  # canonical URLs of every page requested
-        self._images: set[str] = set()
+        self._images: set[str] = set()  # every image URL requested
+        self.links_off_topic = 0
 
-    # -- pages -----------------------------------------------------------------------------
+    @classmethod
+    def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> TopicSpider:
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        crawler.signals.connect(spider.headers_received, signal=signals.headers_received)
+        return spider
+
+    # -- start and resume ------------------------------------------------------------------
     async def start(self) -> AsyncIterator[Request]:
+        state = self.record.open_journal()
+        self._pages.update(state.pages)
+        self._images.update(state.images)
+        if self.record.resumed:
+            self.logger.info(
+                "resuming: %d pages and %d images already done, %d pages and %d images pending",
+                len(state.pages_done), len(state.images_done),
+                len(state.pending_pages), len(state.pending_images),
+            )
+        if self.check_image_bounds():
+            return
+        for url, meta in state.pending_images:
+            yield self._image_request(url, meta)
+        for req in state.pending_pages:
+            yield self._make_page_request(req["url"], req["topic"], req["depth"])
         for topic, urls in self.topics_to_urls.items():
             for url in urls:
-                if request := self._page_request(url, topic):
+                if request := self._page_request(url, topic, 0):
                     yield request
+        for request in self._direct_image_requests():
+            yield request
 
-    def _page_request(self, url: str, topic: str) -> Request | None:
+    def _direct_image_requests(self) -> Iterator[Request]:
+        """Requests for images an API source found, with their provenance (not yet requested)."""
+        for topic, candidates in self.topics_to_images.items():
+            for candidate in candidates:
+                url = candidate["image_url"]
+                if url in self._images:
+                    continue
+                meta = {
+                    **{k: v for k, v in candidate.items() if k != "image_url"},
+                    "topic": topic,
+                    "robots": "allowed" if self.config.obey_robots else "not_checked",
+                }
+                meta.setdefault("license", "unknown")
+                self._images.add(url)
+                self.record.requested_image(url, meta)
+                yield self._image_request(url, meta)
+
+    # -- pages -----------------------------------------------------------------------------
+    def _page_request(self, url: str, topic: str, depth: int) -> Request | None:
         """A request for a page not yet requested, unless max_pages is used up."""
         key = canonicalize_url(url)
         if key in self._pages or not self._on_site(url):
             return None
         if len(self._pages) >= self.config.max_pages:
-            self.bound_reached = "max_pages"
+            self.bounds_hit.add("max_pages")
             self.crawler.stats.inc_value("lora_factory/pages_over_limit")
             return None
         self._pages.add(key)
+        self.record.requested_page(key, url, topic, depth)
+        return self._make_page_request(url, topic, depth)
+
+    def _make_page_request(self, url: str, topic: str, depth: int) -> Request:
         return Request(
-            url, callback=self.parse_page, errback=self.page_failed, meta={"topic": topic}
+            url,
+            callback=self.parse_page,
+            errback=self.page_failed,
+            dont_filter=True,  # deduplicated by the spider (and its journal) already
+            meta={"topic": topic, "depth": depth, PAGE_KEY: canonicalize_url(url), PAGE_URL: url},
         )
 
     def _on_site(self, url: str) -> bool:
@@ -94,22 +203,54 @@ class TopicSpider(scrapy.Spider):
 
     def parse_page(self, response: Response) -> Iterator[Request]:
         topic, depth = response.meta["topic"], response.meta.get("depth", 0)
+        row: dict[str, Any] = {
+            "url": response.url, "status": response.status, "depth": depth, "topic": topic,
+            "n_images": 0,
+        }
+        key = response.meta.get(PAGE_KEY)
         if not isinstance(response, HtmlResponse):
-            self._add_page(
-                response.url, response.status, depth, None, topic, 0, "skipped", "not_html"
-            )
+            self._add_page(row, key, "skipped", "not_html", declared_type(
+                response.headers.get(b"Content-Type", b"").decode("latin-1")))
             return
-        page = extract_page(response.selector, get_base_url(response))
-        self._add_page(
-            response.url,
-            response.status,
-            depth,
-            page.title,
-            topic,
-            len(page.images),
-            "parsed",
-            None,
+        sel = response.selector
+        meta_robots = sel.xpath(
+            "//meta[translate(@name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
+            "=$n or translate(@name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')=$b]/@content",
+            n="robots", b=self.bot,
+        ).getall()
+        directives = robots_directives(
+            header_values(response.headers, b"X-Robots-Tag") + meta_robots, self.bot
         )
+        quality = page_quality(
+            sel, self.config.allowed_languages, self.config.min_text_entropy,
+            self.config.max_ad_ratio,
+        )
+        row.update(
+            title=(sel.css("title::text").get() or "").strip() or None,
+            language=quality.language, text_entropy=quality.entropy, ad_ratio=quality.ad_ratio,
+        )
+        if quality.reason:
+            self._add_page(row, key, "rejected", quality.reason, quality.detail)
+            return
+        if self.relevance is not None:
+            score = self.relevance.scores(topic, [page_summary_text(sel)])[0]
+            row["relevance"] = round(score, 4)
+            threshold = self.config.relevance_threshold or 0.0
+            if score < threshold and depth > 0:  # seeds are the user's choice: always mined
+                self._add_page(
+                    row, key, "rejected", "off_topic",
+                    f"similarity {score:.2f} to {topic!r} < {threshold:g}",
+                )
+                return
+        page = extract_page(sel, get_base_url(response))
+        row["title"] = page.title
+        row["n_images"] = len(page.images)
+        opted_out = self.config.honour_noai and directives & {"noai", "noimageai"}
+        if opted_out:
+            what = ", ".join(sorted(directives & {"noai", "noimageai"}))
+            self._add_page(row, key, "parsed", "noai", f"page opts out of AI use ({what})")
+        else:
+            self._add_page(row, key, "parsed", None, None)
         provenance = {
             "page_url": response.url,
             "page_title": page.title,
@@ -119,116 +260,181 @@ class TopicSpider(scrapy.Spider):
             "author": page.author,
             "robots": "allowed" if self.config.obey_robots else "not_checked",
         }
+        topic_full = self._topic_full(topic)
         for ref in page.images:
             if ref.url in self._images:
                 continue
-            self._images.add(ref.url)
+            if opted_out:
+                self._images.add(ref.url)
+                self._reject(ref.url, provenance, "noai", f"page {response.url} opts out ({what})")
+                continue
+            if topic_full or self._all_images_done():
+                break
             meta = {
-                IMAGE_META: {
-                    **provenance,
-                    "alt_text": ref.alt_text,
-                    "title_text": ref.title_text,
-                    "figure_caption": ref.figure_caption,
-                    "surrounding_text": ref.surrounding_text,
-                },
-                "allow_offsite": True,  # images often live on a CDN; the address guard still applies
-                "depth_reset": True,  # an image is not a page: DEPTH_LIMIT must not drop it
-                "download_maxsize": self.config.max_image_bytes,
+                **provenance,
+                "alt_text": ref.alt_text,
+                "title_text": ref.title_text,
+                "figure_caption": ref.figure_caption,
+                "surrounding_text": ref.surrounding_text,
             }
-            yield Request(
-                ref.url,
-                callback=self.parse_image,
-                errback=self.image_failed,
-                priority=IMAGE_PRIORITY,
-                meta=meta,
-            )
-        if depth < self.config.max_depth:
-            for link in self.links.extract_links(response):
-                if not link.nofollow and (request := self._page_request(link.url, topic)):
-                    yield request
+            self._images.add(ref.url)
+            self.record.requested_image(ref.url, meta)
+            yield self._image_request(ref.url, meta)
+        if "nofollow" in directives or "none" in directives:
+            return
+        links = [
+            link for link in self.links.extract_links(response)
+            if not link.nofollow and self._on_site(link.url)
+            and canonicalize_url(link.url) not in self._pages
+        ]
+        if depth >= self.config.max_depth:
+            if links:
+                self.bounds_hit.add("max_depth")
+            return
+        if self.relevance is not None and links:
+            scores = self.relevance.scores(topic, [link_text(lk.url, lk.text) for lk in links])
+            kept = [lk for lk, s in zip(links, scores, strict=True)
+                    if s >= (self.config.relevance_threshold or 0.0)]
+            self.links_off_topic += len(links) - len(kept)
+            links = kept
+        for link in links:
+            if request := self._page_request(link.url, topic, depth + 1):
+                yield request
 
     def page_failed(self, failure: Failure) -> None:
         request = failure.request  # type: ignore[attr-defined]
-        reason, _detail, status = failure_reason(failure)
-        self._add_page(
-            request.url,
-            status,
-            request.meta.get("depth", 0),
-            None,
-            request.meta.get("topic"),
-            0,
-            "error",
-            reason,
-        )
+        reason, detail, status = failure_reason(failure)
+        url = request.meta.get(PAGE_URL, request.url)
+        if url != request.url:
+            detail = f"{detail} (redirected to {request.url})"
+        row = {
+            "url": url, "status": status, "depth": request.meta.get("depth", 0),
+            "topic": request.meta.get("topic"), "n_images": 0,
+        }
+        self._add_page(row, request.meta.get(PAGE_KEY), "error", reason, detail)
 
     def _add_page(
-        self,
-        url: str,
-        status: int | None,
-        depth: int,
-        title: str | None,
-        topic: str | None,
-        n_images: int,
-        decision: str,
-        reason: str | None,
+        self, row: dict[str, Any], key: str | None, decision: str, reason: str | None,
+        detail: str | None,
     ) -> None:
-        self.record.add_page(
-            {
-                "url": url,
-                "status": status,
-                "depth": depth,
-                "title": title,
-                "topic": topic,
-                "n_images": n_images,
-                "decision": decision,
-                "reason": reason,
-            }
-        )
+        self.record.add_page({**row, "decision": decision, "reason": reason, "detail": detail}, key)
 
     # -- images ----------------------------------------------------------------------------
+    def _image_request(self, url: str, provenance: dict[str, Any]) -> Request:
+        return Request(
+            url,
+            callback=self.parse_image,
+            errback=self.image_failed,
+            priority=IMAGE_PRIORITY,
+            # Deduplicated by the spider already; and the dupefilter would silently drop the
+            # second hop of a redirect loop, leaving the image without a recorded outcome.
+            dont_filter=True,
+            meta={
+                IMAGE_META: provenance,
+                IMAGE_KEY: url,
+                "allow_offsite": True,  # images often live on a CDN; the address guard applies
+                "depth_reset": True,  # an image is not a page: DEPTH_LIMIT must not drop it
+                "download_maxsize": self.config.max_image_bytes,
+                "download_warnsize": self.config.warn_image_bytes,
+            },
+        )
+
+    def headers_received(
+        self, headers: Headers, body_length: int, request: Request, spider: Any
+    ) -> None:
+        """Stop an image download at its headers when its type or opt-out rules it out.
+
+        ``fail=False``: the (bodiless) response still goes through the middlewares, so a 404
+        stays ``http_404`` and a redirect is still followed (the signal does not see the status).
+        """
+        if IMAGE_META not in request.meta:
+            return
+        request.meta.pop(STOP_META, None)  # set by an earlier hop of a redirect chain
+        content_type = (headers.get(b"Content-Type") or b"").decode("latin-1")
+        if not type_is_acceptable(content_type):
+            request.meta[STOP_META] = ("not_image", f"Content-Type {declared_type(content_type)}")
+            raise StopDownload(fail=False)
+        if self.config.honour_noai:
+            directives = robots_directives(header_values(headers, b"X-Robots-Tag"), self.bot)
+            if found := directives & {"noai", "noimageai"}:
+                request.meta[STOP_META] = (
+                    "noai", f"X-Robots-Tag {', '.join(sorted(found))} on the image",
+                )
+                raise StopDownload(fail=False)
+
     def parse_image(self, response: Response) -> Iterator[dict[str, Any]]:
         provenance = response.meta[IMAGE_META]
+        url = response.meta.get(IMAGE_KEY, response.url)
+        if STOP_META in response.meta:
+            reason, detail = response.meta[STOP_META]
+            self._reject(url, provenance, reason, detail)
+            return
         content_type = response.headers.get(b"Content-Type", b"").decode("latin-1")
         try:
-            info = inspect_image(response.body, content_type)
+            info = inspect_image(response.body, content_type, self.config.max_image_pixels)
         except ImageRejected as rejected:
-            self._reject(response.url, provenance, rejected.reason, rejected.detail)
+            self._reject(url, provenance, rejected.reason, rejected.detail)
             return
         side = self.config.min_image_side
         if min(info.width, info.height) < side:
             self._reject(
-                response.url,
-                provenance,
-                "too_small",
+                url, provenance, "too_small",
                 f"{info.width}x{info.height} px < min_image_side {side}",
             )
             return
         yield {
             **provenance,
-            "image_url": response.url,
+            "image_url": url,
             "crawl_time": datetime.now(UTC),
             "width": info.width,
             "height": info.height,
             "mime_type": info.mime_type,
-            BODY_KEY: response.body,
+            BODY_KEY: info.data,
         }
 
     def image_failed(self, failure: Failure) -> None:
         request = failure.request  # type: ignore[attr-defined]
         reason, detail, _status = failure_reason(failure)
-        self._reject(request.url, request.meta.get(IMAGE_META, {}), reason, detail)
+        url = request.meta.get(IMAGE_KEY, request.url)
+        self._reject(url, request.meta.get(IMAGE_META, {}), reason, detail)
 
     def _reject(self, url: str, provenance: dict[str, Any], reason: str, detail: str) -> None:
         self.crawler.stats.inc_value(f"lora_factory/rejected/{reason}")
         self.record.reject(url, provenance.get("page_url"), provenance.get("topic"), reason, detail)
 
+    # -- bounds ----------------------------------------------------------------------------
+    def _all_images_done(self) -> bool:
+        return len(self.record.items) >= self.config.max_images
+
+    def _topic_full(self, topic: str | None) -> bool:
+        limit = self.config.max_images_per_topic
+        return bool(limit) and self.record.per_topic[topic or ""] >= (limit or 0)
+
+    def check_image_bounds(self) -> bool:
+        """Close the spider when an image bound is reached; True if one is."""
+        reason = None
+        if self._all_images_done():
+            reason = "max_images"
+        elif self.config.max_images_per_topic and all(
+            self._topic_full(t) for t in self.topics_to_urls
+        ):
+            reason = "max_images_per_topic"
+        if reason is None:
+            return False
+        if reason not in self.bounds_hit:
+            self.bounds_hit.add(reason)
+            close_spider_soon(self.crawler, reason)
+        return True
+
     # -- end -------------------------------------------------------------------------------
     def closed(self, reason: str) -> None:
         self.close_reason = reason
+        self.crawler.stats.set_value("lora_factory/links_off_topic", self.links_off_topic)
 
     def finish_reason(self) -> str:
-        """Why the crawl stopped: finished, max_pages, max_images, timeout (or Scrapy's reason)."""
+        """Why the crawl stopped: finished, a bound (max_images, max_images_per_topic, max_pages,
+        max_depth), timeout, interrupted, or Scrapy's own reason."""
         reason = self.close_reason or "unknown"
-        if reason == "finished" and self.bound_reached:
-            return self.bound_reached
+        if reason == "finished":
+            return next((b for b in BOUND_ORDER if b in self.bounds_hit), "finished")
         return FRIENDLY_REASONS.get(reason, reason)

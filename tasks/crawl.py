@@ -1,9 +1,14 @@
-"""Crawl: the Prefect task that turns topics into seed URLs and runs the Scrapy crawl."""
+"""Crawl: the Prefect task that turns topics into seed URLs and runs the Scrapy crawl.
+
+Resumption: the crawl's journal and downloaded-image store live in the stage's scratch folder,
+which survives a failed attempt, so ``--resume`` continues the crawl instead of starting over
+and never downloads an image twice. For the demo source the site is generated into scratch
+too and served on the same port as before when it is free, so the journal's URLs stay valid.
+"""
 
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,11 +17,14 @@ from typing import Any
 from lora_factory.config import FactoryConfig
 from lora_factory.context import RunRef, get_logger, run_stage
 from spiders.crawl import run_crawl
+from spiders.distributed import run_workers
 from spiders.sources.demo_site import DemoSite, generate_demo_site, serve_site
+from spiders.sources.select import API_SOURCES, api_images, expand_seeds
 
 from ._prefect import stage_task
 
 STAGE = "crawl"
+DEMO_PORT_FILE = "demo_port"
 
 
 def demo_seed_urls(site: DemoSite, base_url: str, topics: list[str]) -> dict[str, list[str]]:
@@ -27,23 +35,30 @@ def demo_seed_urls(site: DemoSite, base_url: str, topics: list[str]) -> dict[str
 
 
 @contextmanager
-def seed_urls(cfg: FactoryConfig, topics: list[str]) -> Iterator[dict[str, list[str]]]:
-    """Seed URLs per topic; for the demo source, generate and serve the site while crawling."""
+def seed_urls(cfg: FactoryConfig, topics: list[str], scratch: Path) -> Iterator[dict[str, list[str]]]:
+    """Seed URLs per topic; for the demo source, generate and serve the site while crawling.
+
+    ``seeds``: sitemap seeds are expanded into their pages. API sources (``wikimedia``,
+    ``openverse``) have no seed pages: their images come from ``api_images``.
+    """
     if cfg.crawl.source == "seeds":
-        yield {t: cfg.crawl.seeds[t] for t in topics}
+        yield expand_seeds(cfg.crawl, topics)
         return
-    scratch = Path(cfg.home) / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch, prefix="demo-site-") as tmp:
-        site = generate_demo_site(Path(tmp), seed=cfg.crawl.demo_seed)
-        unknown = [t for t in topics if t.lower() not in {s.lower() for s in site.topics}]
-        if unknown:
-            get_logger().warning(
-                "crawl: the demo site has no pages about %s (it has %s); crawling its index for them",
-                unknown, ", ".join(site.topics),
-            )
-        with serve_site(site.root) as base_url:
-            yield demo_seed_urls(site, base_url, topics)
+    if cfg.crawl.source in API_SOURCES:
+        yield {t: [] for t in topics}
+        return
+    site = generate_demo_site(scratch / "demo-site", seed=cfg.crawl.demo_seed)
+    unknown = [t for t in topics if t.lower() not in {s.lower() for s in site.topics}]
+    if unknown:
+        get_logger().warning(
+            "crawl: the demo site has no pages about %s (it has %s); crawling its index for them",
+            unknown, ", ".join(site.topics),
+        )
+    port_file = scratch / DEMO_PORT_FILE
+    port = int(port_file.read_text()) if port_file.exists() else 0
+    with serve_site(site.root, port=port) as base_url:
+        port_file.write_text(base_url.rsplit(":", 1)[1])
+        yield demo_seed_urls(site, base_url, topics)
 
 
 @stage_task(STAGE)
@@ -51,9 +66,19 @@ def crawl_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
         cfg = st.config
         st.log_params({**cfg.crawl.model_dump(exclude={"seeds"}), "num_seed_topics": len(cfg.crawl.seeds)})
-        with seed_urls(cfg, ref.topics) as urls:
+        with seed_urls(cfg, ref.topics, st.scratch) as urls:
             st.log_params({"seed_urls": json.dumps(urls)})
-            stats = run_crawl(urls, st.out, cfg.crawl, on_progress=st.log.info)
+            images = (
+                api_images(cfg.crawl, ref.topics) if cfg.crawl.source in API_SOURCES else None
+            )
+            if images is not None:
+                st.log_params({"api_candidates": json.dumps({t: len(v) for t, v in images.items()})})
+            common = {"on_progress": st.log.info, "state_dir": st.scratch / "state",
+                      "models_dir": Path(cfg.home) / "models", "topics_to_images": images}
+            if cfg.crawl.workers > 1:
+                stats = run_workers(urls, st.out, cfg.crawl, cfg.crawl.workers, ref.run_id, **common)
+            else:
+                stats = run_crawl(urls, st.out, cfg.crawl, **common)
         st.log_metrics({k: float(v) for k, v in _numeric(stats).items()})
         st.log_artifact(st.out / "crawl_stats.json")
     return stats

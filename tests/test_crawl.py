@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import re
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,7 +31,7 @@ MIN_SIDE = 48  # above the demo's tiny images (24x24, 40x30), below everything e
 
 def _config(**overrides) -> CrawlConfig:
     settings = {
-        "allow_private_addresses": True,
+        "allow_loopback": True,
         "min_image_side": MIN_SIDE,
         "max_depth": 4,
         "timeout_s": 60.0,
@@ -176,10 +179,82 @@ def test_max_images_stops_the_crawl_and_says_why(demo, tmp_path: Path) -> None:
     assert stats["finish_reason"] == "max_images"
 
 
+def test_max_depth_stops_following_links_and_says_why(demo, tmp_path: Path) -> None:
+    site, base = demo
+    stats = run_crawl(site.topic_urls(base), tmp_path, _config(max_depth=1, autothrottle=False))
+    pages = pd.read_parquet(tmp_path / "pages.parquet")
+    assert pages["depth"].max() == 1 and len(pages) < len(site.pages)
+    assert stats["finish_reason"] == "max_depth"
+
+
+def test_max_images_per_topic_bounds_each_topic(demo, tmp_path: Path) -> None:
+    site, base = demo
+    stats = run_crawl(
+        site.topic_urls(base), tmp_path, _config(max_images_per_topic=3, autothrottle=False)
+    )
+    per_topic = Counter(it["topic"] for it in read_items(tmp_path / "items.parquet"))
+    assert per_topic == {t: 3 for t in site.topics}
+    assert stats["images_per_topic"] == dict(sorted(per_topic.items()))
+    assert stats["finish_reason"] == "max_images_per_topic"
+
+
+def test_wall_clock_timeout_stops_the_crawl_cleanly(demo, tmp_path: Path) -> None:
+    site, base = demo
+    config = _config(
+        timeout_s=2.5, download_delay_s=0.25, concurrent_requests_per_domain=1, autothrottle=False
+    )
+    stats = run_crawl(site.topic_urls(base), tmp_path, config)
+    assert stats["finish_reason"] == "timeout"
+    assert 0 < stats["images"] < len(site.ground_truth) and stats["duration_s"] < 15
+    assert len(read_items(tmp_path / "items.parquet")) == stats["images"]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_crawl_resumes_and_never_fetches_an_image_twice(tmp_path: Path) -> None:
+    site = generate_demo_site(tmp_path / "site", seed=0)
+    hits: Counter[str] = Counter()
+    state = tmp_path / "scratch"
+    config = _config(download_delay_s=0.02, concurrent_requests_per_domain=2, autothrottle=False)
+
+    def interrupt_midway(line: str) -> None:
+        m = re.match(r"crawl: \d+ pages, (\d+) images", line)
+        if m and int(m[1]) >= 10:
+            raise _Interrupt
+
+    with serve_site(site.root, hits=hits) as base:
+        with pytest.raises(_Interrupt):
+            run_crawl(site.topic_urls(base), tmp_path / "a", config,
+                      on_progress=interrupt_midway, state_dir=state)
+        first = json.loads((tmp_path / "a" / "crawl_stats.json").read_text())
+        first_hits = Counter(hits)
+        stats = run_crawl(site.topic_urls(base), tmp_path / "b", config, state_dir=state)
+
+    assert first["finish_reason"] == "interrupted" and 10 <= first["images"] < stats["images"]
+    assert stats["resumed"] and stats["finish_reason"] == "finished"
+    second_hits = hits - first_hits
+    assert second_hits, "the second run did the rest of the work"
+    twice = {p: n for p, n in hits.items() if n > 1 and p != "/robots.txt"}
+    assert twice == {}, "no page or image is fetched twice across both runs"
+    assert not any(first_hits[p] for p in second_hits if p != "/robots.txt")
+    expected = {
+        base + p for p, e in site.ground_truth.items()
+        if e["kind"] != "corrupt" and min(e["width"], e["height"]) >= MIN_SIDE
+    }
+    items = read_items(tmp_path / "b" / "items.parquet")
+    assert {u for it in items for u in [it["image_url"], *it["other_urls"]]} == expected
+    assert all((tmp_path / "b" / it["image_path"]).is_file() for it in items)
+    rejected = pd.read_parquet(tmp_path / "b" / "rejected.parquet")
+    assert Counter(rejected["reason"]) == {"too_small": sum(
+        1 for e in site.ground_truth.values() if e["kind"] == "tiny"), "undecodable": 1, "http_404": 1}
+
+
 def test_private_addresses_are_refused_by_default(demo, tmp_path: Path) -> None:
     site, base = demo
     with pytest.raises(StageError, match="allow_private_addresses=true") as err:
-        run_crawl(site.topic_urls(base), tmp_path, _config(allow_private_addresses=False))
+        run_crawl(site.topic_urls(base), tmp_path, _config(allow_loopback=False))
     assert "\n" not in str(err.value)
     pages = pd.read_parquet(tmp_path / "pages.parquet")
     assert set(pages["reason"]) == {"private_address"}

@@ -16,6 +16,7 @@ import io
 import json
 import random
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -432,11 +433,30 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+class _CountingHandler(_QuietHandler):
+    hits: ClassVar[Counter[str] | None] = None
+
+    def send_head(self) -> Any:
+        if self.hits is not None:
+            self.hits[self.path.split("?", 1)[0]] += 1
+        return super().send_head()
+
+
 @contextlib.contextmanager
-def serve_site(root: Path) -> Iterator[str]:
-    """Serve ``root`` on 127.0.0.1 (a free port) from a daemon thread; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve_site(root: Path, hits: Counter[str] | None = None, port: int = 0) -> Iterator[str]:
+    """Serve ``root`` on 127.0.0.1 (``port``, or a free one) from a daemon thread; yields the
+    base URL. If ``port`` is taken, a free port is used instead.
+
+    With ``hits``, every request's path is counted there (tests prove nothing is fetched twice).
+    """
+    base: type[_QuietHandler] = _QuietHandler
+    if hits is not None:
+        base = type("_Counting", (_CountingHandler,), {"hits": hits})
+    handler = functools.partial(base, directory=str(root))
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="demo-site", daemon=True

@@ -1,0 +1,161 @@
+"""Crawl throughput on a generated loopback site; prints JSON figures.
+
+The site: ``--pages`` HTML pages (default 2,000) linked as a binary tree plus a "next" chain,
+each with ``--images-per-page`` unique images (default 3, so 6,000 images), served from memory
+by a threaded HTTP/1.1 server in this process. The crawl runs exactly as the crawl stage runs it
+(``run_crawl``: a Scrapy subprocess, robots.txt, the private-address guard with loopback
+allowed, page-quality checks, full image validation and decoding, sha256 storage), with the
+politeness limits lifted for loopback: no AutoThrottle, no delay, high concurrency.
+
+Figures: pages/s and images/s (validated and stored) over the spider's own duration and over
+the wall clock including the subprocess start; downloaded image responses per second; peak RSS
+of the crawler process (from the kernel's accounting of waited-for children).
+Target (issue 3): >= 200 validated images/s on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lora_factory.config import CrawlConfig  # noqa: E402
+from spiders.crawl import run_crawl  # noqa: E402
+
+TEXT = (
+    "The lighthouse keeper kept a careful log of every ship that passed the headland, the "
+    "weather at dawn and dusk, and the oil burned by the lamp. Visitors climb the tower on "
+    "summer afternoons to look across the bay towards the islands and the open sea beyond."
+)
+
+
+def make_site(pages: int, per_page: int) -> dict[str, tuple[str, bytes]]:
+    """path -> (content type, body). Every image has distinct bytes."""
+    site: dict[str, tuple[str, bytes]] = {
+        "/robots.txt": ("text/plain", b"User-agent: *\nAllow: /\n"),
+    }
+    n = 0
+    for i in range(pages):
+        imgs = []
+        for _ in range(per_page):
+            img = Image.new("RGB", (64, 48), ((n * 37) % 256, (n * 91) % 256, (n * 13) % 256))
+            ImageDraw.Draw(img).rectangle((n % 40, (n // 40) % 30, n % 40 + 20, (n // 40) % 30 + 14), fill="white")
+            buf = io.BytesIO()
+            if n % 2:
+                img.save(buf, "PNG")
+                path, ctype = f"/img/{n}.png", "image/png"
+            else:
+                img.save(buf, "JPEG", quality=85)
+                path, ctype = f"/img/{n}.jpg", "image/jpeg"
+            site[path] = (ctype, buf.getvalue())
+            imgs.append(f'<figure><img src="{path}" alt="lighthouse {n}"><figcaption>Picture {n}</figcaption></figure>')
+            n += 1
+        links = [j for j in (2 * i + 1, 2 * i + 2, i + 1) if j < pages]
+        nav = " ".join(f'<a href="/p/{j}.html">page {j}</a>' for j in links)
+        html = (
+            f"<!DOCTYPE html><html lang='en'><head><title>Lighthouse page {i}</title></head><body>"
+            f"<h1>Lighthouse page {i}</h1><p>{TEXT}</p>{''.join(imgs)}<nav>{nav}</nav></body></html>"
+        )
+        site[f"/p/{i}.html"] = ("text/html; charset=utf-8", html.encode())
+    return site
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802
+        entry = self.server.site.get(self.path)  # type: ignore[attr-defined]
+        status, (ctype, body) = (200, entry) if entry else (404, ("text/plain", b"not found"))
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve(site: dict[str, tuple[str, bytes]]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.site = site  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=2000)
+    parser.add_argument("--images-per-page", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--timeout-s", type=float, default=600.0)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    site = make_site(args.pages, args.images_per_page)
+    generate_s = time.perf_counter() - started
+    n_images = sum(1 for p in site if p.startswith("/img/"))
+    config = CrawlConfig(
+        allow_loopback=True,
+        autothrottle=False,
+        download_delay_s=0.0,
+        concurrent_requests=args.concurrency,
+        concurrent_requests_per_domain=args.concurrency,
+        max_pages=args.pages,
+        max_images=n_images + 1,  # so the crawl finishes by itself
+        max_depth=args.pages,
+        timeout_s=args.timeout_s,
+        min_image_side=16,
+    )
+    with tempfile.TemporaryDirectory(prefix="lf-bench-crawl-") as tmp, serve(site) as base:
+        wall = time.perf_counter()
+        stats = run_crawl({"lighthouse": [f"{base}/p/0.html"]}, Path(tmp) / "crawl", config)
+        wall_s = time.perf_counter() - wall
+    peak_rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    crawl_s = stats["duration_s"]
+    downloaded = stats["images"] + stats["rejected"] + stats["byte_duplicates_merged"]
+    print(json.dumps({
+        "site_pages": args.pages,
+        "site_images": n_images,
+        "site_generate_s": round(generate_s, 1),
+        "pages": stats["pages"],
+        "images_validated": stats["images"],
+        "images_rejected": stats["rejected"],
+        "finish_reason": stats["finish_reason"],
+        "crawl_s": crawl_s,
+        "wall_s": round(wall_s, 1),
+        "pages_per_s": round(stats["pages"] / crawl_s, 1),
+        "images_downloaded_per_s": round(downloaded / crawl_s, 1),
+        "images_validated_per_s": round(stats["images"] / crawl_s, 1),
+        "images_validated_per_s_wall": round(stats["images"] / wall_s, 1),
+        "bytes": stats["bytes"],
+        "peak_rss_mb": round(peak_rss_kb / 1024, 1),
+        "concurrency": args.concurrency,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

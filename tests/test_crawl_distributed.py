@@ -1,0 +1,211 @@
+"""Distributed crawl mode: two crawler processes share one Redis frontier (127.0.0.1:6379)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lora_factory.config import CrawlConfig
+from lora_factory.manifest import read_items
+from spiders.crawl import run_crawl
+from spiders.distributed import merge_parts
+from spiders.sources.demo_site import generate_demo_site, serve_site
+
+redis = pytest.importorskip("redis")
+REDIS_URL = "redis://127.0.0.1:6379/0"
+LATENCY_S = 0.1  # per response: with 2 requests in flight per worker, one worker cannot drain
+# the site before the other has started (Scrapy start-up takes seconds on a busy machine)
+
+
+def _redis_or_skip() -> Any:
+    server = redis.Redis.from_url(REDIS_URL)
+    try:
+        server.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    return server
+
+
+class RequestLog(Counter):
+    """Handed to ``serve_site`` as its hit counter: the handler does ``hits[path] += 1`` once per
+    request, so each ``__setitem__`` is one request; they are logged under a lock (``+=`` from
+    two handler threads could lose a count) and each one takes LATENCY_S longer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.paths: list[str] = []
+
+    def __setitem__(self, key: str, value: int) -> None:
+        time.sleep(LATENCY_S)
+        with self.lock:
+            self.paths.append(key)
+            super().__setitem__(key, value)
+
+
+def _config(**overrides: Any) -> CrawlConfig:
+    settings = {
+        "allow_loopback": True, "min_image_side": 48, "max_depth": 4, "timeout_s": 60.0,
+        # Politeness lifted for loopback; few requests in flight so the work is shared.
+        "autothrottle": False, "concurrent_requests": 2, "concurrent_requests_per_domain": 2,
+    }
+    return CrawlConfig(**{**settings, **overrides})
+
+
+def _urls(items: list[dict[str, Any]]) -> set[str]:
+    return {u for row in items for u in [row["image_url"], *(row["other_urls"] or [])]}
+
+
+def _paths(items: list[dict[str, Any]], base: str) -> dict[str, set[str]]:
+    """item_id -> the URL paths where those bytes were found (ports differ between servers)."""
+    return {
+        row["item_id"]: {u.removeprefix(base) for u in [row["image_url"], *(row["other_urls"] or [])]}
+        for row in items
+    }
+
+
+def test_two_workers_share_the_frontier(tmp_path: Path) -> None:
+    server = _redis_or_skip()
+    prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
+    site = generate_demo_site(tmp_path / "site", seed=0)
+    try:
+        # The reference: one process, its own server.
+        with serve_site(site.root) as base1:
+            single_out = tmp_path / "single"
+            run_crawl(site.topic_urls(base1), single_out, _config())
+            single = _paths(read_items(single_out / "items.parquet"), base1)
+
+        hits = RequestLog()
+        out = tmp_path / "distributed"
+        config = _config(redis_url=REDIS_URL, redis_key_prefix=prefix)
+        results: dict[str, Any] = {}
+
+        def worker(name: str) -> None:
+            try:
+                results[name] = run_crawl(site.topic_urls(base2), out, config, worker=name)
+            except BaseException as exc:  # reported below
+                results[name] = exc
+
+        started = time.monotonic()
+        with serve_site(site.root, hits=hits) as base2:
+            threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+        seconds = time.monotonic() - started
+        for name in ("a", "b"):
+            assert not isinstance(results.get(name), BaseException), results.get(name)
+
+        # No URL fetched twice across both processes (each fetches robots.txt for itself).
+        fetched = Counter(hits.paths)
+        twice = {p: n for p, n in fetched.items() if n > 1 and p != "/robots.txt"}
+        assert not twice, twice
+        assert fetched["/robots.txt"] <= 2
+        # Both processes did some of the work.
+        for name in ("a", "b"):
+            s = results[name]
+            done = s["pages_requested"] + s["image_urls"] + s["rejected"]
+            assert done > 0, f"worker {name} did nothing: {s}"
+        parts = {n: _paths(read_items(out / "parts" / n / "items.parquet"), base2) for n in "ab"}
+
+        stats = merge_parts(out)
+        merged = _paths(read_items(out / "items.parquet"), base2)
+        # The union is complete: the same items (by content hash) with the same URLs.
+        assert merged == single
+        assert stats["images"] == len(single)
+        assert set(stats["workers"]) == {"a", "b"}
+        assert stats["finish_reason"] == "finished"
+        assert all(any((out / "images").glob(f"{i}.*")) for i in merged)
+        # Cross-worker content dedup happened where both workers found the same bytes.
+        shared = set(parts["a"]) & set(parts["b"])
+        assert stats["byte_duplicates_across_workers"] == len(shared)
+        # A finished crawl leaves nothing in Redis.
+        assert not list(server.scan_iter(f"{prefix}:*"))
+        print(
+            f"\ntwo workers: {seconds:.1f} s, {len(hits.paths)} requests, pages a/b = {results['a']['pages_requested']}/"
+            f"{results['b']['pages_requested']}, items a/b = {len(parts['a'])}/{len(parts['b'])}, "
+            f"merged {len(merged)}, shared bytes {len(shared)}"
+        )
+    finally:
+        keys = list(server.scan_iter(f"{prefix}:*"))
+        if keys:
+            server.delete(*keys)
+
+
+def _write_part(out: Path, worker: str, rows: list[tuple[str, str, int]]) -> None:
+    """A worker part with items (item_id, image_url, crawl second), as ``CrawlRecord.write`` does."""
+    from datetime import UTC, datetime
+
+    from lora_factory.manifest import write_items, write_table
+    from spiders.record import PAGE_SCHEMA, REJECTED_SCHEMA
+
+    part = out / "parts" / worker
+    (part / "images").mkdir(parents=True)
+    items = []
+    for item_id, url, second in rows:
+        (part / "images" / f"{item_id}.png").write_bytes(item_id.encode())
+        items.append({
+            "item_id": item_id, "image_path": f"images/{item_id}.png", "image_url": url,
+            "page_url": "http://x/p.html", "license": "unknown", "topic": "t",
+            "crawl_time": datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC), "width": 64,
+            "height": 64, "num_bytes": 10, "mime_type": "image/png", "other_urls": [],
+        })
+    write_items(part / "items.parquet", items)
+    write_table(part / "pages.parquet", [], PAGE_SCHEMA)
+    write_table(part / "rejected.parquet", [], REJECTED_SCHEMA)
+    stats = {"finish_reason": "finished", "images": len(items), "image_urls": len(items),
+             "duration_s": 1.0}
+    (part / "crawl_stats.json").write_text(__import__("json").dumps(stats), encoding="utf-8")
+
+
+def test_merge_parts_merges_same_bytes_across_workers(tmp_path: Path) -> None:
+    _write_part(tmp_path, "a", [("aa", "http://x/1.png", 2), ("bb", "http://x/2.png", 1)])
+    _write_part(tmp_path, "b", [("aa", "http://x/3.png", 1), ("cc", "http://x/4.png", 3)])
+    stats = merge_parts(tmp_path)
+    items = {row["item_id"]: row for row in read_items(tmp_path / "items.parquet")}
+    assert set(items) == {"aa", "bb", "cc"}
+    # The earliest copy is kept; the other worker's URL joins other_urls.
+    assert items["aa"]["image_url"] == "http://x/3.png"
+    assert items["aa"]["other_urls"] == ["http://x/1.png"]
+    assert stats["images"] == 3 and stats["byte_duplicates_across_workers"] == 1
+    assert stats["image_urls"] == 4
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["aa.png", "bb.png", "cc.png"]
+
+
+def test_run_workers_starts_n_workers_and_merges(tmp_path: Path) -> None:
+    """What the crawl task does with crawl.workers=2: two named workers, one merged stage."""
+    from spiders.distributed import run_workers
+
+    server = _redis_or_skip()
+    prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
+    site = generate_demo_site(tmp_path / "site", seed=0)
+    lines: list[str] = []
+    try:
+        hits = RequestLog()
+        with serve_site(site.root, hits=hits) as base:
+            config = _config(redis_url=REDIS_URL, redis_key_prefix=prefix, workers=2)
+            stats = run_workers(site.topic_urls(base), tmp_path / "out", config, config.workers,
+                                run_id=f"run-{prefix}", on_progress=lines.append,
+                                state_dir=tmp_path / "state")
+        items = read_items(tmp_path / "out" / "items.parquet")
+        assert stats["images"] == len(items) > 20
+        assert set(stats["workers"]) == {"w0", "w1"}
+        assert {line.split("]")[0] + "]" for line in lines} == {"[w0]", "[w1]"}
+        twice = {p: n for p, n in Counter(hits.paths).items() if n > 1 and p != "/robots.txt"}
+        assert not twice, twice
+    finally:
+        keys = list(server.scan_iter(f"{prefix}:*"))
+        if keys:
+            server.delete(*keys)
+
+
+def test_workers_without_redis_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match=r"crawl.workers > 1 needs crawl.redis_url"):
+        CrawlConfig(workers=2)
