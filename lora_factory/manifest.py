@@ -21,14 +21,22 @@ from .errors import StageError, StoreError
 # Reasons a stage may give for dropping an item. Stages may add their own (``str``), but the
 # common ones are named here so reports and tests agree on spelling.
 DROP_REASONS = (
-    "dup_of",
     "exact_duplicate",
     "near_duplicate",
+    "semantic_duplicate",
     "low_alignment",
     "off_topic",
+    "wrong_language",
+    "ad",
     "blurry",
+    "too_dark",
+    "overexposed",
+    "low_information",
     "too_small",
+    "too_large",
     "bad_aspect",
+    "composition_cap",
+    "source_cap",
     "license",
     "noai",
     "corrupt",

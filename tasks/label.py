@@ -7,9 +7,7 @@ cleaned, prefixed with the trigger word. The captioner and LLM tagger extend ``c
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from lora_factory.manifest import decision, read_table, write_decisions, write_t
 
 from ._prefect import stage_task
 from .curate import DATASET_SCHEMA
+from .curate.text import clean_text
 
 STAGE = "label"
 LABELS_SCHEMA = pa.schema(
@@ -33,29 +32,6 @@ LABELS_SCHEMA = pa.schema(
         pa.field("caption_source", pa.string(), nullable=False),
     ]
 )
-
-_BOILERPLATE = re.compile(
-    r"\b(click (here )?to (enlarge|zoom|view)|image \d+ of \d+|photo by|stock photo|"
-    r"download (now|free)|view larger|thumbnail)\b",
-    re.IGNORECASE,
-)
-_FILENAME = re.compile(r"^[\w\-. ]+\.(jpe?g|png|gif|webp|bmp|tiff?)$", re.IGNORECASE)
-_CAMERA_NAME = re.compile(r"^(img|dsc|dscn|pxl|photo|image)[_\- ]?\d+", re.IGNORECASE)
-
-
-def clean_text(text: str | None, max_words: int = 60) -> str:
-    """Normalise page text into caption material; file names and boilerplate become ''."""
-    if not text:
-        return ""
-    t = unicodedata.normalize("NFKC", text)
-    t = "".join(ch for ch in t if unicodedata.category(ch)[0] != "C" or ch in "\n\t")
-    t = " ".join(t.split())
-    if _FILENAME.match(t) or _CAMERA_NAME.match(t):
-        return ""
-    t = _BOILERPLATE.sub("", t)
-    t = " ".join(t.split()).strip(" -|,;:")
-    return " ".join(t.split()[:max_words])
-
 
 def caption_for(item: dict[str, Any], cfg: LabelConfig) -> tuple[str, str]:
     """(caption, source) for one item: the first usable text, trigger word first."""

@@ -37,15 +37,27 @@ def _save(crawl: Path, img: Image.Image, fmt: str, **item) -> dict:
     }
 
 
+def _textured(size: tuple[int, int], colour: tuple[int, int, int], seed: int) -> Image.Image:
+    """A colour with seeded blocky texture: sharp and well exposed, so only the planted defects
+    (size, duplicate pixels, decoding) decide (a flat colour is rightly low_information/blurry)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    blocks = rng.integers(-60, 60, size=(h // 8 + 1, w // 8 + 1, 1))
+    noise = np.kron(blocks, np.ones((8, 8, 1)))[:h, :w]
+    return Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype("uint8"))
+
+
 @pytest.fixture
 def crawl_dir(tmp_path: Path) -> tuple[Path, list[dict]]:
     crawl = tmp_path / "crawl"
-    red = Image.new("RGB", (96, 96), (200, 30, 30))
+    red = _textured((96, 96), (200, 60, 60), 0)
     items = [
         _save(crawl, red, "PNG", alt_text="a red lighthouse", license="unknown"),
         _save(crawl, red, "PNG", alt_level=True, alt_text="red lighthouse again"),  # same pixels
-        _save(crawl, Image.new("RGB", (24, 24), (0, 0, 255)), "PNG", alt_text="icon"),
-        _save(crawl, Image.new("RGB", (128, 80), (0, 200, 0)), "JPEG", alt_text="IMG_1234.jpg",
+        _save(crawl, _textured((24, 24), (40, 40, 220), 1), "PNG", alt_text="icon"),
+        _save(crawl, _textured((128, 80), (60, 200, 60), 2), "JPEG", alt_text="IMG_1234.jpg",
               figure_caption="A green sailboat, click to enlarge"),
     ]
     (crawl / "images" / "broken.png").write_bytes(b"not an image")
