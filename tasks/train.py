@@ -1,11 +1,18 @@
-"""Train: the Prefect task around ``training.trainer.train_lora``."""
+"""Train: the Prefect task around ``training.trainer.train_lora``.
+
+Checkpoints go to the stage's scratch folder, which survives a failed attempt: a resumed run
+continues from the latest one. The MLflow run of a failed attempt is reopened on resume, and a
+``StepLedger`` (also in scratch) drops the steps the failed attempt had already logged, so every
+metric's step axis has each step once and no gaps.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from lora_factory.context import RunRef, run_stage
+from lora_factory.context import RunRef, Stage, run_stage
+from training.callbacks import Callback, StepLedger, TrainState
 from training.trainer import train_lora
 
 from ._prefect import stage_task
@@ -14,12 +21,28 @@ from .tune import load_train_config
 STAGE = "train"
 
 
+class MlflowSamples(Callback):
+    """Sample grids as step-indexed MLflow images (the UI shows them on a step slider)."""
+
+    def __init__(self, st: Stage) -> None:
+        self.st = st
+
+    def on_sample(self, state: TrainState, path: Path) -> None:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            self.st.tracker.client.log_image(self.st.mlflow_run_id, im.copy(), key="samples",
+                                             step=state.step)
+
+
 @stage_task(STAGE)
 def train_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
         cfg = st.config
         tcfg = load_train_config(st.input("tune"))
         st.log_params({**tcfg.model_dump(), "base": cfg.models.base, "family": cfg.models.base_family})
+        ledger = StepLedger(st.scratch / "logged_steps.json",
+                            lambda step, metrics: st.log_metrics(metrics, step=step))
         result = train_lora(
             cfg.models.base,
             cfg.models.base_family,
@@ -28,9 +51,14 @@ def train_task(ref: RunRef) -> dict[str, Any]:
             st.out / "lora",
             cache_dir=Path(cfg.home) / "models",
             seed=cfg.seed,
-            on_step=lambda step, metrics: st.log_metrics(metrics, step=step),
+            on_step=ledger,
+            checkpoint_dir=st.scratch / "checkpoints",
+            callbacks=[MlflowSamples(st)],
+            samples_dir=st.out / "samples",
+            card={"trigger_word": cfg.label.trigger_word},
         )
         st.log_metrics({"final_loss": result.final_loss, "steps": result.steps,
                         "train_seconds": result.seconds})
         st.log_artifacts(st.out / "lora", "lora")
-    return {"steps": result.steps, "final_loss": result.final_loss}
+    return {"steps": result.steps, "final_loss": result.final_loss, "resumed_from": result.resumed_from,
+            "stopped_early": result.stopped_early}

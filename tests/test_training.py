@@ -143,7 +143,9 @@ def test_training_lowers_the_loss_and_reports_every_step(trained) -> None:
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.05
     assert [step for step, _ in calls] == list(range(1, 31))
     for _, metrics in calls:
-        assert set(metrics) == {"loss", "lr", "grad_norm"}
+        assert set(metrics) == {"loss", "loss_smoothed", "lr", "grad_norm", "lora_norm", "step_time",
+                                "samples_per_s", "peak_memory_mb", "skipped"}
+        assert metrics["skipped"] == 0.0 and metrics["lora_norm"] > 0
         assert all(math.isfinite(v) for v in metrics.values())
     assert calls[0][1]["lr"] == pytest.approx(1e-2)
 

@@ -126,10 +126,10 @@ class CaptionedImageDataset(Dataset):
     ``original_size`` (h, w) and ``crop_top_left`` (top, left) — the last two for SDXL.
     """
 
-    def __init__(self, dataset_dir: Path, resolution: int) -> None:
+    def __init__(self, dataset_dir: Path, resolution: int, records: list[Record] | None = None) -> None:
         self.dataset_dir = Path(dataset_dir)
         self.resolution = resolution
-        self.records = read_records(self.dataset_dir)
+        self.records = read_records(self.dataset_dir) if records is None else list(records)
         self.upscaled = sum(1 for r in self.records if min(_size(r.path)) < resolution)
 
     def __len__(self) -> int:
@@ -169,3 +169,46 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         "original_sizes": torch.tensor([b["original_size"] for b in batch], dtype=torch.long),
         "crop_top_lefts": torch.tensor([b["crop_top_left"] for b in batch], dtype=torch.long),
     }
+
+
+def split_records(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """(train, validation): a seeded ``fraction`` held out (at least one image when > 0, and at
+    least one left to train on). Which images are held out depends on the seed and the records
+    only, so a resumed run validates on the same images."""
+    if fraction <= 0 or len(records) < 2:
+        return list(records), []
+    n_val = min(len(records) - 1, max(1, round(len(records) * fraction)))
+    perm = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    held = set(perm[:n_val])
+    return ([r for i, r in enumerate(records) if i not in held],
+            [r for i, r in enumerate(records) if i in held])
+
+
+class DataOrder:
+    """Which examples each batch takes: a seeded permutation per epoch, cut into batches (the last
+    one may be smaller). Its whole state is (epoch, position), so a checkpoint can store where the
+    run was in its epoch and a resumed run draws exactly the batches an uninterrupted one would."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch, self.position = 0, 0
+        self._perm: list[int] | None = None
+
+    def _permutation(self) -> list[int]:
+        if self._perm is None:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            self._perm = torch.randperm(self.size, generator=gen).tolist()
+        return self._perm
+
+    def next_batch(self) -> list[int]:
+        if self.position >= self.size:
+            self.epoch, self.position, self._perm = self.epoch + 1, 0, None
+        batch = self._permutation()[self.position:self.position + self.batch_size]
+        self.position += len(batch)
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._perm = state["epoch"], state["position"], None

@@ -7,36 +7,56 @@ reader who knows that script can audit this one. It is written with plain torch 
 gets in the way when a flow (or a test session) trains several adapters in one process.
 
 Reproducibility: every random draw (LoRA init, data order, VAE sampling, noise, timesteps)
-comes from ``seed``, so two CPU runs with the same inputs save identical tensors.
+comes from ``seed``, so two CPU runs with the same inputs save identical tensors — and a run
+resumed from a checkpoint saves the same tensors as one that never stopped.
 
-Later additions (aspect buckets, latent/text caches, callbacks, checkpoints and resume, kohya
-export) hang off the marked places: the dataset/loader, ``encode_captions``, ``on_step`` and
-``save_lora``.
+The jobs around the loop live in their own modules: ``dataset`` (examples, held-out split, data
+order), ``losses``, ``optim``, ``callbacks`` (monitoring API, early stop, plateau),
+``checkpoints``, ``samples``, ``export_kohya`` and ``model_card``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import resource
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from lora_factory.config import TrainConfig
 from lora_factory.errors import StageError
 
-from .dataset import CaptionedImageDataset, collate
+from . import checkpoints as ckpt
+from .callbacks import (
+    Callback,
+    CallbackList,
+    EarlyStopping,
+    MetricsSink,
+    PlateauLR,
+    Stop,
+    TrainState,
+)
+from .dataset import CaptionedImageDataset, DataOrder, collate, read_records, split_records
+from .export_kohya import KOHYA_WEIGHT_NAME, save_kohya
+from .losses import diffusion_loss, sample_noise, training_target
+from .model_card import render_model_card
+from .optim import make_lr_scheduler, make_optimizer, scale_lr
+from .samples import render_samples
 
 log = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 TRAINING_ARGS_NAME = "training_args.json"
+MODEL_CARD_NAME = "README.md"
+SAMPLE_GRID_NAME = "samples.png"
 FAMILIES = ("sd15", "sdxl")
 
 OnStep = Callable[[int, dict[str, float]], None]
@@ -51,6 +71,10 @@ class TrainResult:
     final_loss: float
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: int | None = None  # the checkpoint step a resumed run continued from
+    stopped_early: str | None = None  # a callback's reason, when it ended the run before max_steps
+    best_step: int | None = None
+    val_loss: float | None = None  # the last validation loss (of the restored best on early stop)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,33 +95,6 @@ def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
     if mixed_precision == "bf16":
         return torch.bfloat16
     return torch.float32
-
-
-def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW, or bitsandbytes' 8-bit AdamW (imported only when asked for: it is CUDA-minded and
-    prints kernel warnings at import time)."""
-    kwargs: dict[str, Any] = {"lr": cfg.learning_rate, "betas": (0.9, 0.999), "weight_decay": 1e-2,
-                              "eps": 1e-8}
-    if cfg.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as e:
-            raise StageError(f"train.optimizer 'adamw8bit' needs bitsandbytes ({e}); use 'adamw'") from e
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
-
-
-def make_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
-    """diffusers' schedule by name. ``constant`` with warmup steps becomes
-    ``constant_with_warmup``: diffusers' ``constant`` silently ignores the warmup, which is never
-    what a profile that sets ``lr_warmup_steps`` means."""
-    from diffusers.optimization import get_scheduler
-
-    name = cfg.lr_scheduler
-    if name == "constant" and cfg.lr_warmup_steps > 0:
-        name = "constant_with_warmup"
-    return get_scheduler(name, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                         num_training_steps=cfg.max_steps)
 
 
 def _tokenize(tokenizer: Any, encoder: Any, captions: list[str], device: torch.device) -> torch.Tensor:
@@ -133,12 +130,6 @@ def encode_captions(
         time_ids = torch.cat([batch["original_sizes"], batch["crop_top_lefts"], target], dim=1)
         added = {"text_embeds": pooled, "time_ids": time_ids.to(device, dtype=prompt_embeds.dtype)}
         return prompt_embeds, added
-
-
-def _forever(loader: DataLoader) -> Iterator[dict[str, Any]]:
-    """Epoch after epoch: training length is counted in optimizer steps, not epochs."""
-    while True:
-        yield from loader
 
 
 def add_unet_lora(unet: torch.nn.Module, cfg: TrainConfig, seed: int) -> list[torch.nn.Parameter]:
@@ -200,6 +191,44 @@ def _write_training_args(out_dir: Path, args: dict[str, Any]) -> None:
     (out_dir / TRAINING_ARGS_NAME).write_text(json.dumps(args, indent=2, default=str) + "\n")
 
 
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _builtin_callbacks(cfg: TrainConfig, on_step: OnStep | None) -> list[Callback]:
+    cbs: list[Callback] = []
+    if cfg.early_stopping_window:
+        cbs.append(EarlyStopping(cfg.early_stopping_window))
+    if cfg.plateau_patience:
+        cbs.append(PlateauLR(cfg.plateau_patience, cfg.plateau_factor))
+    if on_step is not None:
+        cbs.append(MetricsSink(on_step, cfg.log_every))
+    return cbs
+
+
+class _SigtermFlag:
+    """SIGTERM (a preempted pod, ``prefect`` cancelling) sets a flag; the loop checkpoints at the
+    end of the step and stops. Signal handlers can only be installed from the main thread; in a
+    worker thread the default handling stays."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._old: Any = None
+
+    def __enter__(self) -> _SigtermFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
 def train_lora(
     base_ref: str,
     family: str,
@@ -209,13 +238,24 @@ def train_lora(
     cache_dir: Path,
     seed: int,
     on_step: OnStep | None = None,
+    *,
+    checkpoint_dir: Path | None = None,
+    callbacks: list[Callback] | None = None,
+    samples_dir: Path | None = None,
+    card: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a UNet LoRA on ``dataset_dir`` and save it (diffusers format) to ``out_dir``.
+    """Train a UNet LoRA on ``dataset_dir`` and save it to ``out_dir``: diffusers format, kohya
+    format (``cfg.export_kohya``), ``training_args.json`` and a model card.
 
-    ``on_step(step, {"loss", "lr", "grad_norm"})`` is called every ``cfg.log_every`` optimizer
-    steps. A non-finite loss stops the run with a ``StageError`` naming the step.
+    ``on_step(step, metrics)`` is called every ``cfg.log_every`` optimizer steps with ``loss``,
+    ``loss_smoothed``, ``lr``, ``grad_norm``, ``lora_norm``, ``step_time``, ``samples_per_s``,
+    ``peak_memory_mb`` and ``skipped``, and after each validation with ``val_loss``.
+    ``callbacks`` get every hook (see ``training.callbacks``). With ``checkpoint_dir`` the run
+    checkpoints there and, when ``cfg.resume``, continues from its latest checkpoint. ``card``
+    adds to the model card (``trigger_word``, ``dataset`` statistics, ``eval_scores``).
     """
     from diffusers import DDPMScheduler
+    from peft.utils import get_peft_model_state_dict
     from tqdm.auto import tqdm
 
     from lora_factory.models import load_pipeline
@@ -224,16 +264,21 @@ def train_lora(
         raise StageError(f"unknown base model family {family!r}; expected one of {FAMILIES}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    samples_dir = Path(samples_dir) if samples_dir is not None else out_dir / "samples"
     device = resolve_device(cfg.device)
     weight_dtype = weight_dtype_for(cfg.mixed_precision, device)
 
-    # Data. (Aspect buckets and latent caches replace this block.)
-    dataset = CaptionedImageDataset(dataset_dir, cfg.resolution)
+    # Data: a seeded held-out split, a resumable data order, hashes for the resume check.
+    records = read_records(dataset_dir)
+    train_records, val_records = split_records(records, cfg.validation_split, seed)
+    dataset = CaptionedImageDataset(dataset_dir, cfg.resolution, records=train_records)
+    val_dataset = CaptionedImageDataset(dataset_dir, cfg.resolution, records=val_records) if val_records else None
     if dataset.upscaled:
         log.warning("%d of %d training images are smaller than %d px and were upscaled",
                     dataset.upscaled, len(dataset), cfg.resolution)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(seed), num_workers=0)
+    order = DataOrder(len(dataset), cfg.batch_size, seed)
+    data_hash = ckpt.dataset_hash([(r.path, r.caption) for r in records])
+    cfg_hash = ckpt.config_hash(cfg, base_ref=base_ref, family=family, seed=seed)
 
     # Models: everything frozen, then a LoRA on the UNet is the only trainable part.
     pipe = load_pipeline(base_ref, family, cache_dir, device=str(device), dtype=weight_dtype)
@@ -246,7 +291,12 @@ def train_lora(
     if vae.dtype != torch.float32:
         vae.to(torch.float32)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    params = add_unet_lora(unet, cfg, seed)
+    if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+        raise StageError(f"the base model's scheduler predicts {noise_scheduler.config.prediction_type!r}; "
+                         "training supports 'epsilon' and 'v_prediction'")
+    add_unet_lora(unet, cfg, seed)
+    named = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    params = list(named.values())
     unet.train()
 
     optimizer = make_optimizer(cfg, params)
@@ -254,70 +304,237 @@ def train_lora(
     use_amp = weight_dtype != torch.float32
     scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
     generator = torch.Generator(device).manual_seed(seed)
-    prediction_type = noise_scheduler.config.prediction_type
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise StageError(f"the base model's scheduler predicts {prediction_type!r}; "
-                         "training supports 'epsilon' and 'v_prediction'")
 
+    cbs = CallbackList([*_builtin_callbacks(cfg, on_step), *(callbacks or [])])
+    state = TrainState(step=0, max_steps=cfg.max_steps, checkpoint_dir=checkpoint_dir,
+                       _scale_lr=lambda f: scale_lr(lr_scheduler, optimizer, f))
     losses: list[float] = []
-    batches = _forever(loader)
+    ema, ema_count, nan_streak, val_loss = 0.0, 0, 0, None
+    resumed_from = None
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "step": state.step, "epoch": order.epoch, "data_order": order.state_dict(),
+            "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": ckpt.rng_states(generator),
+            "losses": list(losses), "ema": ema, "ema_count": ema_count, "nan_streak": nan_streak,
+            "val_loss": val_loss, "best_metric": state.best_metric, "best_step": state.best_step,
+            "callbacks": cbs.state_dict(), "dataset_hash": data_hash, "config_hash": cfg_hash,
+        }
+
+    def save_checkpoint(target: Path) -> Path:
+        return ckpt.save_checkpoint(target, named, snapshot())
+
+    # Resume: weights, optimizer, schedule, random states and data position from the latest
+    # checkpoint, after checking it was made from this dataset and these settings.
+    latest = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir and cfg.resume else None
+    if latest is not None:
+        weights, saved = ckpt.load_checkpoint(latest)
+        ckpt.check_compatible(latest, saved, data_hash, cfg_hash, cfg.force_resume)
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(weights[name].to(p.device, p.dtype))
+        optimizer.load_state_dict(saved["optimizer"])
+        lr_scheduler.load_state_dict(saved["lr_scheduler"])
+        scaler.load_state_dict(saved["scaler"])
+        ckpt.restore_rng_states(saved["rng"], generator)
+        order.load_state_dict(saved["data_order"])
+        cbs.load_state_dict(saved["callbacks"])
+        losses, ema, ema_count = list(saved["losses"]), saved["ema"], saved["ema_count"]
+        nan_streak, val_loss = saved["nan_streak"], saved["val_loss"]
+        state.step, state.best_metric, state.best_step = saved["step"], saved["best_metric"], saved["best_step"]
+        resumed_from = state.step
+        log.info("resuming from %s (step %d of %d)", latest, state.step, cfg.max_steps)
+
+    def encode_latents(pixels: torch.Tensor, sample: bool) -> torch.Tensor:
+        dist = vae.encode(pixels.to(device, dtype=torch.float32)).latent_dist
+        latents = dist.sample(generator=generator) if sample else dist.mode()
+        return (latents * vae.config.scaling_factor).to(weight_dtype)
+
+    def predict(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden_states, added_cond = encode_captions(pipe, family, batch, cfg.resolution, device)
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        with torch.autocast(device.type, dtype=weight_dtype, enabled=use_amp):
+            model_pred = unet(noisy_latents, timesteps, hidden_states,
+                              added_cond_kwargs=added_cond, return_dict=False)[0]
+        return model_pred, training_target(noise_scheduler, latents, noise, timesteps)
+
+    def validate() -> float:
+        """Mean MSE on the held-out images with fixed noise and timesteps (a generator re-seeded
+        for every pass, the VAE mode instead of a sample): the same weights give the same value."""
+        assert val_dataset is not None
+        gen = torch.Generator(device).manual_seed(seed + 104_729)
+        total, count = 0.0, 0
+        unet.eval()
+        with torch.no_grad():
+            for i in range(0, len(val_dataset), cfg.batch_size):
+                batch = collate([val_dataset[j] for j in range(i, min(i + cfg.batch_size, len(val_dataset)))])
+                latents = encode_latents(batch["pixel_values"], sample=False)
+                noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps,
+                                          (latents.shape[0],), generator=gen, device=device).long()
+                pred, target = predict(latents, noise, timesteps, batch)
+                total += float(diffusion_loss(pred, target, timesteps, noise_scheduler, None)) * len(latents)
+                count += len(latents)
+        unet.train()
+        return total / count
+
+    def update_best(metric: float) -> None:
+        if checkpoint_dir is None or not math.isfinite(metric):
+            return
+        if state.best_metric is None or metric < state.best_metric:
+            state.best_metric, state.best_step = metric, state.step
+            save_checkpoint(Path(checkpoint_dir) / ckpt.BEST)
+
+    sample_prompts = cfg.sample_prompts or sorted({r.caption for r in records})[:4]
+    validation_every = cfg.validation_every or cfg.checkpoint_every or cfg.max_steps
     accum = cfg.gradient_accumulation_steps
-    progress = tqdm(total=cfg.max_steps, desc="train", unit="step", disable=None)
-    for step in range(1, cfg.max_steps + 1):
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(accum):
-            batch = next(batches)
-            with torch.no_grad():
-                pixels = batch["pixel_values"].to(device, dtype=torch.float32)
-                latents = vae.encode(pixels).latent_dist.sample(generator=generator)
-                latents = (latents * vae.config.scaling_factor).to(weight_dtype)
-            hidden_states, added_cond = encode_captions(pipe, family, batch, cfg.resolution, device)
+    stop: Stop | None = None
+    cbs.on_train_start(state)
+    progress = tqdm(total=cfg.max_steps, initial=state.step, desc="train", unit="step", disable=None)
+    with _SigtermFlag() as sigterm:
+        while state.step < cfg.max_steps and stop is None:
+            step = state.step + 1
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss, finite, n_samples = 0.0, True, 0
+            for _ in range(accum):
+                batch = collate([dataset[i] for i in order.next_batch()])
+                with torch.no_grad():
+                    latents = encode_latents(batch["pixel_values"], sample=True)
+                noise = sample_noise(latents, generator, cfg.noise_offset)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps,
+                                          (latents.shape[0],), generator=generator, device=device).long()
+                model_pred, target = predict(latents, noise, timesteps, batch)
+                loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
+                n_samples += latents.shape[0]
+                if not torch.isfinite(loss):
+                    finite = False
+                    step_loss = float("nan")
+                    continue
+                scaler.scale(loss / accum).backward()
+                step_loss += loss.item() / accum
 
-            noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps,
-                                      (latents.shape[0],), generator=generator, device=device).long()
-            noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-            if prediction_type == "epsilon":
-                target = noise
+            scaler.unscale_(optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            lr = float(lr_scheduler.get_last_lr()[0])
+            # fp16: the GradScaler owns inf gradients (it skips the step and lowers its scale).
+            finite = finite and (scaler.is_enabled() or math.isfinite(grad_norm))
+            if finite:
+                scaler.step(optimizer)
+                nan_streak = 0
             else:
-                target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                # NaN guard: skip the update (the weights stay good), lower the LR, and give up
+                # after nan_max_consecutive bad steps in a row.
+                optimizer.zero_grad(set_to_none=True)
+                nan_streak += 1
+                scale_lr(lr_scheduler, optimizer, cfg.nan_lr_factor)
+                if nan_streak >= cfg.nan_max_consecutive:
+                    kept = ckpt.latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
+                    progress.close()
+                    raise StageError(
+                        f"training diverged at step {step}: the loss or gradient was not finite for "
+                        f"{nan_streak} steps in a row (skipped, LR lowered to {lr * cfg.nan_lr_factor:g}); "
+                        f"lower train.learning_rate (now {cfg.learning_rate:g}) or turn off mixed precision; "
+                        f"last good checkpoint: {kept or 'none'}")
+                log.warning("step %d: non-finite loss/gradient, update skipped, LR lowered", step)
+            scaler.update()
+            lr_scheduler.step()
+            state.step, state.epoch = step, order.epoch
+            step_time = time.perf_counter() - t0
 
-            with torch.autocast(device.type, dtype=weight_dtype, enabled=use_amp):
-                model_pred = unet(noisy_latents, timesteps, hidden_states,
-                                  added_cond_kwargs=added_cond, return_dict=False)[0]
-            loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
-            if not torch.isfinite(loss):
-                raise StageError(
-                    f"training diverged at step {step}: the loss is {loss.item()}; lower "
-                    f"train.learning_rate (now {cfg.learning_rate:g}) or turn off mixed precision"
-                )
-            scaler.scale(loss / accum).backward()
-            step_loss += loss.item() / accum
+            if finite:
+                losses.append(step_loss)
+                ema_count += 1
+                ema = cfg.loss_smoothing * ema + (1 - cfg.loss_smoothing) * step_loss
+                state.loss_smoothed = ema / (1 - cfg.loss_smoothing ** ema_count)
+            state.lr = float(lr_scheduler.get_last_lr()[0])
+            with torch.no_grad():
+                lora_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(params))))
+            metrics = {
+                "loss": step_loss, "loss_smoothed": float(state.loss_smoothed or step_loss), "lr": lr,
+                "grad_norm": grad_norm, "lora_norm": lora_norm, "step_time": step_time,
+                "samples_per_s": n_samples / step_time, "peak_memory_mb": _peak_memory_mb(device),
+                "skipped": float(not finite),
+            }
+            progress.update(1)
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            cbs.on_step(state, metrics)
 
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        lr = lr_scheduler.get_last_lr()[0]
-        scaler.step(optimizer)
-        scaler.update()
-        lr_scheduler.step()
+            if val_dataset is not None and (step % validation_every == 0 or step == cfg.max_steps):
+                val_loss = validate()
+                cbs.on_validation(state, val_loss)
+                update_best(val_loss)
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                grid = render_samples(pipe, sample_prompts, cfg.sample_seed, cfg.sample_steps,
+                                      cfg.resolution, device, samples_dir / f"step-{step:06d}.png")
+                cbs.on_sample(state, grid)
 
-        losses.append(step_loss)
-        progress.update(1)
-        progress.set_postfix(loss=f"{step_loss:.4f}")
-        if on_step is not None and step % cfg.log_every == 0:
-            on_step(step, {"loss": step_loss, "lr": float(lr), "grad_norm": float(grad_norm)})
+            stop = cbs.should_stop(state)
+            if sigterm.event.is_set():
+                stop = Stop(f"stopped by SIGTERM at step {step}", restore_best=False)
+            if checkpoint_dir and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                                   or stop is not None):
+                if val_dataset is None and state.loss_smoothed is not None:
+                    update_best(state.loss_smoothed)
+                path = save_checkpoint(ckpt.step_dir(checkpoint_dir, step))
+                ckpt.prune(checkpoint_dir, cfg.keep_checkpoints)
+                cbs.on_checkpoint(state, path)
     progress.close()
 
-    # Save. (Checkpoints, kohya export and the model card join here.)
+    if stop is not None and stop.reason.startswith("stopped by SIGTERM"):
+        where = f"; checkpoint at {ckpt.step_dir(checkpoint_dir, state.step)}" if checkpoint_dir else ""
+        raise StageError(f"{stop.reason}{where}; resume the run to continue")
+    if stop is not None:
+        log.warning("%s", stop.reason)
+        best = Path(checkpoint_dir) / ckpt.BEST if checkpoint_dir else None
+        if stop.restore_best and best is not None and (best / ckpt.STATE).is_file():
+            weights, saved = ckpt.load_checkpoint(best)
+            with torch.no_grad():
+                for name, p in named.items():
+                    p.copy_(weights[name].to(p.device, p.dtype))
+            val_loss = saved["val_loss"]
+            log.warning("restored the best checkpoint (step %s)", saved["best_step"])
+    cbs.on_train_end(state)
+    if not losses:
+        raise StageError("training finished without a single finite step")
+
+    # Save: diffusers file, kohya file, training args, a final sample grid and the model card.
     out_dir.mkdir(parents=True, exist_ok=True)
     save_lora(pipe, out_dir)
-    _write_training_args(out_dir, {
-        "base_ref": base_ref, "family": family, "dataset_dir": str(dataset_dir), "seed": seed,
-        "num_images": len(dataset), "device": str(device), "steps": len(losses),
-        "final_loss": losses[-1], "train": cfg.model_dump(),
-    })
+    alpha = cfg.alpha or cfg.rank
+    info = {"base_ref": base_ref, "family": family, "dataset_dir": str(dataset_dir), "seed": seed,
+            "num_images": len(dataset), "num_validation_images": len(val_records),
+            "device": str(device), "steps": state.step, "final_loss": losses[-1],
+            "resolution": cfg.resolution, "learning_rate": cfg.learning_rate,
+            "dataset_hash": data_hash, "resumed_from": resumed_from,
+            "stopped_early": stop.reason if stop else None, "best_step": state.best_step,
+            "val_loss": val_loss, "train": cfg.model_dump()}
+    files = {"diffusers": LORA_WEIGHT_NAME}
+    if cfg.export_kohya:
+        peft_state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
+        save_kohya(peft_state, out_dir / KOHYA_WEIGHT_NAME, family, cfg.rank, alpha, info)
+        files["kohya"] = KOHYA_WEIGHT_NAME
+    _write_training_args(out_dir, info)
+    grid_name = None
+    if cfg.sample_every:
+        render_samples(pipe, sample_prompts, cfg.sample_seed, cfg.sample_steps, cfg.resolution, device,
+                       out_dir / SAMPLE_GRID_NAME)
+        grid_name = SAMPLE_GRID_NAME
+    card = card or {}
+    (out_dir / MODEL_CARD_NAME).write_text(render_model_card(
+        base_ref=base_ref, family=family, trigger_word=card.get("trigger_word"),
+        train_config=cfg.model_dump(),
+        dataset={"images": len(records), "train_images": len(dataset),
+                 "validation_images": len(val_records), "dataset_hash": data_hash,
+                 **card.get("dataset", {})},
+        result={"steps": state.step, "final_loss": round(losses[-1], 6),
+                "val_loss": None if val_loss is None else round(val_loss, 6),
+                "stopped_early": stop.reason if stop else None, "seed": seed},
+        eval_scores=card.get("eval_scores"), sample_grid=grid_name, files=files), encoding="utf-8")
     seconds = time.perf_counter() - started
-    return TrainResult(lora_dir=out_dir, steps=len(losses), final_loss=losses[-1], losses=losses,
-                       seconds=seconds)
-
+    return TrainResult(lora_dir=out_dir, steps=state.step, final_loss=losses[-1], losses=losses,
+                       seconds=seconds, resumed_from=resumed_from,
+                       stopped_early=stop.reason if stop else None, best_step=state.best_step,
+                       val_loss=val_loss)

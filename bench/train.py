@@ -1,0 +1,138 @@
+"""Trainer overhead vs a bare diffusers + PEFT loop, measured in one process; prints JSON.
+
+For each model (``tiny:sd``, and a mid-size UNet: the real SD1.5 block layout — 3 cross-attention
+down blocks + 1 plain, 2 layers per block, 8 heads — at 1/5 of SD1.5's width) both loops train
+the same LoRA (rank 4, to_q/k/v/out) with the same batch, data, optimizer and seed. Each loop runs
+``STEPS`` optimizer steps; the first is a warm-up and is not timed. Target: our trainer within
+10 % of the bare loop.
+
+Latent caching (the issue's "epoch time with vs without latent caching") is not implemented yet,
+so there is no figure for it here.
+
+GPU targets (not measurable on a CPU machine; see the model card): SD1.5 rank 16, 512 px,
+batch 1: ≤ 0.18 s/step on an H100; SDXL 1024 px fits in 12 GB with gradient checkpointing and
+8-bit AdamW.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lora_factory.config import TrainConfig  # noqa: E402
+from lora_factory.models import load_pipeline  # noqa: E402
+from tests.test_training import write_dataset  # noqa: E402
+from training.dataset import CaptionedImageDataset, DataOrder, collate  # noqa: E402
+from training.trainer import add_unet_lora, encode_captions, train_lora  # noqa: E402
+
+STEPS = 8
+
+
+def build_midsize(cache: Path, out: Path) -> Path:
+    """tiny:sd with its UNet replaced by the SD1.5 block layout at reduced width."""
+    from diffusers import UNet2DConditionModel
+
+    pipe = load_pipeline("tiny:sd", "sd15", cache)
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(64, 128, 256, 256),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=pipe.text_encoder.config.hidden_size, attention_head_dim=8,
+        norm_num_groups=32)
+    pipe.register_modules(unet=pipe.unet)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def bare_loop(ref: str, cache: Path, dataset_dir: Path, cfg: TrainConfig, seed: int) -> list[float]:
+    """diffusers' train_text_to_image_lora step, nothing else: seconds per optimizer step."""
+    from diffusers import DDPMScheduler
+
+    pipe = load_pipeline(ref, "sd15", cache)
+    for m in pipe.components.values():
+        if isinstance(m, torch.nn.Module):
+            m.requires_grad_(False)
+    vae, unet = pipe.vae, pipe.unet
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    params = add_unet_lora(unet, cfg, seed)
+    unet.train()
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
+    ds = CaptionedImageDataset(dataset_dir, cfg.resolution)
+    order = DataOrder(len(ds), cfg.batch_size, seed)
+    gen = torch.Generator().manual_seed(seed)
+    times = []
+    for _ in range(STEPS):
+        t0 = time.perf_counter()
+        batch = collate([ds[i] for i in order.next_batch()])
+        with torch.no_grad():
+            latents = vae.encode(batch["pixel_values"]).latent_dist.sample(generator=gen)
+            latents = latents * vae.config.scaling_factor
+        hidden, _ = encode_captions(pipe, "sd15", batch, cfg.resolution, torch.device("cpu"))
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        pred = unet(sched.add_noise(latents, noise, t), t, hidden).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return times[1:]
+
+
+def ours(ref: str, cache: Path, dataset_dir: Path, cfg: TrainConfig, seed: int, out: Path) -> list[float]:
+    """Wall time between consecutive ``on_step`` calls: the whole loop iteration (data, forward,
+    backward, guards, metrics, callbacks), the first step being the warm-up."""
+    stamps: list[float] = []
+    train_lora(ref, "sd15", dataset_dir, cfg, out, cache, seed,
+               on_step=lambda _s, _m: stamps.append(time.perf_counter()))
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def main() -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    figures: dict[str, object] = {"torch_threads": torch.get_num_threads(), "steps_timed": STEPS - 1}
+    with tempfile.TemporaryDirectory(prefix="lf-bench-") as tmp:
+        tmp_path = Path(tmp)
+        cache = tmp_path / "models"
+        cache.mkdir()
+        dataset_dir = write_dataset(tmp_path / "ds", [(160, 128), (128, 160), (128, 128), (144, 128)])
+        models = {"tiny": ("tiny:sd", 64),
+                  "midsize_sd15_layout": (str(build_midsize(cache, tmp_path / "midsize")), 128)}
+        for name, (ref, res) in models.items():
+            cfg = TrainConfig(resolution=res, rank=4, learning_rate=1e-4, batch_size=2,
+                              max_steps=STEPS, device="cpu", export_kohya=False)
+            # Alternate twice so neither loop benefits from running second on a shared machine.
+            runs = {"ours": [], "bare": []}
+            for rep in range(2):
+                runs["bare"] += bare_loop(ref, cache, dataset_dir, cfg, seed=rep)
+                runs["ours"] += ours(ref, cache, dataset_dir, cfg, rep, tmp_path / f"{name}-{rep}")
+            med = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
+            figures[name] = {
+                "resolution": res, "batch_size": 2,
+                "unet_params_m": round(sum(p.numel() for p in load_pipeline(ref, "sd15", cache)
+                                           .unet.parameters()) / 1e6, 2),
+                "s_per_step_ours_median": round(med["ours"], 4),
+                "s_per_step_bare_median": round(med["bare"], 4),
+                "overhead_pct": round(100 * (med["ours"] / med["bare"] - 1), 1),
+                "target_overhead_pct": 10,
+            }
+    figures["latent_cache_speedup"] = None  # not implemented yet (see the docstring)
+    figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

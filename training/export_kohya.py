@@ -1,0 +1,69 @@
+"""The kohya / A1111 / ComfyUI file: ``lora_unet_*`` / ``lora_te1_*`` / ``lora_te2_*`` modules with
+``lora_down`` / ``lora_up`` weights, an ``alpha`` scalar per module and ``ss_*`` metadata.
+
+Why not diffusers' ``convert_state_dict_to_kohya``: it writes ``alpha = rank`` for every module
+whatever alpha the adapter was trained with, so an adapter with ``alpha != rank`` would load at
+the wrong strength in every UI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
+_PREFIXES = (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_"), ("unet.", "lora_unet_"))
+_BASE_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+
+
+def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """PEFT keys (``unet.<module>.lora_A.weight``, prefixed by component) → kohya keys."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        prefix = next(((src, dst) for src, dst in _PREFIXES if key.startswith(src)), None)
+        if prefix is None:
+            raise ValueError(f"LoRA key {key!r} names no known component (unet., text_encoder.)")
+        module, kind = key[len(prefix[0]):].rsplit(".lora_", 1)
+        name = prefix[1] + module.replace(".", "_")
+        if kind == "A.weight":
+            out[f"{name}.lora_down.weight"] = value
+            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+        elif kind == "B.weight":
+            out[f"{name}.lora_up.weight"] = value
+        else:
+            raise ValueError(f"unsupported LoRA tensor {key!r} (only lora_A / lora_B weights)")
+    return out
+
+
+def ss_metadata(family: str, rank: int, alpha: float, info: dict[str, Any]) -> dict[str, str]:
+    """The ``ss_*`` keys kohya's sd-scripts write and UIs display (all values are strings)."""
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_base_model_version": _BASE_VERSION.get(family, family),
+        "ss_v2": "False",
+        "ss_sd_model_name": str(info.get("base_ref", "")),
+        "ss_resolution": str(info.get("resolution", "")),
+        "ss_learning_rate": str(info.get("learning_rate", "")),
+        "ss_max_train_steps": str(info.get("steps", "")),
+        "ss_num_train_images": str(info.get("num_images", "")),
+        "ss_seed": str(info.get("seed", "")),
+        "ss_output_name": str(info.get("name", "lora-factory")),
+        "ss_training_comment": "trained by lora-factory",
+    }
+    if info.get("tag_frequency"):
+        meta["ss_tag_frequency"] = json.dumps(info["tag_frequency"])
+    return meta
+
+
+def save_kohya(state: dict[str, torch.Tensor], path: Path, family: str, rank: int, alpha: float,
+               info: dict[str, Any]) -> Path:
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
+               for k, v in peft_to_kohya(state, alpha).items()}
+    save_file(tensors, str(path), metadata=ss_metadata(family, rank, alpha, info))
+    return Path(path)

@@ -1,0 +1,78 @@
+"""The adapter's model card: a Hugging Face ``README.md`` with YAML front matter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GPU_TARGETS = """\
+| model | resolution | batch | settings | target |
+|---|---|---|---|---|
+| SD1.5, LoRA rank 16 | 512 px | 1 | fp16, AdamW8bit | ≤ 0.18 s/step on one H100 |
+| SDXL, LoRA rank 32 | 1024 px | 1 | bf16, gradient checkpointing, AdamW8bit | fits in 12 GB VRAM |
+"""
+
+
+def render_model_card(
+    *,
+    base_ref: str,
+    family: str,
+    trigger_word: str | None,
+    train_config: dict[str, Any],
+    dataset: dict[str, Any],
+    result: dict[str, Any],
+    eval_scores: dict[str, float] | None = None,
+    sample_grid: str | None = None,
+    files: dict[str, str] | None = None,
+) -> str:
+    front: dict[str, Any] = {
+        "base_model": base_ref,
+        "library_name": "diffusers",
+        "pipeline_tag": "text-to-image",
+        "tags": ["lora", "text-to-image", "diffusers", "lora-factory",
+                 "stable-diffusion-xl" if family == "sdxl" else "stable-diffusion"],
+        "instance_prompt": trigger_word,
+        "lora_factory": {"family": family, "train": train_config, "dataset": dataset, "result": result},
+    }
+    if eval_scores:
+        front["model-index"] = [{"name": "lora-factory adapter", "results": [{
+            "task": {"type": "text-to-image"},
+            "metrics": [{"type": k, "value": float(v)} for k, v in sorted(eval_scores.items())]}]}]
+    if sample_grid:
+        front["widget"] = [{"text": trigger_word or "", "output": {"url": sample_grid}}]
+    files = files or {}
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+        f"# LoRA for `{base_ref}`", "",
+        f"Trigger word: `{trigger_word}`" if trigger_word else "No trigger word.", "",
+        "## Use it", "",
+        "```python",
+        "from diffusers import DiffusionPipeline",
+        f'pipe = DiffusionPipeline.from_pretrained("{base_ref}")',
+        f'pipe.load_lora_weights("<this folder>", weight_name="{files.get("diffusers", "")}")',
+        "```", "",
+    ]
+    if files.get("kohya"):
+        lines += [f"A1111 / ComfyUI: copy `{files['kohya']}` into the LoRA folder.", ""]
+    lines += ["## Training", "", "| setting | value |", "|---|---|"]
+    lines += [f"| `{k}` | `{v}` |" for k, v in train_config.items()]
+    lines += ["", "## Dataset", ""]
+    lines += [f"- {k}: {v}" for k, v in dataset.items()]
+    lines += ["", "## Result", ""]
+    lines += [f"- {k}: {v}" for k, v in result.items()]
+    lines += ["", "## Evaluation", ""]
+    lines += ([f"- {k}: {v:.4f}" for k, v in sorted(eval_scores.items())] if eval_scores
+              else ["Not evaluated yet (the evaluate stage adds scores)."])
+    if sample_grid:
+        lines += ["", "## Samples", "", f"![samples]({sample_grid})"]
+    lines += ["", "## GPU targets", "", GPU_TARGETS]
+    return "\n".join(lines)
+
+
+def read_front_matter(path: Path) -> dict[str, Any]:
+    text = Path(path).read_text(encoding="utf-8")
+    if not text.startswith("---\n"):
+        raise ValueError(f"{path} has no YAML front matter")
+    return yaml.safe_load(text.split("---\n", 2)[1])

@@ -1,0 +1,39 @@
+"""Sample images from fixed prompts and seeds, as one grid image per step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+
+def image_grid(images: list[Image.Image], cols: int) -> Image.Image:
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w, rows * h), (0, 0, 0))
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def render_samples(pipe: Any, prompts: list[str], seed: int, steps: int, resolution: int,
+                   device: torch.device, path: Path) -> Path:
+    """One image per prompt, prompt ``i`` from seed ``seed + i``, so every grid of a run shows
+    the same noise and only the adapter changes. The caller's random state is left alone and the
+    UNet's train/eval mode restored."""
+    unet = pipe.unet
+    was_training = unet.training
+    unet.eval()
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            gens = [torch.Generator(device).manual_seed(seed + i) for i in range(len(prompts))]
+            images = pipe(prompt=prompts, num_inference_steps=steps, generator=gens, height=resolution,
+                          width=resolution, output_type="pil").images
+    finally:
+        unet.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, cols=min(4, len(images))).save(path)
+    return path
