@@ -113,7 +113,7 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
     """Read a parquet file and check it carries every column of ``schema``."""
     if not path.exists():
         raise StageError(f"{path} is missing: run the stage that writes it first")
-    table = pq.read_table(path)
+    table = pq.read_table(path, use_threads=False)  # small files; see cli.explain on threads
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise StageError(f"{path} lacks columns {missing}: it was written by another version")
