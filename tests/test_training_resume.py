@@ -75,6 +75,8 @@ def test_a_sigkilled_run_resumes_to_the_same_weights_without_metric_gaps(
     dataset_dir: Path, model_cache: Path, tmp_path: Path
 ) -> None:
     kill_at = random.randint(4, 7)  # past the step-3 checkpoint; 6 is killed before its own
+    # The kill happens in on_step, before that step's checkpoint: the last one is below kill_at.
+    last_saved = (kill_at - 1) // 3 * 3
     ckpt_dir, log = tmp_path / "ckpt", tmp_path / "metrics.jsonl"
     ckpt_dir.mkdir()
     common = [str(dataset_dir), str(model_cache), str(ckpt_dir), str(tmp_path / "out"), str(log)]
@@ -84,12 +86,12 @@ def test_a_sigkilled_run_resumes_to_the_same_weights_without_metric_gaps(
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "out" / LORA_WEIGHT_NAME).exists()
     last = ckpt.latest_checkpoint(ckpt_dir)
-    assert last is not None and last.name == f"step-{kill_at // 3 * 3:06d}"
+    assert last is not None and last.name == f"step-{last_saved:06d}", kill_at
 
     resumed = _child([*common, "0", threads, str(tmp_path / "ref")])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary, ref_losses = (json.loads(line) for line in resumed.stdout.strip().splitlines()[-2:])
-    assert summary == {"resumed_from": kill_at // 3 * 3, "steps": 8}
+    assert summary == {"resumed_from": last_saved, "steps": 8}
 
     a, b = lora_tensors(tmp_path / "out"), lora_tensors(tmp_path / "ref")
     assert a.keys() == b.keys()
