@@ -31,7 +31,7 @@ from .alignment import clip_checks, text_topic_check
 from .checks import Check
 from .clip_embed import embed_image_files
 from .dedup import hamming, resolve_chains
-from .features import DECODE_ERRORS, FeatureBuilder, ImageFeatures, open_oriented
+from .features import FeatureBuilder, ImageFeatures, extract_features
 from .quality import quality_checks
 from .semantic import embed_texts, semantic_dedup
 from .stats import dataset_stats, zero_shot_domain
@@ -141,23 +141,16 @@ class _Decisions:
 def _measure(items: list[dict[str, Any]], paths: list[Path], cfg: CurateConfig,
              models: CurateModels) -> tuple[ImageFeatures, np.ndarray | None]:
     """Decode every image once: pixel measures, and CLIP image embeddings when a model is given."""
+    if models.clip is None:
+        return extract_features(paths, cfg.exact_dedup), None
     fb = FeatureBuilder(len(items))
 
     def on_decoded(i: int, img: Any, rotated: bool) -> None:
         fb.add(i, img, rotated, cfg.exact_dedup)
 
-    if models.clip is not None:
-        emb, _ = embed_image_files(models.clip, paths, batch_size=cfg.clip_batch_size,
-                                   on_decoded=on_decoded, on_error=fb.fail)
-        return fb.build(), emb
-    for i, path in enumerate(paths):
-        try:
-            img, rotated = open_oriented(path)
-        except DECODE_ERRORS as e:
-            fb.fail(i, f"cannot decode: {e}")
-            continue
-        on_decoded(i, img, rotated)
-    return fb.build(), None
+    emb, _ = embed_image_files(models.clip, paths, batch_size=cfg.clip_batch_size,
+                               on_decoded=on_decoded, on_error=fb.fail)
+    return fb.build(), emb
 
 
 def curate_items(
