@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis  # noqa: E402 - a locked dependency
 
 from lora_factory.config import CrawlConfig
 from lora_factory.manifest import read_items
@@ -17,18 +18,18 @@ from spiders.crawl import run_crawl
 from spiders.distributed import merge_parts
 from spiders.sources.demo_site import generate_demo_site, serve_site
 
-redis = pytest.importorskip("redis")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 LATENCY_S = 0.1  # per response: with 2 requests in flight per worker, one worker cannot drain
 # the site before the other has started (Scrapy start-up takes seconds on a busy machine)
 
 
 def _redis_or_skip() -> Any:
+    """The machine's Redis. Its absence is a failure, not a skip: scale-out is tested for real."""
     server = redis.Redis.from_url(REDIS_URL)
     try:
         server.ping()
     except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+        pytest.fail(f"no Redis at {REDIS_URL} ({exc}): start it, e.g. redis-server --daemonize yes")
     return server
 
 
