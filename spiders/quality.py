@@ -9,8 +9,9 @@ Checks, in order (the first failure is the reason):
 - ``low_entropy``: the word distribution's Shannon entropy is below ``min_text_entropy`` bits
   (pages with fewer than ``MIN_WORDS`` words are judged by neither check: a gallery or a
   contact page may have little text besides its navigation);
-- ``language``: langdetect's language is not in ``allowed_languages`` (judged on pages with at
-  least ``MIN_LANG_CHARS`` characters of text);
+- ``language``: the body text's language (``spiders.language``: a function-word vote, langdetect
+  when the vote is not clear-cut) is not in ``allowed_languages`` (judged on pages with at least
+  ``MIN_LANG_CHARS`` characters of text);
 - ``off_topic``: MiniLM cosine similarity of the page's title, headings and text to the topic is
   below ``relevance_threshold`` (when set). Links are filtered by the same model before they are
   followed, on their anchor text and URL path.
@@ -29,9 +30,9 @@ from urllib.parse import unquote, urlsplit
 
 from parsel import Selector
 
+from .language import detect_language
+
 MIN_WORDS = 30
-MIN_LANG_CHARS = 200
-MAX_LANG_CHARS = 600  # langdetect's cost grows with the text; a paragraph is plenty
 PAGE_TEXT_CHARS = 1000  # of body text given to the relevance model
 _WORD = re.compile(r"[^\W\d_]{2,}", re.UNICODE)
 _AD_CLASS = re.compile(
@@ -81,18 +82,6 @@ def ad_ratio(sel: Selector) -> float:
             continue  # counted with its outermost ad block
         in_ads += len(_text(node.xpath(".//text()[not(ancestor::a)]").getall()))
     return min(1.0, (in_links + in_ads) / total)
-
-
-def detect_language(text: str) -> str | None:
-    if len(text) < MIN_LANG_CHARS:
-        return None
-    from langdetect import DetectorFactory, LangDetectException, detect
-
-    DetectorFactory.seed = 0  # langdetect is random unless seeded
-    try:
-        return str(detect(text[:MAX_LANG_CHARS]))
-    except LangDetectException:
-        return None
 
 
 def page_quality(
