@@ -18,13 +18,14 @@ JPEG, 16-bit PNG ...) is converted to PNG, and its item id is the sha256 of that
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own guard is a backstop only: ``inspect_image`` checks the header's pixel count
-# against the configured limit before decoding anything.
+# against the configured limit before decoding anything, and rejects a header beyond this one
+# itself (not by turning Pillow's DecompressionBombWarning into an error: ``warnings``'s
+# catch_warnings is not thread-safe, and images are inspected in a thread pool).
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
 DEFAULT_MAX_PIXELS = 40_000_000
 # A header that claims more pixels per byte of file than this is a decompression bomb: even a
@@ -43,7 +44,6 @@ MAGIC: tuple[tuple[bytes, int, str], ...] = (
 )
 # Stored formats: extension and MIME type.
 FORMATS: dict[str, tuple[str, str]] = {"JPEG": ("jpg", "image/jpeg"), "PNG": ("png", "image/png")}
-EXT_BY_MIME = {mime: ext for ext, mime in FORMATS.values()}
 KEPT_MODES = {"JPEG": {"RGB", "L"}, "PNG": {"RGB", "RGBA", "L", "LA", "P", "1"}}
 # Content types a server may use for an image it does not label properly.
 NEUTRAL_TYPES = {"", "application/octet-stream", "binary/octet-stream", "application/binary"}
@@ -103,28 +103,27 @@ def inspect_image(
         what = "HTML" if head.startswith((b"<!doctype", b"<html", b"<")) else "unknown bytes"
         raise ImageRejected("bad_magic", f"{what} served as {declared or 'no Content-Type'}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=[fmt]) as img:
-                width, height = img.size
-                pixels = width * height
-                if pixels >= BOMB_MIN_PIXELS and pixels > BOMB_PIXELS_PER_BYTE * len(data):
-                    raise ImageRejected(
-                        "decompression_bomb",
-                        f"{width}x{height} px claimed by {len(data)} bytes",
-                    )
-                if pixels > max_pixels:
-                    raise ImageRejected(
-                        "too_many_pixels", f"{width}x{height} px > {max_pixels} pixels"
-                    )
-                img.load()
-                if fmt in FORMATS and img.mode in KEPT_MODES[fmt]:
-                    ext, mime = FORMATS[fmt]
-                    return ImageInfo(width, height, fmt, ext, mime, data, converted=False)
-                canonical, (width, height) = _to_png(img)
+        with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+            width, height = img.size
+            pixels = width * height
+            if pixels > (Image.MAX_IMAGE_PIXELS or pixels) or (
+                pixels >= BOMB_MIN_PIXELS and pixels > BOMB_PIXELS_PER_BYTE * len(data)
+            ):
+                raise ImageRejected(
+                    "decompression_bomb", f"{width}x{height} px claimed by {len(data)} bytes"
+                )
+            if pixels > max_pixels:
+                raise ImageRejected(
+                    "too_many_pixels", f"{width}x{height} px > {max_pixels} pixels"
+                )
+            img.load()
+            if fmt in FORMATS and img.mode in KEPT_MODES[fmt]:
+                ext, mime = FORMATS[fmt]
+                return ImageInfo(width, height, fmt, ext, mime, data, converted=False)
+            canonical, (width, height) = _to_png(img)
     except ImageRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageRejected("decompression_bomb", str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("undecodable", f"{fmt} header not readable") from exc

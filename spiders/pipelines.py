@@ -1,9 +1,13 @@
-"""Item pipeline: name each image by the sha256 of its (canonical) bytes, store it once, merge
-byte copies, and enforce the image bounds.
+"""Item pipeline: one item per distinct image (byte copies are merged into it), within the image
+bounds.
 
-Why a pipeline: storage and identity belong after the spider's checks. Why the bounds here and
-not Scrapy's CLOSESPIDER_ITEMCOUNT: a resumed crawl starts with the items of its previous
-attempt, which Scrapy's counter does not know about.
+Why a pipeline: the spider's checks run concurrently (in a thread pool, see
+``spiders.workpool``) and may finish in any order; deciding here, on the reactor thread, which
+URL is the item and which is a byte copy or over a bound keeps those decisions race-free. The
+spider has already named the image by the sha256 of its canonical bytes and written it to the
+content-addressed store (idempotent: a copy lands on the same file).
+Why the bounds here and not Scrapy's CLOSESPIDER_ITEMCOUNT: a resumed crawl starts with the
+items of its previous attempt, which Scrapy's counter does not know about.
 """
 
 from __future__ import annotations
@@ -13,16 +17,10 @@ from typing import TYPE_CHECKING, Any, Self
 from scrapy.exceptions import DropItem
 from scrapy.utils.defer import deferred_from_coro
 
-from lora_factory.manifest import item_id_for
-
-from .images import EXT_BY_MIME
-
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
     from .record import CrawlRecord
-
-BODY_KEY = "_body"  # the spider hands the canonical bytes over under this key; never in a table
 
 
 class ContentStorePipeline:
@@ -40,8 +38,7 @@ class ContentStorePipeline:
     def process_item(self, item: dict[str, Any]) -> dict[str, Any]:
         spider: Any = self.crawler.spider
         config = spider.config
-        body: bytes = item.pop(BODY_KEY)
-        item_id = item_id_for(body)
+        item_id = item["item_id"]
         if self.record.merge(item_id, item["image_url"]):
             raise DropItem(f"same bytes as item {item_id[:12]}", log_level="DEBUG")
         topic = item.get("topic") or ""
@@ -50,14 +47,7 @@ class ContentStorePipeline:
         ):
             self.record.drop_over_limit(item["image_url"])
             raise DropItem("max_images reached", log_level="DEBUG")
-        rel_path = self.record.store_image(item_id, EXT_BY_MIME[item["mime_type"]], body)
-        row = {
-            **item,
-            "item_id": item_id,
-            "image_path": rel_path,
-            "num_bytes": len(body),
-            "other_urls": [],
-        }
+        row = {**item, "other_urls": []}
         self.record.add_item(row)
         spider.check_image_bounds()
         return row

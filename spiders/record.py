@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -98,6 +99,7 @@ class CrawlRecord:
         self.store_dir = self.state_dir / "images"  # content-addressed image store
         self.items: dict[str, dict[str, Any]] = {}  # item_id -> row, in first-seen order
         self.pages: list[dict[str, Any]] = []
+        self.pages_parsed = 0  # counted as they come: the progress line is written very often
         self.rejections: list[dict[str, Any]] = []
         self.merged = 0  # image URLs folded into an existing item (same bytes)
         self.over_limit = 0  # decodable images dropped because a max_images bound was reached
@@ -136,7 +138,7 @@ class CrawlRecord:
             state.images.setdefault(event["url"], event["meta"])
         elif kind == "page":
             state.pages_done.add(event["key"])
-            self.pages.append(event["row"])
+            self._count_page(event["row"])
         elif kind == "item":
             row = dict(event["row"])
             row["crawl_time"] = datetime.fromisoformat(row["crawl_time"])
@@ -175,16 +177,24 @@ class CrawlRecord:
     # -- reporting -------------------------------------------------------------------------
     def add_page(self, row: Mapping[str, Any], key: str | None = None) -> None:
         full = {name: row.get(name) for name in PAGE_SCHEMA.names}
-        self.pages.append(full)
+        self._count_page(full)
         self._log({"e": "page", "key": key or row["url"], "row": full})
         self._emit()
 
+    def _count_page(self, row: dict[str, Any]) -> None:
+        self.pages.append(row)
+        self.pages_parsed += row["decision"] == "parsed"
+
     def store_image(self, item_id: str, ext: str, data: bytes) -> str:
-        """Write the bytes into the content-addressed store (once); returns the relative path."""
+        """Write the bytes into the content-addressed store (once); returns the relative path.
+
+        Thread-safe (the spider stores from its work pool): each writer has its own temporary
+        file, and the rename is atomic, so two copies of the same bytes simply both land.
+        """
         name = f"{item_id}.{ext}"
         target = self.store_dir / name
         if not target.exists():
-            tmp = target.with_name(f"{name}.{os.getpid()}.part")
+            tmp = target.with_name(f"{name}.{os.getpid()}.{threading.get_ident()}.part")
             tmp.write_bytes(data)
             tmp.replace(target)
         return f"images/{name}"
@@ -221,8 +231,7 @@ class CrawlRecord:
         self._image_outcome()
 
     def progress_line(self) -> str:
-        parsed = sum(1 for p in self.pages if p["decision"] == "parsed")
-        return f"crawl: {parsed} pages, {len(self.items)} images, {len(self.rejections)} rejected"
+        return f"crawl: {self.pages_parsed} pages, {len(self.items)} images, {len(self.rejections)} rejected"
 
     def _image_outcome(self) -> None:
         self._outcomes += 1
@@ -240,7 +249,7 @@ class CrawlRecord:
             p["reason"] for p in self.pages if p["decision"] not in ("parsed",)
         )
         return {
-            "pages": sum(1 for p in self.pages if p["decision"] == "parsed"),
+            "pages": self.pages_parsed,
             "pages_requested": len(self.pages),
             "pages_not_parsed": dict(sorted(pages_by_reason.items())),
             "pages_noai": sum(1 for p in self.pages if p["reason"] == "noai"),

@@ -2,15 +2,18 @@
 
 Why images go through Scrapy (not a side download): the scheduler, robots.txt, throttling,
 the private-address guard and the crawl bounds then apply to every byte we fetch. The spider
-decides what to follow and checks what it got; storage and identity are the pipeline's job
-(``spiders.pipelines``), outputs and the resumption journal the ledger's (``spiders.record``).
+decides what to follow and checks what it got (and stores the bytes that pass under their
+content hash); which URL becomes an item is the pipeline's job (``spiders.pipelines``), outputs
+and the resumption journal the ledger's (``spiders.record``).
 
 Per page: HTML only; opt-outs (X-Robots-Tag and meta robots ``noai``/``noimageai`` skip the
 page's images with reason ``noai``, ``nofollow`` stops link following); quality (``ad_farm``,
 ``low_entropy``, ``language``) and relevance (``off_topic``) checks; then images and links.
 Per image: Content-Type and opt-out headers are checked as soon as the headers arrive (the body
 of an HTML page served at an image URL is never downloaded), the body's size is capped by
-``download_maxsize``, and ``spiders.images`` checks magic bytes, pixels and decodes it.
+``download_maxsize``, and ``spiders.images`` checks magic bytes, pixels and decodes it; that
+check, the content hash and the write to the image store run in a small thread pool
+(``spiders.workpool``), so decoding a large image does not stall the downloads.
 """
 
 from __future__ import annotations
@@ -33,13 +36,15 @@ from twisted.python.failure import Failure
 from w3lib.url import canonicalize_url
 
 from lora_factory.config import CrawlConfig
+from lora_factory.manifest import item_id_for
 
 from .extract import extract_page
 from .failures import failure_reason
 from .images import ImageRejected, declared_type, inspect_image, type_is_acceptable
-from .pipelines import BODY_KEY, close_spider_soon
+from .pipelines import close_spider_soon
 from .quality import Relevance, link_text, page_quality, page_summary_text
 from .record import CrawlRecord
+from .workpool import WorkPool
 
 IMAGE_PRIORITY = 100  # a page's images are fetched before the crawl goes deeper
 IMAGE_META = "lora_factory_image"  # request.meta key carrying an image's provenance
@@ -126,6 +131,7 @@ class TopicSpider(scrapy.Spider):
         self._pages: set[str] = set()  # canonical URLs of every page requested
         self._images: set[str] = set()  # every image URL requested
         self.links_off_topic = 0
+        self.work = WorkPool()  # image decoding, hashing and storing, off the reactor thread
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> TopicSpider:
@@ -362,7 +368,7 @@ class TopicSpider(scrapy.Spider):
                 )
                 raise StopDownload(fail=False)
 
-    def parse_image(self, response: Response) -> Iterator[dict[str, Any]]:
+    async def parse_image(self, response: Response) -> AsyncIterator[dict[str, Any]]:
         provenance = response.meta[IMAGE_META]
         url = response.meta.get(IMAGE_KEY, response.url)
         if STOP_META in response.meta:
@@ -371,25 +377,33 @@ class TopicSpider(scrapy.Spider):
             return
         content_type = response.headers.get(b"Content-Type", b"").decode("latin-1")
         try:
-            info = inspect_image(response.body, content_type, self.config.max_image_pixels)
+            stored = await self.work.run(self._check_and_store, response.body, content_type)
         except ImageRejected as rejected:
             self._reject(url, provenance, rejected.reason, rejected.detail)
             return
+        yield {**provenance, "image_url": url, "crawl_time": datetime.now(UTC), **stored}
+
+    def _check_and_store(self, body: bytes, content_type: str) -> dict[str, Any]:
+        """In the work pool: validate and decode, name by content hash, write to the store.
+
+        Only the content-addressed store is touched here (idempotent and thread-safe); which URL
+        becomes the item and which is a byte copy or over a bound is decided by the pipeline, on
+        the reactor thread. Raises ``ImageRejected``.
+        """
+        info = inspect_image(body, content_type, self.config.max_image_pixels)
         side = self.config.min_image_side
         if min(info.width, info.height) < side:
-            self._reject(
-                url, provenance, "too_small",
-                f"{info.width}x{info.height} px < min_image_side {side}",
+            raise ImageRejected(
+                "too_small", f"{info.width}x{info.height} px < min_image_side {side}"
             )
-            return
-        yield {
-            **provenance,
-            "image_url": url,
-            "crawl_time": datetime.now(UTC),
+        item_id = item_id_for(info.data)
+        return {
             "width": info.width,
             "height": info.height,
             "mime_type": info.mime_type,
-            BODY_KEY: info.data,
+            "item_id": item_id,
+            "image_path": self.record.store_image(item_id, info.ext, info.data),
+            "num_bytes": len(info.data),
         }
 
     def image_failed(self, failure: Failure) -> None:
@@ -429,6 +443,7 @@ class TopicSpider(scrapy.Spider):
     # -- end -------------------------------------------------------------------------------
     def closed(self, reason: str) -> None:
         self.close_reason = reason
+        self.work.close()
         self.crawler.stats.set_value("lora_factory/links_off_topic", self.links_off_topic)
 
     def finish_reason(self) -> str:
