@@ -168,12 +168,37 @@ class TrainConfig(Section):
     max_steps: int = Field(1500, ge=1)
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
     lr_warmup_steps: int = Field(0, ge=0)
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "prodigy"] = "adamw"  # prodigy: set learning_rate ~1.0
     max_grad_norm: float = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     target_modules: list[str] = Field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    # Data: aspect-ratio buckets (never upscaled; a batch never mixes buckets) and augmentation.
+    aspect_buckets: bool = True  # false: centre squares of `resolution` (small images upscaled)
+    bucket_step: int | None = Field(None, ge=8)  # None: the model's latent grid (64 px for SD1.5)
+    min_bucket_side: int | None = Field(None, ge=8)  # None: bucket_step
+    max_bucket_side: int | None = Field(None, ge=8)  # None: 2 x resolution
+    repeats: int = Field(1, ge=1)  # times each image appears per epoch
+    random_flip: bool = False  # mirror half the samples (off: text, logos and asymmetric subjects)
+    caption_dropout: float = Field(0.0, ge=0, lt=1)  # share of samples trained on the empty caption
+    shuffle_tags: bool = False  # shuffle the comma-separated tags after the first keep_tokens
+    keep_tokens: int = Field(1, ge=0)  # leading tags kept in place (the trigger word comes first)
+    # Frozen encoders' outputs, cached on disk by content and reused across runs.
+    cache_latents: bool = True
+    cache_text_embeddings: bool = True  # unused while the text encoder trains
+    # Text-encoder LoRA (same rank and alpha as the UNet's).
+    train_text_encoder: bool = False
+    text_encoder_lr: float | None = Field(None, gt=0)  # None: learning_rate
+    text_encoder_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    # Prior preservation (DreamBooth): class images made by the base model, trained alongside.
+    prior_preservation: bool = False
+    class_prompt: str | None = None  # e.g. "a photo of a lighthouse"; required with prior_preservation
+    num_class_images: int = Field(100, ge=1)
+    prior_loss_weight: float = Field(1.0, gt=0)
+    class_inference_steps: int = Field(25, ge=1)
     # Loss.
     noise_offset: float = Field(0.0, ge=0)  # 0.05-0.1 helps very dark / bright images
     snr_gamma: float | None = Field(None, gt=0)  # min-SNR-gamma weighting; 5.0 is the paper's value
@@ -197,6 +222,12 @@ class TrainConfig(Section):
     sample_steps: int = Field(20, ge=1)
     # Export.
     export_kohya: bool = True
+
+    @model_validator(mode="after")
+    def _prior_needs_a_class_prompt(self) -> TrainConfig:
+        if self.prior_preservation and not (self.class_prompt or "").strip():
+            raise ValueError("train.prior_preservation needs train.class_prompt (e.g. 'a photo of a dog')")
+        return self
 
 
 class EvaluateConfig(Section):

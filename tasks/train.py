@@ -53,12 +53,15 @@ def train_task(ref: RunRef) -> dict[str, Any]:
             seed=cfg.seed,
             on_step=ledger,
             checkpoint_dir=st.scratch / "checkpoints",
+            feature_cache_dir=Path(cfg.home) / "cache" / "train",
             callbacks=[MlflowSamples(st)],
             samples_dir=st.out / "samples",
             card={"trigger_word": cfg.label.trigger_word},
         )
         st.log_metrics({"final_loss": result.final_loss, "steps": result.steps,
-                        "train_seconds": result.seconds})
+                        "train_seconds": result.seconds,
+                        "latent_cache_hits": result.cache["latents"]["hits"],
+                        "latent_cache_misses": result.cache["latents"]["misses"]})
         st.log_artifacts(st.out / "lora", "lora")
     return {"steps": result.steps, "final_loss": result.final_loss, "resumed_from": result.resumed_from,
             "stopped_early": result.stopped_early}

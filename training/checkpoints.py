@@ -40,7 +40,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 BOOKKEEPING_KEYS = frozenset({
     "log_every", "checkpoint_every", "keep_checkpoints", "resume", "force_resume", "validation_every",
     "early_stopping_window", "sample_every", "sample_prompts", "sample_seed", "sample_steps",
-    "export_kohya",
+    "export_kohya", "cache_latents", "cache_text_embeddings",
 })
 
 
@@ -51,12 +51,13 @@ def config_hash(cfg: TrainConfig, **extra: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def dataset_hash(items: list[tuple[Path, str]]) -> str:
-    """sha256 over (file name, caption, sha256 of the image bytes) of every example, in order."""
+def dataset_hash(items: list[tuple[Path, str, str]]) -> str:
+    """sha256 over (file name, caption, sha256 of the image bytes as hex) of every example, in
+    order."""
     h = hashlib.sha256()
-    for path, caption in items:
+    for path, caption, content_sha256 in items:
         h.update(Path(path).name.encode() + b"\0" + caption.encode() + b"\0")
-        h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+        h.update(bytes.fromhex(content_sha256))
     return h.hexdigest()
 
 

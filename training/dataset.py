@@ -1,23 +1,25 @@
-"""The label stage's dataset folder as a torch ``Dataset`` of fixed-size training samples.
+"""The label stage's dataset folder as training samples: aspect-ratio buckets, augmentation and a
+resumable batch order.
 
 Input: a folder of images with kohya-style ``<name>.txt`` caption sidecars and a ``metadata.jsonl``
 (``{"file_name", "text", "item_id"}`` per line), as the label stage writes it. ``metadata.jsonl``
 is the source of truth; a folder without one (a hand-made kohya folder) is read from the image
 files and their sidecars instead.
 
-Every sample has the same square shape (``resolution`` x ``resolution``) so batches stack: the
-image's shorter side is resized to ``resolution`` and the centre is cropped. Images whose shorter
-side is *below* ``resolution`` are therefore upscaled (bicubic) rather than padded or dropped:
-padding would teach the model black borders, and dropping here would silently disagree with the
-curate stage, which is where ``too_small`` images are rejected (``curate.min_side``). The count
-of upscaled images is kept in ``Dataset.upscaled`` so the trainer can warn about it. Aspect-ratio
-bucketing replaces the centre crop later; ``original_size`` and ``crop_top_left`` are returned
-already because SDXL conditions on them.
+Each image gets a bucket (``training.buckets``) from its header alone, so a batch's bucket, SDXL
+size/crop conditioning and cache keys are known before any pixel is decoded: an image whose
+latents are cached is never opened. Images are scaled down to cover their bucket and centre
+cropped; they are never scaled up. With bucketing off (``grid=None``) every image is a centre
+square of ``resolution`` (the old behaviour): smaller images are then upscaled, and counted in
+``upscaled`` so the trainer can warn.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
 
 from lora_factory.errors import StageError
+
+from .buckets import Bucket, assign_bucket
+from .captions import augment_caption
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 METADATA_FILE = "metadata.jsonl"
@@ -35,18 +39,20 @@ METADATA_FILE = "metadata.jsonl"
 
 @dataclass(frozen=True)
 class Record:
-    """One training example as listed in the dataset folder."""
+    """One training example as listed in the dataset folder; ``sha256`` is of the file's bytes
+    and keys its cached latents."""
 
     path: Path
     caption: str
     item_id: str
+    sha256: str = ""
 
 
 def read_records(dataset_dir: Path) -> list[Record]:
     """The folder's examples, in file order; ``StageError`` if there are none.
 
-    Why a stable order: the DataLoader's seeded shuffle permutes indices, so the same folder and
-    seed must give the same index → image mapping for a run to be reproducible.
+    Why a stable order: the seeded data order permutes indices, so the same folder and seed must
+    give the same index → image mapping for a run to be reproducible.
     """
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
@@ -58,7 +64,8 @@ def read_records(dataset_dir: Path) -> list[Record]:
             f"training dataset folder {dataset_dir} has no images; "
             "check the crawl and curate reports for why every item was dropped"
         )
-    return records
+    return [Record(r.path, r.caption, r.item_id, hashlib.sha256(r.path.read_bytes()).hexdigest())
+            for r in records]
 
 
 def _records_from_metadata(meta: Path) -> list[Record]:
@@ -98,57 +105,7 @@ def load_rgb(path: Path) -> Image.Image:
         raise StageError(f"cannot read training image {path}: {e}") from e
 
 
-def resize_and_center_crop(image: Image.Image, resolution: int) -> tuple[Image.Image, tuple[int, int]]:
-    """Shorter side to ``resolution`` (down with Lanczos, up with bicubic), then a centre square.
-
-    Returns the crop and its top-left corner in the resized image (SDXL's ``crops_coords_top_left``).
-    """
-    w, h = image.size
-    scale = resolution / min(w, h)
-    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-    resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC
-    if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), resample=resample)
-    left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
-    return image.crop((left, top, left + resolution, top + resolution)), (top, left)
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """HWC uint8 → CHW float in [-1, 1], the range the VAE was trained on."""
-    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-class CaptionedImageDataset(Dataset):
-    """Square ``resolution`` crops of the dataset folder's images with their captions.
-
-    Each item is a dict: ``pixel_values`` (3, R, R) float32 in [-1, 1], ``caption``, ``item_id``,
-    ``original_size`` (h, w) and ``crop_top_left`` (top, left) — the last two for SDXL.
-    """
-
-    def __init__(self, dataset_dir: Path, resolution: int, records: list[Record] | None = None) -> None:
-        self.dataset_dir = Path(dataset_dir)
-        self.resolution = resolution
-        self.records = read_records(self.dataset_dir) if records is None else list(records)
-        self.upscaled = sum(1 for r in self.records if min(_size(r.path)) < resolution)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self.records[index]
-        image = load_rgb(rec.path)
-        crop, top_left = resize_and_center_crop(image, self.resolution)
-        return {
-            "pixel_values": to_tensor(crop),
-            "caption": rec.caption,
-            "item_id": rec.item_id,
-            "original_size": (image.height, image.width),
-            "crop_top_left": top_left,
-        }
-
-
-def _size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     """(w, h) after EXIF rotation, read from the header only (no decode). An unreadable file
     fails here, before any model is loaded."""
     try:
@@ -160,8 +117,102 @@ def _size(path: Path) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
+def cover_geometry(width: int, height: int, bucket: Bucket) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The resized (w, h) that covers ``bucket`` with the aspect ratio kept, and the centre
+    crop's (top, left) in it."""
+    scale = max(bucket.width / width, bucket.height / height)
+    new_w = max(bucket.width, round(width * scale))
+    new_h = max(bucket.height, round(height * scale))
+    return (new_w, new_h), ((new_h - bucket.height) // 2, (new_w - bucket.width) // 2)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """HWC uint8 → CHW float in [-1, 1], the range the VAE was trained on."""
+    arr = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a training step needs to know about one image before (or without) decoding it."""
+
+    index: int
+    record: Record
+    bucket: Bucket
+    flip: bool
+    caption: str
+    original_size: tuple[int, int]  # (h, w), upright
+    crop_top_left: tuple[int, int]  # (top, left) in the resized (and flipped) image
+
+
+class CaptionedImageDataset:
+    """The training images with their captions and buckets.
+
+    ``grid``: the bucket grid (``training.buckets.bucket_grid``); ``None`` puts every image in one
+    ``resolution`` square bucket, upscaling smaller ones.
+    """
+
+    def __init__(self, dataset_dir: Path, resolution: int, records: list[Record] | None = None,
+                 grid: list[Bucket] | None = None) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        self.resolution = resolution
+        self.records = read_records(self.dataset_dir) if records is None else list(records)
+        self.sizes = [image_size(r.path) for r in self.records]
+        square = Bucket(resolution, resolution)
+        self.buckets = [square if grid is None else _bucket_for(r, w, h, grid)
+                        for r, (w, h) in zip(self.records, self.sizes, strict=True)]
+        self.upscaled = sum(1 for w, h in self.sizes if min(w, h) < resolution) if grid is None else 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def sample(self, index: int, flip: bool = False, caption: str | None = None) -> Sample:
+        """The plan for one image: bucket, conditioning sizes and caption; no decoding."""
+        rec, (w, h), bucket = self.records[index], self.sizes[index], self.buckets[index]
+        (new_w, _), (top, left) = cover_geometry(w, h, bucket)
+        if flip:
+            left = new_w - left - bucket.width
+        return Sample(index, rec, bucket, flip, rec.caption if caption is None else caption,
+                      (h, w), (top, left))
+
+    def pixels(self, sample: Sample) -> torch.Tensor:
+        return load_pixels(sample)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.sample(index)
+        return {"pixel_values": load_pixels(sample), "caption": sample.caption,
+                "item_id": sample.record.item_id, "original_size": sample.original_size,
+                "crop_top_left": sample.crop_top_left, "bucket": sample.bucket}
+
+
+def load_pixels(sample: Sample) -> torch.Tensor:
+    """The sample's (3, H, W) float32 pixels in [-1, 1]: scaled to cover its bucket (down with
+    Lanczos; up, bicubic, only without bucketing), flipped, centre-cropped."""
+    image = load_rgb(sample.record.path)
+    (new_w, new_h), _ = cover_geometry(image.width, image.height, sample.bucket)
+    if (new_w, new_h) != image.size:
+        down = new_w <= image.width
+        image = image.resize((new_w, new_h), resample=Image.Resampling.LANCZOS if down
+                             else Image.Resampling.BICUBIC)
+    if sample.flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    top, left = sample.crop_top_left
+    return to_tensor(image.crop((left, top, left + sample.bucket.width, top + sample.bucket.height)))
+
+
+def _bucket_for(record: Record, width: int, height: int, grid: list[Bucket]) -> Bucket:
+    try:
+        return assign_bucket(width, height, grid)
+    except StageError as e:
+        raise StageError(f"training image {record.path.name}: {e}") from e
+
+
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack pixels; keep captions as a list; sizes as (B, 2) long tensors."""
+    """Stack pixels; keep captions as a list; sizes as (B, 2) long tensors. A batch must come from
+    one bucket: mixing sizes would need padding, which teaches borders."""
+    buckets = {b.get("bucket") for b in batch}
+    if len(buckets) > 1:
+        raise ValueError(f"a batch mixes buckets {sorted(map(str, buckets))}")
     return {
         "pixel_values": torch.stack([b["pixel_values"] for b in batch]),
         "captions": [b["caption"] for b in batch],
@@ -184,31 +235,68 @@ def split_records(records: list[Record], fraction: float, seed: int) -> tuple[li
             [r for i, r in enumerate(records) if i in held])
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One slot of a batch: which example, and the seed of its augmentation (flip, caption)."""
+
+    index: int
+    aug_seed: int
+
+
 class DataOrder:
-    """Which examples each batch takes: a seeded permutation per epoch, cut into batches (the last
-    one may be smaller). Its whole state is (epoch, position), so a checkpoint can store where the
-    run was in its epoch and a resumed run draws exactly the batches an uninterrupted one would."""
+    """Which examples each batch takes. Per epoch: every example ``repeats`` times in a seeded
+    permutation, grouped by bucket (in permutation order), cut into batches of ``batch_size``
+    (a bucket's last batch may be smaller), and the batches shuffled. Its whole state is
+    (epoch, batch position), so a checkpoint stores where the run was in its epoch and a resumed
+    run draws exactly the batches, and augmentations, an uninterrupted one would."""
 
-    def __init__(self, size: int, batch_size: int, seed: int) -> None:
-        self.size, self.batch_size, self.seed = size, batch_size, seed
+    def __init__(self, groups: list[Hashable] | int, batch_size: int, seed: int, repeats: int = 1) -> None:
+        self.groups = [0] * groups if isinstance(groups, int) else list(groups)
+        self.batch_size, self.seed, self.repeats = batch_size, seed, repeats
         self.epoch, self.position = 0, 0
-        self._perm: list[int] | None = None
+        self._batches: list[list[int]] | None = None
 
-    def _permutation(self) -> list[int]:
-        if self._perm is None:
+    @property
+    def size(self) -> int:
+        return len(self.groups)
+
+    def _epoch_batches(self) -> list[list[int]]:
+        if self._batches is None:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            self._perm = torch.randperm(self.size, generator=gen).tolist()
-        return self._perm
+            slots = [i for i in range(self.size) for _ in range(self.repeats)]
+            order = [slots[j] for j in torch.randperm(len(slots), generator=gen).tolist()]
+            by_group: dict[Hashable, list[int]] = {}
+            for i in order:
+                by_group.setdefault(self.groups[i], []).append(i)
+            batches = [members[k:k + self.batch_size] for members in by_group.values()
+                       for k in range(0, len(members), self.batch_size)]
+            self._batches = [batches[j] for j in torch.randperm(len(batches), generator=gen).tolist()]
+        return self._batches
 
-    def next_batch(self) -> list[int]:
-        if self.position >= self.size:
-            self.epoch, self.position, self._perm = self.epoch + 1, 0, None
-        batch = self._permutation()[self.position:self.position + self.batch_size]
-        self.position += len(batch)
-        return batch
+    def batches_per_epoch(self) -> int:
+        return len(self._epoch_batches())
+
+    def next_batch(self) -> list[Draw]:
+        if self.position >= len(self._epoch_batches()):
+            self.epoch, self.position, self._batches = self.epoch + 1, 0, None
+        batch = self._epoch_batches()[self.position]
+        base = ((self.seed * 1_000_003 + self.epoch) * 100_019 + self.position) * 1_009
+        self.position += 1
+        return [Draw(i, (base + slot) % 2**62) for slot, i in enumerate(batch)]
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position, self._perm = state["epoch"], state["position"], None
+        self.epoch, self.position, self._batches = state["epoch"], state["position"], None
+
+
+def augment(dataset: CaptionedImageDataset, draw: Draw, *, random_flip: bool, caption_dropout: float,
+            shuffle_tags: bool, keep_tokens: int) -> Sample:
+    """The sample a draw trains on: flipped or not, with its augmented caption, decided by the
+    draw's own seed (so the decision does not depend on what else is in the batch)."""
+    rng = random.Random(draw.aug_seed)
+    flip = random_flip and rng.random() < 0.5
+    caption = augment_caption(dataset.records[draw.index].caption, rng, dropout=caption_dropout,
+                              shuffle=shuffle_tags, keep_tokens=keep_tokens)
+    return dataset.sample(draw.index, flip=flip, caption=caption)

@@ -16,15 +16,19 @@ import torch
 from safetensors.torch import save_file
 
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
-_PREFIXES = (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_"), ("unet.", "lora_unet_"))
+# kohya names SD1.x's single text encoder ``lora_te_`` and SDXL's two ``lora_te1_`` / ``lora_te2_``.
+_PREFIXES = {
+    "sd15": (("text_encoder.", "lora_te_"), ("unet.", "lora_unet_")),
+    "sdxl": (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_"), ("unet.", "lora_unet_")),
+}
 _BASE_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 
 
-def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float, family: str = "sdxl") -> dict[str, torch.Tensor]:
     """PEFT keys (``unet.<module>.lora_A.weight``, prefixed by component) → kohya keys."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        prefix = next(((src, dst) for src, dst in _PREFIXES if key.startswith(src)), None)
+        prefix = next(((src, dst) for src, dst in _PREFIXES[family] if key.startswith(src)), None)
         if prefix is None:
             raise ValueError(f"LoRA key {key!r} names no known component (unet., text_encoder.)")
         module, kind = key[len(prefix[0]):].rsplit(".lora_", 1)
@@ -64,6 +68,6 @@ def ss_metadata(family: str, rank: int, alpha: float, info: dict[str, Any]) -> d
 def save_kohya(state: dict[str, torch.Tensor], path: Path, family: str, rank: int, alpha: float,
                info: dict[str, Any]) -> Path:
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
-               for k, v in peft_to_kohya(state, alpha).items()}
+               for k, v in peft_to_kohya(state, alpha, family).items()}
     save_file(tensors, str(path), metadata=ss_metadata(family, rank, alpha, info))
     return Path(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -9,10 +10,25 @@ import torch
 from lora_factory.config import TrainConfig
 from lora_factory.errors import StageError
 
+log = logging.getLogger(__name__)
 
-def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW, or bitsandbytes' 8-bit AdamW (imported only when asked for: it is CUDA-minded and
-    prints kernel warnings at import time)."""
+
+def param_groups(cfg: TrainConfig, named: dict[str, torch.nn.Parameter]) -> list[dict[str, Any]]:
+    """The UNet's LoRA at ``learning_rate``; the text encoders' at ``text_encoder_lr`` (kohya's
+    split: text-encoder LoRAs overfit faster and usually want a lower rate)."""
+    unet = [p for n, p in named.items() if n.startswith("unet.")]
+    text = [p for n, p in named.items() if not n.startswith("unet.")]
+    groups = [{"params": unet, "lr": cfg.learning_rate}]
+    if text:
+        groups.append({"params": text, "lr": cfg.text_encoder_lr or cfg.learning_rate})
+    return groups
+
+
+def make_optimizer(cfg: TrainConfig, named: dict[str, torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW; bitsandbytes' 8-bit AdamW (imported only when asked for: it is CUDA-minded and
+    prints kernel warnings at import time); or Prodigy, which estimates its own step size (its
+    ``learning_rate`` is a multiplier, normally 1.0)."""
+    groups = param_groups(cfg, named)
     kwargs: dict[str, Any] = {"lr": cfg.learning_rate, "betas": (0.9, 0.999), "weight_decay": 1e-2,
                               "eps": 1e-8}
     if cfg.optimizer == "adamw8bit":
@@ -20,8 +36,18 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.
             import bitsandbytes as bnb
         except ImportError as e:
             raise StageError(f"train.optimizer 'adamw8bit' needs bitsandbytes ({e}); use 'adamw'") from e
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
+        return bnb.optim.AdamW8bit(groups, **kwargs)
+    if cfg.optimizer == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError as e:
+            raise StageError(f"train.optimizer 'prodigy' needs prodigyopt ({e}); use 'adamw'") from e
+        if cfg.learning_rate < 0.1:
+            log.warning("train.optimizer 'prodigy' with learning_rate %g: Prodigy's rate is a multiplier "
+                        "of its own estimate, normally 1.0", cfg.learning_rate)
+        return Prodigy(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2,
+                       safeguard_warmup=cfg.lr_warmup_steps > 0, use_bias_correction=True)
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def make_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> Any:

@@ -1,17 +1,22 @@
-"""The LoRA training loop: a frozen diffusion pipeline, a PEFT LoRA on its UNet, one loop.
+"""The LoRA training loop: a frozen diffusion pipeline, PEFT LoRAs on its UNet (and optionally
+its text encoders), one loop.
 
 The loop follows diffusers' ``train_text_to_image_lora.py`` step for step (VAE latents, seeded
 noise and timesteps, the scheduler's forward process, epsilon or velocity target, MSE) so a
 reader who knows that script can audit this one. It is written with plain torch instead of
-``accelerate``: the factory trains on one device, and ``accelerate``'s process-global state
-gets in the way when a flow (or a test session) trains several adapters in one process.
+``accelerate``: the factory trains on one device per process, and ``accelerate``'s
+process-global state gets in the way when a flow (or a test session) trains several adapters
+in one process.
 
-Reproducibility: every random draw (LoRA init, data order, VAE sampling, noise, timesteps)
-comes from ``seed``, so two CPU runs with the same inputs save identical tensors — and a run
-resumed from a checkpoint saves the same tensors as one that never stopped.
+Reproducibility: every random draw (LoRA init, data order, augmentation, VAE sampling, noise,
+timesteps) comes from ``seed``, so two CPU runs with the same inputs save identical tensors —
+and a run resumed from a checkpoint saves the same tensors as one that never stopped, whether
+its feature cache was cold or warm.
 
-The jobs around the loop live in their own modules: ``dataset`` (examples, held-out split, data
-order), ``losses``, ``optim``, ``callbacks`` (monitoring API, early stop, plateau),
+The jobs around the loop live in their own modules: ``buckets`` and ``dataset`` (aspect
+buckets, examples, augmentation, held-out split, data order), ``captions``, ``conditioning``
+and ``feature_cache`` (latents and text embeddings, cached by content), ``lora``, ``prior``
+(class images), ``losses``, ``optim``, ``callbacks`` (monitoring API, early stop, plateau),
 ``checkpoints``, ``samples``, ``export_kohya`` and ``model_card``.
 """
 
@@ -24,6 +29,7 @@ import resource
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +41,7 @@ from lora_factory.config import TrainConfig
 from lora_factory.errors import StageError
 
 from . import checkpoints as ckpt
+from .buckets import Bucket, bucket_grid
 from .callbacks import (
     Callback,
     CallbackList,
@@ -44,16 +51,19 @@ from .callbacks import (
     Stop,
     TrainState,
 )
-from .dataset import CaptionedImageDataset, DataOrder, collate, read_records, split_records
+from .conditioning import Conditioner
+from .dataset import CaptionedImageDataset, DataOrder, Sample, augment, read_records, split_records
 from .export_kohya import KOHYA_WEIGHT_NAME, save_kohya
+from .feature_cache import FeatureCache, module_fingerprint
+from .lora import LORA_WEIGHT_NAME, add_loras, lora_state, save_lora, text_encoders
 from .losses import diffusion_loss, sample_noise, training_target
 from .model_card import render_model_card
 from .optim import make_lr_scheduler, make_optimizer, scale_lr
+from .prior import class_draws, class_image_dir, ensure_class_images
 from .samples import render_samples
 
 log = logging.getLogger(__name__)
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 TRAINING_ARGS_NAME = "training_args.json"
 MODEL_CARD_NAME = "README.md"
 SAMPLE_GRID_NAME = "samples.png"
@@ -75,6 +85,8 @@ class TrainResult:
     stopped_early: str | None = None  # a callback's reason, when it ended the run before max_steps
     best_step: int | None = None
     val_loss: float | None = None  # the last validation loss (of the restored best on early stop)
+    buckets: dict[str, int] = field(default_factory=dict)  # training images per bucket ("WxH")
+    cache: dict[str, Any] = field(default_factory=dict)  # feature-cache hits/misses, VAE encodes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,91 +107,6 @@ def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
     if mixed_precision == "bf16":
         return torch.bfloat16
     return torch.float32
-
-
-def _tokenize(tokenizer: Any, encoder: Any, captions: list[str], device: torch.device) -> torch.Tensor:
-    # A tokenizer saved without model_max_length reports 1e30; the encoder's positions are the cap.
-    max_length = min(int(tokenizer.model_max_length), encoder.config.max_position_embeddings)
-    return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
-
-
-def encode_captions(
-    pipe: Any, family: str, batch: dict[str, Any], resolution: int, device: torch.device
-) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """The UNet's text conditioning for a batch: ``encoder_hidden_states`` and, for SDXL, the
-    ``added_cond_kwargs`` (pooled text embeds + size/crop time ids).
-
-    Mirrors the pipelines' ``encode_prompt`` so training and inference condition the same way:
-    SD1.5 uses the text encoder's last hidden state; SDXL concatenates both encoders' penultimate
-    hidden states and takes the pooled projection from the second.
-    """
-    captions = batch["captions"]
-    with torch.no_grad():
-        if family == "sd15":
-            ids = _tokenize(pipe.tokenizer, pipe.text_encoder, captions, device)
-            return pipe.text_encoder(ids, return_dict=False)[0], None
-        hidden, pooled = [], None
-        for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder),
-                                   (pipe.tokenizer_2, pipe.text_encoder_2)):
-            out = encoder(_tokenize(tokenizer, encoder, captions, device), output_hidden_states=True)
-            pooled = out[0]  # the last encoder's (CLIPTextModelWithProjection) text_embeds
-            hidden.append(out.hidden_states[-2])
-        prompt_embeds = torch.cat(hidden, dim=-1)
-        target = torch.tensor([resolution, resolution], dtype=torch.long).expand(len(captions), 2)
-        time_ids = torch.cat([batch["original_sizes"], batch["crop_top_lefts"], target], dim=1)
-        added = {"text_embeds": pooled, "time_ids": time_ids.to(device, dtype=prompt_embeds.dtype)}
-        return prompt_embeds, added
-
-
-def add_unet_lora(unet: torch.nn.Module, cfg: TrainConfig, seed: int) -> list[torch.nn.Parameter]:
-    """Inject the LoRA and return its (only trainable) parameters, in fp32.
-
-    PEFT's gaussian init draws from torch's global generator, so the injection runs under a
-    forked, seeded generator: reproducible, and the caller's random state is left alone.
-    ``lora_B`` starts at zero, so the adapter starts as a no-op.
-    """
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
-
-    lora_config = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha or cfg.rank,
-        init_lora_weights="gaussian",
-        target_modules=list(cfg.target_modules),
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            unet.add_adapter(lora_config)
-        except ValueError as e:  # PEFT: "Target modules {...} not found in the base model"
-            raise StageError(f"train.target_modules {cfg.target_modules} do not fit the UNet: "
-                             f"{e}") from e
-    cast_training_params(unet, dtype=torch.float32)
-    return [p for p in unet.parameters() if p.requires_grad]
-
-
-def save_lora(pipe: Any, out_dir: Path) -> Path:
-    """``pytorch_lora_weights.safetensors`` in diffusers format, via the pipeline class's own
-    ``save_lora_weights`` so ``load_lora_weights`` on the same class reads it back.
-
-    The PEFT config travels in the file's metadata: without it diffusers assumes
-    ``alpha == rank`` on load, and an adapter trained with another alpha would load at the
-    wrong strength.
-    """
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    unet = pipe.unet
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    type(pipe).save_lora_weights(
-        save_directory=out_dir,
-        unet_lora_layers=state,
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-        safe_serialization=True,
-    )
-    return out_dir / LORA_WEIGHT_NAME
 
 
 def _write_training_args(out_dir: Path, args: dict[str, Any]) -> None:
@@ -208,6 +135,46 @@ def _builtin_callbacks(cfg: TrainConfig, on_step: OnStep | None) -> list[Callbac
     if on_step is not None:
         cbs.append(MetricsSink(on_step, cfg.log_every))
     return cbs
+
+
+def model_grid(pipe: Any) -> int:
+    """The pixel multiple the model needs: the VAE's downsampling times the UNet's (64 for SD1.5,
+    32 for SDXL, 16 for the tiny test models)."""
+    vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return vae_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+
+
+def bucket_grid_for(cfg: TrainConfig, pipe: Any) -> list[Bucket]:
+    multiple = model_grid(pipe)
+    step = cfg.bucket_step or multiple
+    if step % multiple:
+        raise StageError(f"train.bucket_step {step} is not a multiple of {multiple}, the base model's "
+                         f"latent grid in pixels; use {multiple} or a multiple of it")
+    return bucket_grid(cfg.resolution, step, cfg.min_bucket_side, cfg.max_bucket_side)
+
+
+def bucket_batches(buckets: list[Bucket], batch_size: int) -> list[list[int]]:
+    """Indices in order, grouped by bucket, cut into batches (validation's fixed batches)."""
+    groups: dict[Bucket, list[int]] = {}
+    for i, b in enumerate(buckets):
+        groups.setdefault(b, []).append(i)
+    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+
+
+def make_conditioner(pipe: Any, family: str, cfg: TrainConfig, device: torch.device,
+                     weight_dtype: torch.dtype, cache_dir: Path | None) -> Conditioner:
+    """A ``Conditioner`` whose caches live under ``cache_dir`` in a folder per encoder
+    fingerprint (so another base model never reads this one's latents)."""
+    latent_root = cache_dir if cache_dir is not None and cfg.cache_latents else None
+    text_root = (cache_dir if cache_dir is not None and cfg.cache_text_embeddings
+                 and not cfg.train_text_encoder else None)
+    latent_ns = f"latents/{module_fingerprint(pipe.vae)}" if latent_root else ""
+    text_ns = ""
+    if text_root:
+        encoders = [getattr(pipe, n) for n in text_encoders(pipe)]
+        text_ns = f"text/{module_fingerprint(encoders[0], family, *map(module_fingerprint, encoders[1:]))}"
+    return Conditioner(pipe, family, device, weight_dtype, FeatureCache(latent_root, latent_ns),
+                       FeatureCache(text_root, text_ns), text_trainable=cfg.train_text_encoder)
 
 
 class _SigtermFlag:
@@ -240,6 +207,7 @@ def train_lora(
     on_step: OnStep | None = None,
     *,
     checkpoint_dir: Path | None = None,
+    feature_cache_dir: Path | None = None,
     callbacks: list[Callback] | None = None,
     samples_dir: Path | None = None,
     card: dict[str, Any] | None = None,
@@ -251,11 +219,12 @@ def train_lora(
     ``loss_smoothed``, ``lr``, ``grad_norm``, ``lora_norm``, ``step_time``, ``samples_per_s``,
     ``peak_memory_mb`` and ``skipped``, and after each validation with ``val_loss``.
     ``callbacks`` get every hook (see ``training.callbacks``). With ``checkpoint_dir`` the run
-    checkpoints there and, when ``cfg.resume``, continues from its latest checkpoint. ``card``
+    checkpoints there and, when ``cfg.resume``, continues from its latest checkpoint. With
+    ``feature_cache_dir``, latents and text embeddings are cached there by content (and class
+    images for prior preservation kept there), shared by every run that uses it. ``card``
     adds to the model card (``trigger_word``, ``dataset`` statistics, ``eval_scores``).
     """
     from diffusers import DDPMScheduler
-    from peft.utils import get_peft_model_state_dict
     from tqdm.auto import tqdm
 
     from lora_factory.models import load_pipeline
@@ -268,19 +237,8 @@ def train_lora(
     device = resolve_device(cfg.device)
     weight_dtype = weight_dtype_for(cfg.mixed_precision, device)
 
-    # Data: a seeded held-out split, a resumable data order, hashes for the resume check.
-    records = read_records(dataset_dir)
-    train_records, val_records = split_records(records, cfg.validation_split, seed)
-    dataset = CaptionedImageDataset(dataset_dir, cfg.resolution, records=train_records)
-    val_dataset = CaptionedImageDataset(dataset_dir, cfg.resolution, records=val_records) if val_records else None
-    if dataset.upscaled:
-        log.warning("%d of %d training images are smaller than %d px and were upscaled",
-                    dataset.upscaled, len(dataset), cfg.resolution)
-    order = DataOrder(len(dataset), cfg.batch_size, seed)
-    data_hash = ckpt.dataset_hash([(r.path, r.caption) for r in records])
-    cfg_hash = ckpt.config_hash(cfg, base_ref=base_ref, family=family, seed=seed)
-
-    # Models: everything frozen, then a LoRA on the UNet is the only trainable part.
+    # Models: everything frozen, then LoRAs (UNet, optionally text encoders) are the only
+    # trainable parts.
     pipe = load_pipeline(base_ref, family, cache_dir, device=str(device), dtype=weight_dtype)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
@@ -294,12 +252,41 @@ def train_lora(
     if noise_scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
         raise StageError(f"the base model's scheduler predicts {noise_scheduler.config.prediction_type!r}; "
                          "training supports 'epsilon' and 'v_prediction'")
-    add_unet_lora(unet, cfg, seed)
-    named = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+
+    # Data: buckets on the model's latent grid, a seeded held-out split, a resumable data order,
+    # hashes for the resume check.
+    records = read_records(dataset_dir)
+    train_records, val_records = split_records(records, cfg.validation_split, seed)
+    grid = bucket_grid_for(cfg, pipe) if cfg.aspect_buckets else None
+    dataset = CaptionedImageDataset(dataset_dir, cfg.resolution, records=train_records, grid=grid)
+    val_dataset = (CaptionedImageDataset(dataset_dir, cfg.resolution, records=val_records, grid=grid)
+                   if val_records else None)
+    if dataset.upscaled:
+        log.warning("%d of %d training images are smaller than %d px and were upscaled "
+                    "(train.aspect_buckets is off)", dataset.upscaled, len(dataset), cfg.resolution)
+    order = DataOrder(dataset.buckets, cfg.batch_size, seed, repeats=cfg.repeats)
+    data_hash = ckpt.dataset_hash([(r.path, r.caption, r.sha256) for r in records])
+    cfg_hash = ckpt.config_hash(cfg, base_ref=base_ref, family=family, seed=seed)
+    cond = make_conditioner(pipe, family, cfg, device, weight_dtype, feature_cache_dir)
+
+    # Prior preservation: class images from the base model, made before the LoRA exists.
+    class_dataset = None
+    if cfg.prior_preservation:
+        folder = class_image_dir(feature_cache_dir or out_dir / "class_images",
+                                 module_fingerprint(unet), cfg, seed)
+        ensure_class_images(pipe, cfg, folder, seed, device)
+        class_dataset = CaptionedImageDataset(folder, cfg.resolution, grid=None)
+
+    named = add_loras(pipe, cfg, seed)
     params = list(named.values())
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            for name in text_encoders(pipe):
+                getattr(pipe, name).gradient_checkpointing_enable()
     unet.train()
 
-    optimizer = make_optimizer(cfg, params)
+    optimizer = make_optimizer(cfg, named)
     lr_scheduler = make_lr_scheduler(cfg, optimizer)
     use_amp = weight_dtype != torch.float32
     scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
@@ -346,19 +333,23 @@ def train_lora(
         resumed_from = state.step
         log.info("resuming from %s (step %d of %d)", latest, state.step, cfg.max_steps)
 
-    def encode_latents(pixels: torch.Tensor, sample: bool) -> torch.Tensor:
-        dist = vae.encode(pixels.to(device, dtype=torch.float32)).latent_dist
-        latents = dist.sample(generator=generator) if sample else dist.mode()
-        return (latents * vae.config.scaling_factor).to(weight_dtype)
-
     def predict(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden_states, added_cond = encode_captions(pipe, family, batch, cfg.resolution, device)
+                samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
         with torch.autocast(device.type, dtype=weight_dtype, enabled=use_amp):
+            hidden_states, added_cond = cond.text(samples)
             model_pred = unet(noisy_latents, timesteps, hidden_states,
                               added_cond_kwargs=added_cond, return_dict=False)[0]
         return model_pred, training_target(noise_scheduler, latents, noise, timesteps)
+
+    def batch_loss(samples: list[Sample], snr_gamma: float | None) -> torch.Tensor:
+        """One micro-batch's loss; every draw (VAE sample, noise, timesteps) from ``generator``."""
+        latents = cond.latents(samples, generator)
+        noise = sample_noise(latents, generator, cfg.noise_offset)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps,
+                                  (latents.shape[0],), generator=generator, device=device).long()
+        model_pred, target = predict(latents, noise, timesteps, samples)
+        return diffusion_loss(model_pred, target, timesteps, noise_scheduler, snr_gamma)
 
     def validate() -> float:
         """Mean MSE on the held-out images with fixed noise and timesteps (a generator re-seeded
@@ -368,13 +359,13 @@ def train_lora(
         total, count = 0.0, 0
         unet.eval()
         with torch.no_grad():
-            for i in range(0, len(val_dataset), cfg.batch_size):
-                batch = collate([val_dataset[j] for j in range(i, min(i + cfg.batch_size, len(val_dataset)))])
-                latents = encode_latents(batch["pixel_values"], sample=False)
+            for indices in bucket_batches(val_dataset.buckets, cfg.batch_size):
+                samples = [val_dataset.sample(j) for j in indices]
+                latents = cond.latents(samples, None)
                 noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
                 timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps,
                                           (latents.shape[0],), generator=gen, device=device).long()
-                pred, target = predict(latents, noise, timesteps, batch)
+                pred, target = predict(latents, noise, timesteps, samples)
                 total += float(diffusion_loss(pred, target, timesteps, noise_scheduler, None)) * len(latents)
                 count += len(latents)
         unet.train()
@@ -398,17 +389,21 @@ def train_lora(
             step = state.step + 1
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            step_loss, finite, n_samples = 0.0, True, 0
-            for _ in range(accum):
-                batch = collate([dataset[i] for i in order.next_batch()])
-                with torch.no_grad():
-                    latents = encode_latents(batch["pixel_values"], sample=True)
-                noise = sample_noise(latents, generator, cfg.noise_offset)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps,
-                                          (latents.shape[0],), generator=generator, device=device).long()
-                model_pred, target = predict(latents, noise, timesteps, batch)
-                loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
-                n_samples += latents.shape[0]
+            step_loss, prior_loss, finite, n_samples = 0.0, 0.0, True, 0
+            for micro in range(accum):
+                samples = [augment(dataset, d, random_flip=cfg.random_flip,
+                                   caption_dropout=cfg.caption_dropout, shuffle_tags=cfg.shuffle_tags,
+                                   keep_tokens=cfg.keep_tokens) for d in order.next_batch()]
+                loss = batch_loss(samples, cfg.snr_gamma)
+                n_samples += len(samples)
+                if class_dataset is not None:
+                    # DreamBooth's prior loss: as many class images as instance images, own forward
+                    # (class images are square, instance batches come in any bucket).
+                    draws = class_draws(step, micro, accum, len(samples), len(class_dataset), seed)
+                    prior = batch_loss([class_dataset.sample(d.index) for d in draws], cfg.snr_gamma)
+                    prior_loss += float(prior.detach()) / accum
+                    loss = loss + cfg.prior_loss_weight * prior
+                    n_samples += len(draws)
                 if not torch.isfinite(loss):
                     finite = False
                     step_loss = float("nan")
@@ -458,6 +453,8 @@ def train_lora(
                 "samples_per_s": n_samples / step_time, "peak_memory_mb": _peak_memory_mb(device),
                 "skipped": float(not finite),
             }
+            if class_dataset is not None:
+                metrics["prior_loss"] = prior_loss
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}")
             cbs.on_step(state, metrics)
@@ -501,6 +498,9 @@ def train_lora(
         raise StageError("training finished without a single finite step")
 
     # Save: diffusers file, kohya file, training args, a final sample grid and the model card.
+    bucket_counts = dict(sorted(Counter(str(b) for b in dataset.buckets).items()))
+    cache_report = {"latents": cond.latent_cache.stats(), "text": cond.text_cache.stats(),
+                    "vae_encodes": cond.vae_encodes}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_lora(pipe, out_dir)
     alpha = cfg.alpha or cfg.rank
@@ -510,10 +510,12 @@ def train_lora(
             "resolution": cfg.resolution, "learning_rate": cfg.learning_rate,
             "dataset_hash": data_hash, "resumed_from": resumed_from,
             "stopped_early": stop.reason if stop else None, "best_step": state.best_step,
-            "val_loss": val_loss, "train": cfg.model_dump()}
+            "val_loss": val_loss, "buckets": bucket_counts, "cache": cache_report,
+            "train": cfg.model_dump()}
     files = {"diffusers": LORA_WEIGHT_NAME}
     if cfg.export_kohya:
-        peft_state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
+        peft_state = {f"{component}.{k}": v for component, state_dict in lora_state(pipe).items()
+                      for k, v in state_dict.items()}
         save_kohya(peft_state, out_dir / KOHYA_WEIGHT_NAME, family, cfg.rank, alpha, info)
         files["kohya"] = KOHYA_WEIGHT_NAME
     _write_training_args(out_dir, info)
@@ -528,6 +530,7 @@ def train_lora(
         train_config=cfg.model_dump(),
         dataset={"images": len(records), "train_images": len(dataset),
                  "validation_images": len(val_records), "dataset_hash": data_hash,
+                 "buckets": bucket_counts,
                  **card.get("dataset", {})},
         result={"steps": state.step, "final_loss": round(losses[-1], 6),
                 "val_loss": None if val_loss is None else round(val_loss, 6),
@@ -537,4 +540,4 @@ def train_lora(
     return TrainResult(lora_dir=out_dir, steps=state.step, final_loss=losses[-1], losses=losses,
                        seconds=seconds, resumed_from=resumed_from,
                        stopped_early=stop.reason if stop else None, best_step=state.best_step,
-                       val_loss=val_loss)
+                       val_loss=val_loss, buckets=bucket_counts, cache=cache_report)

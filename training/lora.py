@@ -1,0 +1,93 @@
+"""The LoRA adapters: injecting them (UNet, optionally the text encoders), collecting their
+trainable parameters under component-prefixed names, and saving the diffusers-format file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_factory.config import TrainConfig
+from lora_factory.errors import StageError
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+def _lora_config(cfg: TrainConfig, targets: list[str]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or cfg.rank, init_lora_weights="gaussian",
+                      target_modules=list(targets))
+
+
+def _inject(module: Any, lora_config: Any, seed: int, what: str, setting: str) -> None:
+    """PEFT's gaussian init draws from torch's global generator, so the injection runs under a
+    forked, seeded generator: reproducible, and the caller's random state is left alone.
+    ``lora_B`` starts at zero, so the adapter starts as a no-op."""
+    from diffusers.training_utils import cast_training_params
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            module.add_adapter(lora_config)
+        except ValueError as e:  # PEFT: "Target modules {...} not found in the base model"
+            raise StageError(f"{setting} {lora_config.target_modules} do not fit the {what}: {e}") from e
+    cast_training_params(module, dtype=torch.float32)
+
+
+def add_unet_lora(unet: torch.nn.Module, cfg: TrainConfig, seed: int) -> list[torch.nn.Parameter]:
+    """Inject the UNet LoRA and return its (trainable, fp32) parameters."""
+    _inject(unet, _lora_config(cfg, cfg.target_modules), seed, "UNet", "train.target_modules")
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def add_loras(pipe: Any, cfg: TrainConfig, seed: int) -> dict[str, torch.nn.Parameter]:
+    """LoRAs on the UNet and, with ``cfg.train_text_encoder``, on every text encoder; returns the
+    trainable parameters by ``<component>.<name>`` (the names checkpoints store)."""
+    add_unet_lora(pipe.unet, cfg, seed)
+    components = ["unet"]
+    if cfg.train_text_encoder:
+        for offset, name in enumerate(text_encoders(pipe), start=1):
+            _inject(getattr(pipe, name), _lora_config(cfg, cfg.text_encoder_target_modules),
+                    seed + offset, name, "train.text_encoder_target_modules")
+            components.append(name)
+    return {f"{c}.{n}": p for c in components for n, p in getattr(pipe, c).named_parameters()
+            if p.requires_grad}
+
+
+def text_encoders(pipe: Any) -> list[str]:
+    return [n for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None]
+
+
+def lora_state(pipe: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """Each adapted component's PEFT state dict (``lora_A`` / ``lora_B`` weights), by component."""
+    from peft.utils import get_peft_model_state_dict
+
+    out = {}
+    for name in ("unet", *text_encoders(pipe)):
+        module = getattr(pipe, name)
+        if getattr(module, "peft_config", None):
+            out[name] = get_peft_model_state_dict(module)
+    return out
+
+
+def save_lora(pipe: Any, out_dir: Path) -> Path:
+    """``pytorch_lora_weights.safetensors`` in diffusers format, via the pipeline class's own
+    ``save_lora_weights`` so ``load_lora_weights`` on the same class reads it back.
+
+    The PEFT configs travel in the file's metadata: without them diffusers assumes
+    ``alpha == rank`` on load, and an adapter trained with another alpha would load at the
+    wrong strength.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    kwargs: dict[str, Any] = {}
+    for name, state in lora_state(pipe).items():
+        layers = {k: v.detach().to("cpu", torch.float32).contiguous()
+                  for k, v in convert_state_dict_to_diffusers(state).items()}
+        kwargs[f"{name}_lora_layers"] = layers
+        kwargs[f"{name}_lora_adapter_metadata"] = getattr(pipe, name).peft_config["default"].to_dict()
+    type(pipe).save_lora_weights(save_directory=out_dir, safe_serialization=True, **kwargs)
+    return out_dir / LORA_WEIGHT_NAME
