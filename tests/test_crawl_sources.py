@@ -276,3 +276,75 @@ def test_expand_seeds_reads_sitemaps_and_needs_every_topic():
         assert expand_seeds(config, ["fox"]) == {"fox": [f"{b}/start", f"{b}/a", f"{b}/b"]}
         with pytest.raises(StageError, match="no URLs for \\['owl'\\]"):
             expand_seeds(config, ["fox", "owl"])
+
+
+# -- integration: a Wikimedia Commons crawl -----------------------------------------------
+def test_crawl_with_wikimedia_source_keeps_api_provenance(tmp_path):
+    """``crawl.source: wikimedia`` end to end: recorded MediaWiki API answers -> candidates ->
+    a real crawl of their image URLs -> items.parquet and the run's manifest carry the licence,
+    author, description and page/image URLs the API gave."""
+    from lora_factory.config import CrawlConfig
+    from lora_factory.manifest import read_items, read_table, refresh_run_manifest
+    from lora_factory.runstore import STAGES, RunStore
+    from lora_factory.storage import open_store
+    from spiders.crawl import run_crawl
+    from spiders.record import REJECTED_SCHEMA
+    from spiders.sources.select import api_images
+
+    uploads = {
+        "tree": png(64, 48, (200, 80, 40)),
+        "bamboo": png(64, 48, (40, 160, 90)),
+        "portrait": png(48, 64, (30, 60, 200)),
+        "nolicence": png(64, 48, (220, 200, 30)),
+        "snow": png(8, 8, (240, 240, 240)),  # below min_image_side: rejected, not kept
+    }
+    extra = {f"/upload/red-panda-{k}.png": ("image/png", v) for k, v in uploads.items()}
+    run = RunStore(open_store(str(tmp_path / "store")), tmp_path / "work").create(
+        ["Red panda"], "tiny", {}
+    )
+    with serve_fixtures(extra) as srv:
+        b = srv.base_url
+        config = CrawlConfig(
+            source="wikimedia", wikimedia_api_url=f"{b}/w/api.php", api_max_results=10,
+            allow_loopback=True, min_image_side=16, timeout_s=60.0, autothrottle=False,
+        )
+        images = api_images(config, ["Red panda"])
+        assert len(images["Red panda"]) == 5  # the PDF is not an image candidate
+        with run.stage_output("crawl") as out:
+            stats = run_crawl({"Red panda": []}, out, config, state_dir=tmp_path / "state",
+                              topics_to_images=images)
+        fetched = [r for r in srv.requests if not r.startswith("/w/api.php")]
+    assert stats["images"] == 4 and stats["rejections"] == {"too_small": 1}
+    # robots.txt, then each image once; nothing else (no PDF, no description pages)
+    assert sorted(fetched) == sorted(["/robots.txt", *extra])
+
+    crawl = run.stage_path("crawl")
+    items = {r["image_url"]: r for r in read_items(crawl / "items.parquet")}
+    manifest = {r["image_url"]: r for r in refresh_run_manifest(run, STAGES).to_pylist()}
+    assert set(items) == set(manifest) == {
+        f"{b}/upload/red-panda-{k}.png" for k in ("tree", "bamboo", "portrait", "nolicence")
+    }
+    expected = {
+        "tree": ("File:Red_panda_sitting_in_a_tree.png", "CC-BY-SA-4.0",
+                 "https://creativecommons.org/licenses/by-sa/4.0", "Jane Doe",
+                 "A red panda resting on a branch.", "Red panda sitting in a tree"),
+        "bamboo": ("File:Red_panda_eating_bamboo.png", "CC-BY-2.0",
+                   "https://creativecommons.org/licenses/by/2.0", "Mark Smith from Nepal",
+                   "Red panda eating bamboo at the zoo.", "Red panda eating bamboo"),
+        "portrait": ("File:Red_panda_(Ailurus_fulgens)_portrait.png", "public-domain", None,
+                     "Unknown author", "Portrait of Ailurus fulgens.", "Red panda portrait"),
+        "nolicence": ("File:Red_panda_no_licence.png", "unknown", None, None,
+                      "A red panda whose file page has no licence template.",
+                      "Red panda no licence"),
+    }
+    for key, (page, licence, licence_url, author, description, title) in expected.items():
+        url = f"{b}/upload/red-panda-{key}.png"
+        for row in (items[url], manifest[url]):
+            assert row["page_url"] == f"{b}/wiki/{page}", key
+            assert (row["license"], row["license_url"], row["author"]) == (licence, licence_url, author), key
+            assert row["surrounding_text"] == description and row["title_text"] == title, key
+            assert row["topic"] == "Red panda" and row["robots"] == "allowed", key
+        assert (crawl / items[url]["image_path"]).read_bytes() == uploads[key]
+    rejected = read_table(crawl / "rejected.parquet", REJECTED_SCHEMA).to_pylist()
+    assert [(r["url"], r["reason"]) for r in rejected] == [(f"{b}/upload/red-panda-snow.png", "too_small")]
+    assert rejected[0]["page_url"] == f"{b}/wiki/File:Red_panda_in_snow.png"
