@@ -18,6 +18,7 @@ import yaml
 
 from .errors import ConfigError, FactoryError
 from .profiles import available_profiles, load_config, parse_set_args
+from .seeds import load_seed_file
 
 app = typer.Typer(
     add_completion=False,
@@ -89,15 +90,6 @@ def read_topics(topics: list[str] | None, topics_file: Path | None) -> list[str]
     return out
 
 
-def read_seeds(path: Path) -> dict[str, list[str]]:
-    if not path.is_file():
-        raise ConfigError(f"seeds file {path} does not exist")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-        raise ConfigError(f"{path} must map each topic to a list of URLs")
-    return {str(k): [str(u) for u in v] for k, v in data.items()}
-
-
 def _overrides(
     sets: list[str] | None = None,
     store: str | None = None,
@@ -113,7 +105,7 @@ def _overrides(
         if value is not None:
             ov[key] = value
     if seeds is not None:
-        ov["crawl.seeds"] = read_seeds(seeds)
+        ov["crawl.seeds"] = load_seed_file(seeds)
         ov.setdefault("crawl.source", "seeds")
     return ov
 
@@ -172,6 +164,8 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a sett
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Run store: a folder or s3://bucket/prefix.")]
 HomeOpt = Annotated[str | None, typer.Option("--home", help="Local data folder (models, MLflow DB).")]
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")]
+SeedsOpt = Annotated[Path | None, typer.Option(
+    "--seeds", help="Seed pages or sitemaps (source 'seeds'): YAML topic -> URLs, or CSV topic,url rows.")]
 
 
 @app.command()
@@ -181,7 +175,7 @@ def run(
     profile: ProfileOpt = "tiny",
     max_pages: Annotated[int | None, typer.Option(help="Stop crawling after this many pages.")] = None,
     max_images: Annotated[int | None, typer.Option(help="Stop crawling after this many images.")] = None,
-    seeds: Annotated[Path | None, typer.Option(help="YAML: topic -> seed URLs (source 'seeds').")] = None,
+    seeds: SeedsOpt = None,
     sets: SetOpt = None,
     store: StoreOpt = None,
     home: HomeOpt = None,
@@ -295,10 +289,11 @@ def ui(
 def config(
     profile: ProfileOpt = "tiny",
     sets: SetOpt = None,
+    seeds: SeedsOpt = None,
 ) -> None:
-    """Print the resolved settings of a profile with overrides applied."""
+    """Print the resolved settings of a profile with overrides (and a seed file) applied."""
     try:
-        cfg = load_config(profile, _overrides(sets))
+        cfg = load_config(profile, _overrides(sets, seeds=seeds))
     except FactoryError as e:
         _fail(e)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -43,3 +43,52 @@ def test_config_command_shows_resolved_settings(tmp_path: Path) -> None:
     proc = run_cli("config", "--profile", "sd15", "--set", "train.rank=32", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "rank: 32" in proc.stdout and "stable-diffusion-v1-5/stable-diffusion-v1-5" in proc.stdout
+
+
+SEED_FILES = {
+    "seeds.yaml": "fox:\n  - https://a.example/fox\n  - https://a.example/fox\nowl: https://b.example/owl\n",
+    "seeds.csv": "topic,url\n# comments and blank lines are skipped\n\nfox,https://a.example/fox\nowl, https://b.example/owl\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SEED_FILES))
+def test_seeds_option_reads_yaml_and_csv(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_text(SEED_FILES[name])
+    proc = run_cli("config", "--seeds", name, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "  seeds:\n    fox:\n    - https://a.example/fox\n    owl:\n    - https://b.example/owl\n"
+        in proc.stdout
+    )
+    assert "  source: seeds\n" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("missing.yaml", None, "error: cannot read seed file missing.yaml: No such file or directory"),
+        ("seeds.txt", "fox https://a.example/\n", "error: seed file seeds.txt must be .yaml, .yml or .csv"),
+        ("seeds.yaml", "fox:\n - a\n  b: [\n", "error: seeds.yaml is not valid YAML (line 3: mapping values"),
+        ("seeds.yaml", "- https://a.example/\n", "error: seeds.yaml must map each topic to a list of URLs"),
+        ("seeds.yaml", "fox: [1, 2]\n", "error: seeds.yaml: topic 'fox' must map to a URL or a list of URLs"),
+        ("seeds.yaml", "", "error: seed file seeds.yaml lists no seed URLs"),
+        ("seeds.csv", "fox,https://a.example/\nowl,https://b.example/,x\n",
+         "error: seeds.csv, line 2: expected 'topic,url', got 3 fields"),
+        ("seeds.csv", "fox,ftp://a.example/\n", "error: seeds.csv, line 1: 'ftp://a.example/' is not an http(s) URL"),
+        ("seeds.csv", b"fox,https://a.example/caf\xe9\n", "error: seed file seeds.csv is not UTF-8 text"),
+    ],
+)
+def test_bad_seed_file_is_one_line_and_writes_nothing(
+    tmp_path: Path, name: str, content: str | bytes | None, expected: str
+) -> None:
+    if isinstance(content, bytes):
+        (tmp_path / name).write_bytes(content)
+    elif content is not None:
+        (tmp_path / name).write_text(content)
+    home = tmp_path / "home"
+    proc = run_cli("run", "-t", "fox", "--seeds", name, "--home", str(home), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(expected), lines[0]
+    assert not home.exists()

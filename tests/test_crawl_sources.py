@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from lora_factory.errors import ConfigError, StageError
+from lora_factory.seeds import load_seed_file, parse_seed_csv, parse_seed_yaml
 from spiders.sources.licences import licence_id, openverse_licence, strip_html
 from spiders.sources.openverse import images_endpoint, openverse_candidates
-from spiders.sources.seeds import load_seed_file, parse_seed_csv, parse_seed_yaml
 from spiders.sources.sitemaps import parse_sitemap, sitemap_urls
 from spiders.sources.wikimedia import search_titles, wikimedia_candidates
 
