@@ -3,16 +3,21 @@
 Checkpoints go to the stage's scratch folder, which survives a failed attempt: a resumed run
 continues from the latest one. The MLflow run of a failed attempt is reopened on resume, and a
 ``StepLedger`` (also in scratch) drops the steps the failed attempt had already logged, so every
-metric's step axis has each step once and no gaps.
+metric's step axis has each step once and no gaps. With ``train.num_processes`` > 1 the task
+starts that many data-parallel processes (torchrun) and forwards their metrics and sample grids
+to MLflow while they run.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lora_factory.config import TrainConfig
 from lora_factory.context import RunRef, Stage, run_stage
 from training.callbacks import Callback, StepLedger, TrainState
+from training.launch import run_multiprocess
 from training.trainer import train_lora
 
 from ._prefect import stage_task
@@ -28,11 +33,34 @@ class MlflowSamples(Callback):
         self.st = st
 
     def on_sample(self, state: TrainState, path: Path) -> None:
+        self.log(state.step, path)
+
+    def log(self, step: int, path: Path) -> None:
         from PIL import Image
 
         with Image.open(path) as im:
-            self.st.tracker.client.log_image(self.st.mlflow_run_id, im.copy(), key="samples",
-                                             step=state.step)
+            self.st.tracker.client.log_image(self.st.mlflow_run_id, im.copy(), key="samples", step=step)
+
+
+def _train(st: Stage, tcfg: TrainConfig, ledger: StepLedger) -> dict[str, Any]:
+    """One process, or ``train.num_processes`` data-parallel ones; the same files either way."""
+    cfg = st.config
+    kwargs: dict[str, Any] = {
+        "checkpoint_dir": st.scratch / "checkpoints",
+        "feature_cache_dir": Path(cfg.home) / "cache" / "train",
+        "samples_dir": st.out / "samples",
+        "card": {"trigger_word": cfg.label.trigger_word},
+    }
+    args = (cfg.models.base, cfg.models.base_family, st.input("label") / "dataset", tcfg, st.out / "lora",
+            Path(cfg.home) / "models", cfg.seed)
+    if tcfg.num_processes == 1:
+        result = train_lora(*args, on_step=ledger, callbacks=[MlflowSamples(st)], **kwargs)
+        return asdict(result)
+    names = ("base_ref", "family", "dataset_dir", "train", "out_dir", "cache_dir", "seed")
+    spec = {**dict(zip(names, args, strict=True)), "train": tcfg.model_dump(), **kwargs}
+    samples = MlflowSamples(st)
+    return run_multiprocess(spec, tcfg.num_processes, st.scratch / "multiprocess", on_step=ledger,
+                            on_sample=lambda step, path: samples.log(step, path))
 
 
 @stage_task(STAGE)
@@ -43,25 +71,11 @@ def train_task(ref: RunRef) -> dict[str, Any]:
         st.log_params({**tcfg.model_dump(), "base": cfg.models.base, "family": cfg.models.base_family})
         ledger = StepLedger(st.scratch / "logged_steps.json",
                             lambda step, metrics: st.log_metrics(metrics, step=step))
-        result = train_lora(
-            cfg.models.base,
-            cfg.models.base_family,
-            st.input("label") / "dataset",
-            tcfg,
-            st.out / "lora",
-            cache_dir=Path(cfg.home) / "models",
-            seed=cfg.seed,
-            on_step=ledger,
-            checkpoint_dir=st.scratch / "checkpoints",
-            feature_cache_dir=Path(cfg.home) / "cache" / "train",
-            callbacks=[MlflowSamples(st)],
-            samples_dir=st.out / "samples",
-            card={"trigger_word": cfg.label.trigger_word},
-        )
-        st.log_metrics({"final_loss": result.final_loss, "steps": result.steps,
-                        "train_seconds": result.seconds,
-                        "latent_cache_hits": result.cache["latents"]["hits"],
-                        "latent_cache_misses": result.cache["latents"]["misses"]})
+        result = _train(st, tcfg, ledger)
+        st.log_metrics({"final_loss": result["final_loss"], "steps": result["steps"],
+                        "train_seconds": result["seconds"],
+                        "latent_cache_hits": result["cache"]["latents"]["hits"],
+                        "latent_cache_misses": result["cache"]["latents"]["misses"]})
         st.log_artifacts(st.out / "lora", "lora")
-    return {"steps": result.steps, "final_loss": result.final_loss, "resumed_from": result.resumed_from,
-            "stopped_early": result.stopped_early}
+    return {"steps": result["steps"], "final_loss": result["final_loss"],
+            "resumed_from": result["resumed_from"], "stopped_early": result["stopped_early"]}

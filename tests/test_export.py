@@ -70,9 +70,13 @@ def test_peft_to_kohya_names_text_encoder_modules_and_refuses_unknown_keys() -> 
     t = torch.zeros(2, 2)
     out = peft_to_kohya({"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": t,
                          "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight": t},
-                        alpha=4)
+                        alpha=4, family="sdxl")
     assert set(out) == {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight",
                         "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha",
                         "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"}
+    # SD1.x has one text encoder, which kohya (and so A1111 / ComfyUI) names lora_te_.
+    sd15 = peft_to_kohya({"text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight": t}, alpha=4,
+                         family="sd15")
+    assert "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight" in sd15
     with pytest.raises(ValueError, match="no known component"):
         peft_to_kohya({"vae.x.lora_A.weight": t}, alpha=4)

@@ -53,6 +53,14 @@ from .callbacks import (
 )
 from .conditioning import Conditioner
 from .dataset import CaptionedImageDataset, DataOrder, Sample, augment, read_records, split_records
+from .distributed import (
+    any_across,
+    average_gradients,
+    barrier,
+    gather_objects,
+    init_world,
+    mean_across,
+)
 from .export_kohya import KOHYA_WEIGHT_NAME, save_kohya
 from .feature_cache import FeatureCache, module_fingerprint
 from .lora import LORA_WEIGHT_NAME, add_loras, lora_state, save_lora, text_encoders
@@ -235,6 +243,9 @@ def train_lora(
     out_dir = Path(out_dir)
     samples_dir = Path(samples_dir) if samples_dir is not None else out_dir / "samples"
     device = resolve_device(cfg.device)
+    world = init_world(device.type)
+    if world.active and device.type == "cuda":
+        device = torch.device(world.device)
     weight_dtype = weight_dtype_for(cfg.mixed_precision, device)
 
     # Models: everything frozen, then LoRAs (UNet, optionally text encoders) are the only
@@ -266,7 +277,7 @@ def train_lora(
                     "(train.aspect_buckets is off)", dataset.upscaled, len(dataset), cfg.resolution)
     order = DataOrder(dataset.buckets, cfg.batch_size, seed, repeats=cfg.repeats)
     data_hash = ckpt.dataset_hash([(r.path, r.caption, r.sha256) for r in records])
-    cfg_hash = ckpt.config_hash(cfg, base_ref=base_ref, family=family, seed=seed)
+    cfg_hash = ckpt.config_hash(cfg, base_ref=base_ref, family=family, seed=seed, world_size=world.size)
     cond = make_conditioner(pipe, family, cfg, device, weight_dtype, feature_cache_dir)
 
     # Prior preservation: class images from the base model, made before the LoRA exists.
@@ -274,7 +285,9 @@ def train_lora(
     if cfg.prior_preservation:
         folder = class_image_dir(feature_cache_dir or out_dir / "class_images",
                                  module_fingerprint(unet), cfg, seed)
-        ensure_class_images(pipe, cfg, folder, seed, device)
+        if world.is_main:
+            ensure_class_images(pipe, cfg, folder, seed, device)
+        barrier(world)
         class_dataset = CaptionedImageDataset(folder, cfg.resolution, grid=None)
 
     named = add_loras(pipe, cfg, seed)
@@ -290,9 +303,10 @@ def train_lora(
     lr_scheduler = make_lr_scheduler(cfg, optimizer)
     use_amp = weight_dtype != torch.float32
     scaler = torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16)
-    generator = torch.Generator(device).manual_seed(seed)
+    # Each rank draws its own noise; rank 0's draws are a single-process run's.
+    generator = torch.Generator(device).manual_seed(seed + 1_000_003 * world.rank)
 
-    cbs = CallbackList([*_builtin_callbacks(cfg, on_step), *(callbacks or [])])
+    cbs = CallbackList([*_builtin_callbacks(cfg, on_step if world.is_main else None), *(callbacks or [])])
     state = TrainState(step=0, max_steps=cfg.max_steps, checkpoint_dir=checkpoint_dir,
                        _scale_lr=lambda f: scale_lr(lr_scheduler, optimizer, f))
     losses: list[float] = []
@@ -307,10 +321,16 @@ def train_lora(
             "losses": list(losses), "ema": ema, "ema_count": ema_count, "nan_streak": nan_streak,
             "val_loss": val_loss, "best_metric": state.best_metric, "best_step": state.best_step,
             "callbacks": cbs.state_dict(), "dataset_hash": data_hash, "config_hash": cfg_hash,
+            "rank_generators": gather_objects(generator.get_state(), world),
         }
 
     def save_checkpoint(target: Path) -> Path:
-        return ckpt.save_checkpoint(target, named, snapshot())
+        """Every rank calls this (it gathers the ranks' generator states); rank 0 writes."""
+        state_now = snapshot()
+        if world.is_main:
+            ckpt.save_checkpoint(target, named, state_now)
+        barrier(world)
+        return target
 
     # Resume: weights, optimizer, schedule, random states and data position from the latest
     # checkpoint, after checking it was made from this dataset and these settings.
@@ -325,6 +345,7 @@ def train_lora(
         lr_scheduler.load_state_dict(saved["lr_scheduler"])
         scaler.load_state_dict(saved["scaler"])
         ckpt.restore_rng_states(saved["rng"], generator)
+        generator.set_state(saved["rank_generators"][world.rank])
         order.load_state_dict(saved["data_order"])
         cbs.load_state_dict(saved["callbacks"])
         losses, ema, ema_count = list(saved["losses"]), saved["ema"], saved["ema_count"]
@@ -383,7 +404,8 @@ def train_lora(
     accum = cfg.gradient_accumulation_steps
     stop: Stop | None = None
     cbs.on_train_start(state)
-    progress = tqdm(total=cfg.max_steps, initial=state.step, desc="train", unit="step", disable=None)
+    progress = tqdm(total=cfg.max_steps, initial=state.step, desc="train", unit="step",
+                    disable=None if world.is_main else True)
     with _SigtermFlag() as sigterm:
         while state.step < cfg.max_steps and stop is None:
             step = state.step + 1
@@ -391,9 +413,11 @@ def train_lora(
             optimizer.zero_grad(set_to_none=True)
             step_loss, prior_loss, finite, n_samples = 0.0, 0.0, True, 0
             for micro in range(accum):
+                # Each rank takes its own batch of the world's next ``world.size`` batches.
+                draws = [order.next_batch() for _ in range(world.size)][world.rank]
                 samples = [augment(dataset, d, random_flip=cfg.random_flip,
                                    caption_dropout=cfg.caption_dropout, shuffle_tags=cfg.shuffle_tags,
-                                   keep_tokens=cfg.keep_tokens) for d in order.next_batch()]
+                                   keep_tokens=cfg.keep_tokens) for d in draws]
                 loss = batch_loss(samples, cfg.snr_gamma)
                 n_samples += len(samples)
                 if class_dataset is not None:
@@ -411,6 +435,11 @@ def train_lora(
                 scaler.scale(loss / accum).backward()
                 step_loss += loss.item() / accum
 
+            if world.active:
+                average_gradients(params, world)
+                step_loss = mean_across(step_loss, world)
+                finite = not any_across(not finite, world)
+                n_samples *= world.size
             scaler.unscale_(optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             lr = float(lr_scheduler.get_last_lr()[0])
@@ -463,20 +492,21 @@ def train_lora(
                 val_loss = validate()
                 cbs.on_validation(state, val_loss)
                 update_best(val_loss)
-            if cfg.sample_every and step % cfg.sample_every == 0:
+            if cfg.sample_every and step % cfg.sample_every == 0 and world.is_main:
                 grid = render_samples(pipe, sample_prompts, cfg.sample_seed, cfg.sample_steps,
                                       cfg.resolution, device, samples_dir / f"step-{step:06d}.png")
                 cbs.on_sample(state, grid)
 
             stop = cbs.should_stop(state)
-            if sigterm.event.is_set():
+            if any_across(sigterm.event.is_set(), world):
                 stop = Stop(f"stopped by SIGTERM at step {step}", restore_best=False)
             if checkpoint_dir and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                                    or stop is not None):
                 if val_dataset is None and state.loss_smoothed is not None:
                     update_best(state.loss_smoothed)
                 path = save_checkpoint(ckpt.step_dir(checkpoint_dir, step))
-                ckpt.prune(checkpoint_dir, cfg.keep_checkpoints)
+                if world.is_main:
+                    ckpt.prune(checkpoint_dir, cfg.keep_checkpoints)
                 cbs.on_checkpoint(state, path)
     progress.close()
 
@@ -501,41 +531,43 @@ def train_lora(
     bucket_counts = dict(sorted(Counter(str(b) for b in dataset.buckets).items()))
     cache_report = {"latents": cond.latent_cache.stats(), "text": cond.text_cache.stats(),
                     "vae_encodes": cond.vae_encodes}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_lora(pipe, out_dir)
-    alpha = cfg.alpha or cfg.rank
-    info = {"base_ref": base_ref, "family": family, "dataset_dir": str(dataset_dir), "seed": seed,
-            "num_images": len(dataset), "num_validation_images": len(val_records),
-            "device": str(device), "steps": state.step, "final_loss": losses[-1],
-            "resolution": cfg.resolution, "learning_rate": cfg.learning_rate,
-            "dataset_hash": data_hash, "resumed_from": resumed_from,
-            "stopped_early": stop.reason if stop else None, "best_step": state.best_step,
-            "val_loss": val_loss, "buckets": bucket_counts, "cache": cache_report,
-            "train": cfg.model_dump()}
-    files = {"diffusers": LORA_WEIGHT_NAME}
-    if cfg.export_kohya:
-        peft_state = {f"{component}.{k}": v for component, state_dict in lora_state(pipe).items()
-                      for k, v in state_dict.items()}
-        save_kohya(peft_state, out_dir / KOHYA_WEIGHT_NAME, family, cfg.rank, alpha, info)
-        files["kohya"] = KOHYA_WEIGHT_NAME
-    _write_training_args(out_dir, info)
-    grid_name = None
-    if cfg.sample_every:
-        render_samples(pipe, sample_prompts, cfg.sample_seed, cfg.sample_steps, cfg.resolution, device,
-                       out_dir / SAMPLE_GRID_NAME)
-        grid_name = SAMPLE_GRID_NAME
-    card = card or {}
-    (out_dir / MODEL_CARD_NAME).write_text(render_model_card(
-        base_ref=base_ref, family=family, trigger_word=card.get("trigger_word"),
-        train_config=cfg.model_dump(),
-        dataset={"images": len(records), "train_images": len(dataset),
-                 "validation_images": len(val_records), "dataset_hash": data_hash,
-                 "buckets": bucket_counts,
-                 **card.get("dataset", {})},
-        result={"steps": state.step, "final_loss": round(losses[-1], 6),
-                "val_loss": None if val_loss is None else round(val_loss, 6),
-                "stopped_early": stop.reason if stop else None, "seed": seed},
-        eval_scores=card.get("eval_scores"), sample_grid=grid_name, files=files), encoding="utf-8")
+    if world.is_main:  # one writer; the other ranks hold identical weights
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_lora(pipe, out_dir)
+        alpha = cfg.alpha or cfg.rank
+        info = {"base_ref": base_ref, "family": family, "dataset_dir": str(dataset_dir), "seed": seed,
+                "num_images": len(dataset), "num_validation_images": len(val_records),
+                "device": str(device), "steps": state.step, "final_loss": losses[-1],
+                "resolution": cfg.resolution, "learning_rate": cfg.learning_rate,
+                "dataset_hash": data_hash, "resumed_from": resumed_from,
+                "stopped_early": stop.reason if stop else None, "best_step": state.best_step,
+                "val_loss": val_loss, "buckets": bucket_counts, "cache": cache_report,
+                "world_size": world.size, "train": cfg.model_dump()}
+        files = {"diffusers": LORA_WEIGHT_NAME}
+        if cfg.export_kohya:
+            peft_state = {f"{component}.{k}": v for component, state_dict in lora_state(pipe).items()
+                          for k, v in state_dict.items()}
+            save_kohya(peft_state, out_dir / KOHYA_WEIGHT_NAME, family, cfg.rank, alpha, info)
+            files["kohya"] = KOHYA_WEIGHT_NAME
+        _write_training_args(out_dir, info)
+        grid_name = None
+        if cfg.sample_every:
+            render_samples(pipe, sample_prompts, cfg.sample_seed, cfg.sample_steps, cfg.resolution, device,
+                           out_dir / SAMPLE_GRID_NAME)
+            grid_name = SAMPLE_GRID_NAME
+        card = card or {}
+        (out_dir / MODEL_CARD_NAME).write_text(render_model_card(
+            base_ref=base_ref, family=family, trigger_word=card.get("trigger_word"),
+            train_config=cfg.model_dump(),
+            dataset={"images": len(records), "train_images": len(dataset),
+                     "validation_images": len(val_records), "dataset_hash": data_hash,
+                     "buckets": bucket_counts,
+                     **card.get("dataset", {})},
+            result={"steps": state.step, "final_loss": round(losses[-1], 6),
+                    "val_loss": None if val_loss is None else round(val_loss, 6),
+                    "stopped_early": stop.reason if stop else None, "seed": seed},
+            eval_scores=card.get("eval_scores"), sample_grid=grid_name, files=files), encoding="utf-8")
+    barrier(world)
     seconds = time.perf_counter() - started
     return TrainResult(lora_dir=out_dir, steps=state.step, final_loss=losses[-1], losses=losses,
                        seconds=seconds, resumed_from=resumed_from,

@@ -1,0 +1,56 @@
+"""Data-parallel training: two CPU processes (torchrun, gloo) train one adapter together."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_training import small_cfg, write_dataset
+from training.launch import run_multiprocess
+from training.lora import LORA_WEIGHT_NAME
+from training.trainer import train_lora
+
+
+@pytest.mark.timeout(600)
+def test_two_processes_train_one_adapter_with_averaged_gradients(model_cache: Path, tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "ds", [(64, 64), (80, 64), (64, 80), (96, 96)])
+    cfg = small_cfg(max_steps=4, batch_size=1, learning_rate=1e-2, num_processes=2, checkpoint_every=2,
+                    sample_every=2, sample_steps=2, sample_prompts=["lfstyle a"])
+    spec = {"base_ref": "tiny:sd", "family": "sd15", "dataset_dir": str(dataset),
+            "train": cfg.model_dump(), "out_dir": str(tmp_path / "lora"), "cache_dir": str(model_cache),
+            "seed": 0, "checkpoint_dir": str(tmp_path / "ckpt"), "feature_cache_dir": str(tmp_path / "fc"),
+            "samples_dir": str(tmp_path / "samples")}
+    steps: list[int] = []
+    grids: list[int] = []
+    result = run_multiprocess(spec, 2, tmp_path / "work", on_step=lambda s, _m: steps.append(s),
+                              on_sample=lambda s, _p: grids.append(s))
+    assert result["steps"] == 4
+    assert steps == [1, 2, 3, 4]  # rank 0 alone reports, each step once
+    assert grids == [2, 4]
+    args = json.loads((tmp_path / "lora" / "training_args.json").read_text())
+    assert args["world_size"] == 2
+    two = load_file(str(tmp_path / "lora" / LORA_WEIGHT_NAME))
+
+    # A single process with the same seed sees only rank 0's batches: a different adapter.
+    single = cfg.model_copy(update={"num_processes": 1, "sample_every": 0})
+    train_lora("tiny:sd", "sd15", dataset, single, tmp_path / "one", model_cache, seed=0)
+    one = load_file(str(tmp_path / "one" / LORA_WEIGHT_NAME))
+    assert two.keys() == one.keys()
+    assert not all(torch.equal(two[k], one[k]) for k in two)
+    assert all(torch.isfinite(v).all() for v in two.values())
+
+
+def test_a_failing_multiprocess_run_is_a_one_line_error(model_cache: Path, tmp_path: Path) -> None:
+    from lora_factory.errors import StageError
+
+    cfg = small_cfg(max_steps=1, num_processes=2)
+    spec = {"base_ref": "tiny:sd", "family": "sd15", "dataset_dir": str(tmp_path / "missing"),
+            "train": cfg.model_dump(), "out_dir": str(tmp_path / "lora"), "cache_dir": str(model_cache),
+            "seed": 0}
+    with pytest.raises(StageError, match="does not exist") as info:
+        run_multiprocess(spec, 2, tmp_path / "work")
+    assert "\n" not in str(info.value)
