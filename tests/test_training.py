@@ -24,9 +24,9 @@ SHAPES = ("ellipse", "rectangle", "ellipse", "rectangle")
 def draw_image(i: int, size: tuple[int, int]) -> Image.Image:
     """A flat background with one coloured shape: distinct per ``i``, no randomness."""
     w, h = size
-    im = Image.new("RGB", size, (20 + 50 * i, 90, 200 - 40 * i))
+    im = Image.new("RGB", size, ((20 + 50 * i) % 251, 90, (200 - 40 * i) % 251))
     box = (w // 6 + 3 * i, h // 5, w // 2 + 6 * i, h // 2 + 4 * i)
-    getattr(ImageDraw.Draw(im), SHAPES[i % len(SHAPES)])(box, fill=(250, 220 - 30 * i, 40 * i))
+    getattr(ImageDraw.Draw(im), SHAPES[i % len(SHAPES)])(box, fill=(250, (220 - 30 * i) % 251, (40 * i) % 251))
     return im
 
 
@@ -148,6 +148,14 @@ def test_training_lowers_the_loss_and_reports_every_step(trained) -> None:
         assert metrics["skipped"] == 0.0 and metrics["lora_norm"] > 0
         assert all(math.isfinite(v) for v in metrics.values())
     assert calls[0][1]["lr"] == pytest.approx(1e-2)
+
+
+def test_overfitting_eight_images_lowers_the_loss(model_cache: Path, tmp_path: Path) -> None:
+    sizes = [(64, 64), (80, 64), (64, 80), (96, 96), (72, 64), (64, 72), (128, 96), (96, 128)]
+    dataset = write_dataset(tmp_path / "eight", sizes)
+    cfg = small_cfg(max_steps=40, batch_size=4, learning_rate=1e-2)
+    result = train_lora("tiny:sd", "sd15", dataset, cfg, tmp_path / "o", model_cache, seed=0)
+    assert np.mean(result.losses[-8:]) < np.mean(result.losses[:8]) - 0.05
 
 
 def test_training_saves_a_diffusers_lora_and_its_arguments(trained) -> None:
