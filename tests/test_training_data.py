@@ -15,7 +15,14 @@ from lora_factory.errors import StageError
 from tests.test_training import draw_image
 from training.buckets import Bucket, assign_bucket, bucket_grid, crop_fraction
 from training.captions import augment_caption
-from training.dataset import CaptionedImageDataset, DataOrder, augment, collate, load_pixels
+from training.dataset import (
+    CaptionedImageDataset,
+    DataOrder,
+    augment,
+    collate,
+    cover_geometry,
+    load_pixels,
+)
 
 
 def test_grid_holds_only_step_multiples_within_the_pixel_budget() -> None:
@@ -140,3 +147,16 @@ def test_exif_rotation_is_applied_before_bucketing(tmp_path: Path) -> None:
     ds = CaptionedImageDataset(tmp_path, 64, grid=bucket_grid(64, 16))
     assert ds.sizes == [(96, 160)] and ds.buckets[0].height > ds.buckets[0].width
     assert ds[0]["pixel_values"].shape[1:] == (ds.buckets[0].height, ds.buckets[0].width)
+
+
+def test_sdxl_time_ids_carry_the_real_size_crop_and_bucket(mixed_folder: Path) -> None:
+    from training.conditioning import sdxl_time_ids
+
+    ds = CaptionedImageDataset(mixed_folder, 64, grid=bucket_grid(64, 16))
+    plain, flipped = ds.sample(0), ds.sample(0, flip=True)
+    b = plain.bucket
+    ids = sdxl_time_ids([plain, flipped]).tolist()
+    (new_w, _), (top, left) = cover_geometry(160, 96, b)
+    assert ids[0] == [96, 160, top, left, b.height, b.width]
+    # Flipped: the crop's left edge is measured in the mirrored image.
+    assert ids[1] == [96, 160, top, new_w - left - b.width, b.height, b.width]
