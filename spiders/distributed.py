@@ -10,7 +10,10 @@ by different workers into one item (the others' URLs go to ``other_urls``).
 Redis keys, all under ``<redis_key_prefix>:<run id>:`` so runs never collide:
 ``requests`` (scrapy-redis priority queue: the shared frontier), ``dupefilter`` (fingerprints
 of every request any worker scheduled: the shared seen-set), ``workers`` (names of the workers
-that joined), ``alive:<worker>`` and ``busy:<worker>`` (short-TTL heartbeats).
+that joined), ``alive:<worker>`` (value: the worker's pid) and ``busy:<worker>`` (short-TTL
+heartbeats), ``inflight:<worker>`` (requests the worker took and has not finished,
+``spiders.inflight``), ``count:images``, ``count:topics``, ``count:pages`` (the run's bounds,
+``spiders.bounds``).
 
 How the processes coordinate:
 - Seeding: every worker yields the seeds, and the shared seen-set (one atomic SADD per
@@ -23,8 +26,20 @@ How the processes coordinate:
   continuous idleness; it stops when the frontier is empty and no other worker is busy. A
   worker with requests in flight is never idle, and a non-empty frontier makes no worker idle,
   so the last worker never leaves work behind.
+- Killed workers: a request taken from the frontier stays in the worker's in-flight hash until
+  the worker has finished it (``spiders.inflight``). A worker re-queues its own hash when it
+  starts (a restarted worker, same name), and any idle worker re-queues the hash of a worker
+  whose heartbeat has expired before it concludes the frontier is empty. At least once: a
+  request finished just before the kill may be done twice; ``merge_parts`` folds the copies.
+  Worker names must be unique among running workers (a second process with a running worker's
+  name would take over that worker's in-flight requests).
+- Bounds: ``max_images``, ``max_images_per_topic`` and ``max_pages`` are the run's, not each
+  worker's: counted in Redis (``spiders.bounds``), so N workers keep at most ``max_images``
+  images in all (fewer after ``merge_parts`` folds byte copies found by different workers).
 - Cleanup: the last worker to leave a *finished* crawl deletes the run's keys; an interrupted,
-  timed-out or bounded crawl keeps them, so re-running the workers resumes the frontier.
+  timed-out or bounded crawl keeps them, so re-running the workers resumes the frontier. A
+  killed worker's part (``parts/<worker>``) is only written when that worker is re-run under
+  the same name: its journal holds what it did before the kill.
 
 Why subclasses instead of scrapy-redis as is (0.9.1 against Scrapy 2.19): its dupefilter
 fingerprints with its own sha1 of (method, canonical URL, body) and ignores
@@ -58,6 +73,10 @@ from twisted.internet import task
 
 from lora_factory.config import CrawlConfig
 from lora_factory.manifest import read_items, read_table, write_items, write_table
+
+from .bounds import SharedBounds, count_keys
+from .inflight import InFlightQueue, requeue
+from .topic_spider import PAGE_KEY
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -94,7 +113,7 @@ def redis_settings(config: CrawlConfig, run_id: str, worker: str) -> dict[str, A
     return {
         "SCHEDULER": "spiders.distributed.RedisScheduler",
         "DUPEFILTER_CLASS": "spiders.distributed.RedisDupeFilter",
-        "SCHEDULER_QUEUE_CLASS": "scrapy_redis.queue.PriorityQueue",
+        "SCHEDULER_QUEUE_CLASS": "spiders.inflight.InFlightQueue",
         "SCHEDULER_QUEUE_KEY": f"{key}:requests",
         "SCHEDULER_DUPEFILTER_KEY": f"{key}:dupefilter",
         "SCHEDULER_PERSIST": True,  # cleanup is the coordinator's job (the last worker out)
@@ -122,6 +141,31 @@ class RunKeys:
     def busy(self, worker: str) -> str:
         return f"{self.base}:busy:{worker}"
 
+    def inflight(self, worker: str) -> str:
+        return f"{self.base}:inflight:{worker}"
+
+
+def shared_bounds(settings: Any, config: CrawlConfig) -> SharedBounds:
+    """The run's bounds in Redis, for a crawler with ``redis_settings``."""
+    server = redis.Redis.from_url(settings["REDIS_URL"], socket_timeout=10)
+    return SharedBounds(server, RunKeys(settings["SCHEDULER_QUEUE_KEY"], "").base, config)
+
+
+def requeue_orphans(server: Any, keys: RunKeys, include_self: bool) -> int:
+    """Re-queue the in-flight requests of workers whose heartbeat expired (and, at start, this
+    worker's own, left by a previous process of the same name); returns how many."""
+    names = {w.decode() for w in server.smembers(keys.workers)} | {keys.worker}
+    moved = 0
+    for name in sorted(names):
+        if name == keys.worker and not include_self:
+            continue
+        if name != keys.worker and server.exists(keys.alive(name)):
+            continue
+        if n := requeue(server, keys.queue, keys.inflight(name)):
+            logger.info("re-queued %d requests worker %s had in flight", n, name)
+            moved += n
+    return moved
+
 
 class RedisDupeFilter(RFPDupeFilter):
     """scrapy-redis's shared seen-set, fingerprinting with Scrapy's ``request_fingerprinter``."""
@@ -140,12 +184,14 @@ class RedisDupeFilter(RFPDupeFilter):
 
 
 class RedisScheduler(Scheduler):
-    """scrapy-redis's scheduler with a shared seen-set check for every first-hop request."""
+    """scrapy-redis's scheduler with a shared seen-set check for every first-hop request, the
+    run's page budget, and in-flight tracking of what this worker took from the frontier."""
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         settings = crawler.settings
         instance = cls.from_settings(settings)
+        instance.crawler = crawler
         instance.stats = crawler.stats
         instance.df = RedisDupeFilter(
             instance.server,
@@ -156,12 +202,28 @@ class RedisScheduler(Scheduler):
         instance.keys = RunKeys(settings["SCHEDULER_QUEUE_KEY"], settings[WORKER_SETTING])
         return instance
 
+    def open(self, spider: Any) -> None:
+        super().open(spider)
+        if not isinstance(self.queue, InFlightQueue):
+            raise TypeError(f"distributed mode needs SCHEDULER_QUEUE_CLASS {InFlightQueue.__name__}")
+        self.queue.inflight_key = self.keys.inflight(self.keys.worker)
+        moved = requeue_orphans(self.server, self.keys, include_self=True)
+        if moved and self.stats:
+            self.stats.inc_value("lora_factory/distributed/requeued", moved)
+
     def enqueue_request(self, request: Request) -> bool:
         first_hop = not any(k in request.meta for k in _CONTINUATION_META)
         if first_hop and not request.meta.get(NO_FILTER_META) and self.df.request_seen(request):
             self.df.log(request, self.spider)
             if self.stats:
                 self.stats.inc_value("lora_factory/distributed/filtered")
+            return False
+        bounds = getattr(self.spider, "bounds", None)
+        is_page = PAGE_KEY in request.meta
+        if first_hop and is_page and isinstance(bounds, SharedBounds) and not bounds.reserve_page():
+            self.spider.bounds_hit.add("max_pages")
+            if self.stats:
+                self.stats.inc_value("lora_factory/pages_over_limit")
             return False
         if self.stats:
             self.stats.inc_value("scheduler/enqueued/redis")
@@ -177,6 +239,17 @@ class RedisScheduler(Scheduler):
             if self.stats:
                 self.stats.inc_value("scheduler/dequeued/redis")
         return request
+
+    def forget_finished(self) -> int:
+        """Delete the in-flight entries of the requests the engine has finished with."""
+        engine = self.crawler.engine
+        # Private attribute: the engine's set of requests between the scheduler and the end of
+        # their callback's output; Scrapy 2.19 has no public signal for "request handled".
+        in_progress = getattr(getattr(engine, "_slot", None), "inprogress", None)
+        if in_progress is None:
+            raise RuntimeError("this Scrapy version has no engine._slot.inprogress: "
+                               "in-flight tracking for distributed mode needs Scrapy 2.19")
+        return self.queue.forget_finished(in_progress)
 
     def close(self, reason: str) -> None:
         """Keep the shared queue and seen-set (see ``WorkerCoordinator.spider_closed``)."""
@@ -203,15 +276,22 @@ class WorkerCoordinator:
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
         return ext
 
+    def _scheduler(self) -> RedisScheduler | None:
+        engine = self.crawler.engine
+        scheduler = engine.scheduler if engine is not None else None
+        return scheduler if isinstance(scheduler, RedisScheduler) else None
+
     def spider_opened(self, spider: Any) -> None:
         self.server.sadd(self.keys.workers, self.keys.worker)
+        if (scheduler := self._scheduler()) is not None:
+            scheduler.forget_finished()  # fails now, not after a kill, if Scrapy changed
         self._beat()
         self.loop = task.LoopingCall(self._tick)
         self.loop.start(POLL_S, now=False)
 
     def _beat(self) -> None:
         pipe = self.server.pipeline()
-        pipe.set(self.keys.alive(self.keys.worker), 1, px=TTL_MS)
+        pipe.set(self.keys.alive(self.keys.worker), os.getpid(), px=TTL_MS)
         engine = self.crawler.engine
         if engine is not None and engine.scheduler is not None and not engine.spider_is_idle():
             pipe.set(self.keys.busy(self.keys.worker), 1, px=TTL_MS)
@@ -221,6 +301,11 @@ class WorkerCoordinator:
     def _tick(self) -> None:
         try:
             self._beat()
+            if (scheduler := self._scheduler()) is not None:
+                scheduler.forget_finished()
+            check_bounds = getattr(self.crawler.spider, "check_image_bounds", None)
+            if check_bounds is not None:
+                check_bounds()  # another worker may have used up the run's image budget
         except redis.RedisError as exc:
             logger.warning("redis heartbeat failed: %s", exc)
             return
@@ -247,6 +332,11 @@ class WorkerCoordinator:
         now = time.monotonic()
         if self.idle_since is None:
             self.idle_since = now
+        if moved := requeue_orphans(self.server, self.keys, include_self=False):
+            if self.crawler.stats:
+                self.crawler.stats.inc_value("lora_factory/distributed/requeued", moved)
+            self.idle_since = None
+            raise DontCloseSpider  # a dead worker's requests are back in the frontier
         seeded = bool(self.server.exists(self.keys.dupefilter))
         busy = self._others("busy")
         if seeded and not busy:
@@ -264,16 +354,27 @@ class WorkerCoordinator:
     def spider_closed(self, spider: Any, reason: str) -> None:
         if self.loop is not None and self.loop.running:
             self.loop.stop()
+        if (scheduler := self._scheduler()) is not None:
+            scheduler.forget_finished()
+        holding = self.server.hlen(self.keys.inflight(self.keys.worker))
         pipe = self.server.pipeline()
-        pipe.srem(self.keys.workers, self.keys.worker)
+        if not holding:  # else stay listed, so another worker re-queues them
+            pipe.srem(self.keys.workers, self.keys.worker)
         pipe.delete(self.keys.alive(self.keys.worker), self.keys.busy(self.keys.worker))
         pipe.execute()
+        if holding:
+            logger.warning("closing with %d requests in flight: left for another worker", holding)
         if reason != "finished":
             logger.info("crawl %s: keeping the shared frontier for a resume", reason)
             return
-        if self._others("alive") or self.server.zcard(self.keys.queue):
+        names = [w.decode() for w in self.server.smembers(self.keys.workers)] + [self.keys.worker]
+        inflight = [self.keys.inflight(w) for w in names]
+        if self._others("alive") or self.server.zcard(self.keys.queue) or any(
+            self.server.hlen(k) for k in inflight
+        ):
             return
-        self.server.delete(self.keys.queue, self.keys.dupefilter, self.keys.workers)
+        self.server.delete(self.keys.queue, self.keys.dupefilter, self.keys.workers, *inflight,
+                           *count_keys(self.keys.base))
         logger.info("last worker of a finished crawl: deleted %s:*", self.keys.base)
 
 def delete_run_keys(config: CrawlConfig, run_id: str) -> int:

@@ -7,7 +7,8 @@ URL is the item and which is a byte copy or over a bound keeps those decisions r
 spider has already named the image by the sha256 of its canonical bytes and written it to the
 content-addressed store (idempotent: a copy lands on the same file).
 Why the bounds here and not Scrapy's CLOSESPIDER_ITEMCOUNT: a resumed crawl starts with the
-items of its previous attempt, which Scrapy's counter does not know about.
+items of its previous attempt, which Scrapy's counter does not know about, and in distributed
+mode the bounds are the whole run's (``spiders.bounds``).
 """
 
 from __future__ import annotations
@@ -37,15 +38,12 @@ class ContentStorePipeline:
 
     def process_item(self, item: dict[str, Any]) -> dict[str, Any]:
         spider: Any = self.crawler.spider
-        config = spider.config
         item_id = item["item_id"]
         if self.record.merge(item_id, item["image_url"]):
             raise DropItem(f"same bytes as item {item_id[:12]}", log_level="DEBUG")
-        topic = item.get("topic") or ""
-        if len(self.record.items) >= config.max_images or (
-            config.max_images_per_topic and self.record.per_topic[topic] >= config.max_images_per_topic
-        ):
+        if not spider.bounds.reserve_image(item.get("topic")):
             self.record.drop_over_limit(item["image_url"])
+            spider.check_image_bounds()  # another worker may have used up a shared bound
             raise DropItem("max_images reached", log_level="DEBUG")
         row = {**item, "other_urls": []}
         self.record.add_item(row)

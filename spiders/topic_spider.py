@@ -38,6 +38,7 @@ from w3lib.url import canonicalize_url
 from lora_factory.config import CrawlConfig
 from lora_factory.manifest import item_id_for
 
+from .bounds import LocalBounds, SharedBounds
 from .extract import extract_page
 from .failures import failure_reason
 from .images import ImageRejected, declared_type, inspect_image, type_is_acceptable
@@ -132,11 +133,17 @@ class TopicSpider(scrapy.Spider):
         self._images: set[str] = set()  # every image URL requested
         self.links_off_topic = 0
         self.work = WorkPool()  # image decoding, hashing and storing, off the reactor thread
+        # Shared by the run's workers in distributed mode (set in from_crawler).
+        self.bounds: LocalBounds | SharedBounds = LocalBounds(config, self.record)
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> TopicSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
         crawler.signals.connect(spider.headers_received, signal=signals.headers_received)
+        if spider.config.redis_url:
+            from .distributed import shared_bounds
+
+            spider.bounds = shared_bounds(crawler.settings, spider.config)
         return spider
 
     # -- start and resume ------------------------------------------------------------------
@@ -186,7 +193,7 @@ class TopicSpider(scrapy.Spider):
         key = canonicalize_url(url)
         if key in self._pages or not self._on_site(url):
             return None
-        if len(self._pages) >= self.config.max_pages:
+        if not self.bounds.page_budget_left(len(self._pages)):
             self.bounds_hit.add("max_pages")
             self.crawler.stats.inc_value("lora_factory/pages_over_limit")
             return None
@@ -418,11 +425,10 @@ class TopicSpider(scrapy.Spider):
 
     # -- bounds ----------------------------------------------------------------------------
     def _all_images_done(self) -> bool:
-        return len(self.record.items) >= self.config.max_images
+        return self.bounds.images_full()
 
     def _topic_full(self, topic: str | None) -> bool:
-        limit = self.config.max_images_per_topic
-        return bool(limit) and self.record.per_topic[topic or ""] >= (limit or 0)
+        return self.bounds.topic_full(topic)
 
     def check_image_bounds(self) -> bool:
         """Close the spider when an image bound is reached; True if one is."""

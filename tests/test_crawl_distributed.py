@@ -210,3 +210,135 @@ def test_run_workers_starts_n_workers_and_merges(tmp_path: Path) -> None:
 def test_workers_without_redis_is_a_config_error() -> None:
     with pytest.raises(ValueError, match=r"crawl.workers > 1 needs crawl.redis_url"):
         CrawlConfig(workers=2)
+
+
+# -- killed workers and shared bounds --------------------------------------------------------
+def _cleanup(server: Any, prefix: str) -> None:
+    keys = list(server.scan_iter(f"{prefix}:*"))
+    if keys:
+        server.delete(*keys)
+
+
+def test_popped_requests_stay_in_flight_until_finished_and_can_be_requeued() -> None:
+    from scrapy import Request, Spider
+
+    from spiders.distributed import RunKeys, requeue_orphans
+    from spiders.inflight import InFlightQueue, requeue
+
+    server = _redis_or_skip()
+    prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
+    try:
+        keys = RunKeys(f"{prefix}:requests", "a")
+        queue = InFlightQueue(server, Spider(name="t"), keys.queue)
+        queue.inflight_key = keys.inflight("a")
+        for i in range(3):
+            queue.push(Request(f"http://x.example/{i}", priority=i))
+        first, second = queue.pop(), queue.pop()
+        assert (first.url, second.url) == ("http://x.example/2", "http://x.example/1")
+        assert len(queue) == 1 and server.hlen(keys.inflight("a")) == 2
+        assert queue.forget_finished({first, second}) == 0  # both still in progress
+        assert queue.forget_finished({second}) == 1  # the first is done: its entry goes
+        assert server.hlen(keys.inflight("a")) == 1
+        # "a" is killed holding the second request; a worker "b" that is alive is left alone.
+        other = InFlightQueue(server, Spider(name="t"), keys.queue)
+        other.inflight_key = keys.inflight("b")
+        other.push(Request("http://x.example/b", priority=10))
+        assert other.pop().url == "http://x.example/b"
+        server.sadd(keys.workers, "a", "b")
+        server.set(keys.alive("b"), 1, px=5000)
+        c_keys = RunKeys(keys.queue, "c")
+        assert requeue_orphans(server, c_keys, include_self=False) == 1  # a's, not b's
+        assert server.hlen(keys.inflight("a")) == 0 and server.hlen(keys.inflight("b")) == 1
+        # The re-queued request keeps its priority: it is popped before the older queued one.
+        assert queue.pop().url == "http://x.example/1"
+        assert requeue(server, keys.queue, keys.inflight("a")) == 1  # a restarted "a" at start
+        assert len(queue) == 2
+    finally:
+        _cleanup(server, prefix)
+
+
+def test_a_killed_worker_loses_no_request(tmp_path: Path) -> None:
+    """SIGKILL a worker while it has requests in flight; restart it beside a second worker: the
+    requests it held are fetched again and the merged crawl equals a one-process crawl."""
+    import os
+    import signal
+
+    from scrapy_redis import picklecompat
+
+    from spiders.distributed import default_run_id, run_key
+
+    server = _redis_or_skip()
+    prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
+    site = generate_demo_site(tmp_path / "site", seed=0)
+    try:
+        with serve_site(site.root) as base1:
+            run_crawl(site.topic_urls(base1), tmp_path / "single", _config())
+            single = _paths(read_items(tmp_path / "single" / "items.parquet"), base1)
+
+        hits = RequestLog()
+        out = tmp_path / "distributed"
+        config = _config(redis_url=REDIS_URL, redis_key_prefix=prefix)
+        results: dict[str, Any] = {}
+
+        def worker(name: str) -> None:
+            try:
+                results[name] = run_crawl(site.topic_urls(base2), out, config, worker=name)
+            except BaseException as exc:  # reported below
+                results[name] = exc
+
+        with serve_site(site.root, hits=hits) as base2:
+            keys = run_key(config, default_run_id(out))
+            killed = threading.Thread(target=worker, args=("a",))
+            killed.start()
+            deadline = time.monotonic() + 90
+            while not (len(hits.paths) >= 15 and server.hlen(f"{keys}:inflight:a")):
+                assert time.monotonic() < deadline, f"worker a never got going: {hits.paths}"
+                assert killed.is_alive(), results.get("a")
+                time.sleep(0.02)
+            os.kill(int(server.get(f"{keys}:alive:a")), signal.SIGKILL)
+            killed.join(timeout=30)
+            kill_at = len(hits.paths)
+            held = {picklecompat.loads(k)["url"].removeprefix(base2)
+                    for k in server.hkeys(f"{keys}:inflight:a")}
+            assert held, "the killed worker held no request"
+            assert "exit code -9" in str(results["a"])
+
+            threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+        for name in ("a", "b"):
+            assert not isinstance(results.get(name), BaseException), results.get(name)
+
+        assert held <= set(hits.paths[kill_at:]), "a request the killed worker held was lost"
+        stats = merge_parts(out)
+        assert _paths(read_items(out / "items.parquet"), base2) == single
+        assert stats["finish_reason"] == "finished"
+        assert not list(server.scan_iter(f"{prefix}:*"))
+    finally:
+        _cleanup(server, prefix)
+
+
+@pytest.mark.parametrize(("bound", "limit"), [("max_images", 10), ("max_pages", 8)])
+def test_bounds_are_the_runs_not_each_workers(tmp_path: Path, bound: str, limit: int) -> None:
+    """A bound with two workers: the run keeps that many images (requests that many pages) in
+    all; with per-worker counts each worker would."""
+    from spiders.distributed import run_workers
+
+    server = _redis_or_skip()
+    prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
+    site = generate_demo_site(tmp_path / "site", seed=0)
+    try:
+        with serve_site(site.root, hits=RequestLog()) as base:
+            config = _config(redis_url=REDIS_URL, redis_key_prefix=prefix, workers=2,
+                             **{bound: limit})
+            stats = run_workers(site.topic_urls(base), tmp_path / "out", config, 2,
+                                run_id=f"run-{prefix}", state_dir=tmp_path / "state")
+        parts = stats["workers"].values()
+        counted = "images" if bound == "max_images" else "pages_requested"
+        assert sum(p[counted] for p in parts) == limit, [p[counted] for p in parts]
+        assert stats[counted] <= limit
+        assert all(p["pages_requested"] > 0 for p in parts)  # both took part
+    finally:
+        _cleanup(server, prefix)
