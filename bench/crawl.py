@@ -1,7 +1,8 @@
 """Crawl throughput on a generated loopback site; prints JSON figures.
 
 The site: ``--pages`` HTML pages (default 2,000) linked as a binary tree plus a "next" chain,
-each with ``--images-per-page`` unique images (default 3, so 6,000 images), served from memory
+each with ``--images-per-page`` unique images (default 3, so 6,000 images, ``--image-size``
+64x48 by default; 640x480 shows what decoding costs with photo-sized images), served from memory
 by a threaded HTTP/1.1 server in this process. The crawl runs exactly as the crawl stage runs it
 (``run_crawl``: a Scrapy subprocess, robots.txt, the private-address guard with loopback
 allowed, page-quality checks, full image validation and decoding, sha256 storage), with the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -44,7 +46,9 @@ TEXT = (
 )
 
 
-def make_site(pages: int, per_page: int) -> dict[str, tuple[str, bytes]]:
+def make_site(
+    pages: int, per_page: int, size: tuple[int, int] = (64, 48)
+) -> dict[str, tuple[str, bytes]]:
     """path -> (content type, body). Every image has distinct bytes."""
     site: dict[str, tuple[str, bytes]] = {
         "/robots.txt": ("text/plain", b"User-agent: *\nAllow: /\n"),
@@ -53,8 +57,10 @@ def make_site(pages: int, per_page: int) -> dict[str, tuple[str, bytes]]:
     for i in range(pages):
         imgs = []
         for _ in range(per_page):
-            img = Image.new("RGB", (64, 48), ((n * 37) % 256, (n * 91) % 256, (n * 13) % 256))
-            ImageDraw.Draw(img).rectangle((n % 40, (n // 40) % 30, n % 40 + 20, (n // 40) % 30 + 14), fill="white")
+            img = Image.new("RGB", size, ((n * 37) % 256, (n * 91) % 256, (n * 13) % 256))
+            x, y = n % 40 * size[0] // 64, (n // 40) % 30 * size[1] // 48
+            w, h = size[0] * 20 // 64, size[1] * 14 // 48
+            ImageDraw.Draw(img).rectangle((x, y, x + w, y + h), fill="white")
             buf = io.BytesIO()
             if n % 2:
                 img.save(buf, "PNG")
@@ -112,10 +118,13 @@ def main() -> None:
     parser.add_argument("--images-per-page", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--timeout-s", type=float, default=600.0)
+    parser.add_argument("--image-size", default="64x48", help="WxH of every image (default 64x48)")
     args = parser.parse_args()
+    width, height = (int(v) for v in args.image_size.lower().split("x"))
 
+    load_before = os.getloadavg()
     started = time.perf_counter()
-    site = make_site(args.pages, args.images_per_page)
+    site = make_site(args.pages, args.images_per_page, (width, height))
     generate_s = time.perf_counter() - started
     n_images = sum(1 for p in site if p.startswith("/img/"))
     config = CrawlConfig(
@@ -154,6 +163,12 @@ def main() -> None:
         "bytes": stats["bytes"],
         "peak_rss_mb": round(peak_rss_kb / 1024, 1),
         "concurrency": args.concurrency,
+        "image_size": f"{width}x{height}",
+        "cpus": os.cpu_count(),
+        # The machine's load (1, 5, 15 min) before the site was built and after the crawl: a
+        # figure measured beside other work is not comparable.
+        "load_avg_before": [round(v, 2) for v in load_before],
+        "load_avg_after": [round(v, 2) for v in os.getloadavg()],
     }, indent=2))
 
 
