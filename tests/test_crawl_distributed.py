@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -48,6 +49,22 @@ class RequestLog(Counter):
         with self.lock:
             self.paths.append(key)
             super().__setitem__(key, value)
+
+
+class StartTogether(RequestLog):
+    """Holds the first ``/robots.txt`` request (each worker's first) until the other worker asks
+    for it too (at most ``timeout_s``), so a worker that starts late on a loaded machine still
+    finds work: both begin crawling at the same moment."""
+
+    def __init__(self, workers: int = 2, timeout_s: float = 30.0) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(workers, timeout=timeout_s)
+
+    def __setitem__(self, key: str, value: int) -> None:
+        if key == "/robots.txt" and value == 1:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.barrier.wait()
+        super().__setitem__(key, value)
 
 
 def _config(**overrides: Any) -> CrawlConfig:
@@ -330,7 +347,7 @@ def test_bounds_are_the_runs_not_each_workers(tmp_path: Path, bound: str, limit:
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     site = generate_demo_site(tmp_path / "site", seed=0)
     try:
-        with serve_site(site.root, hits=RequestLog()) as base:
+        with serve_site(site.root, hits=StartTogether()) as base:
             config = _config(redis_url=REDIS_URL, redis_key_prefix=prefix, workers=2,
                              **{bound: limit})
             stats = run_workers(site.topic_urls(base), tmp_path / "out", config, 2,
