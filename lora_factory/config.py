@@ -190,7 +190,7 @@ class TrainConfig(Section):
     keep_tokens: int = Field(1, ge=0)  # leading tags kept in place (the trigger word comes first)
     # Frozen encoders' outputs, cached on disk by content and reused across runs.
     cache_latents: bool = True
-    cache_text_embeddings: bool = True  # unused while the text encoder trains
+    cache_text_embeddings: bool = True  # unused while the text encoder trains or tags shuffle
     # Text-encoder LoRA (same rank and alpha as the UNet's).
     train_text_encoder: bool = False
     text_encoder_lr: float | None = Field(None, gt=0)  # None: learning_rate

@@ -75,6 +75,8 @@ def test_augmented_runs_are_reproducible_and_differ_from_plain_ones(mixed_datase
     for name in ("a", "b"):
         train_lora("tiny:sd", "sd15", mixed_dataset, aug, tmp_path / name, model_cache, seed=3,
                    feature_cache_dir=tmp_path / "cache")
+    assert (tmp_path / "cache" / "latents").is_dir()
+    assert not (tmp_path / "cache" / "text").exists()  # shuffled captions are not cached
     plain = aug.model_copy(update={"random_flip": False, "caption_dropout": 0.0, "shuffle_tags": False})
     train_lora("tiny:sd", "sd15", mixed_dataset, plain, tmp_path / "p", model_cache, seed=3)
     a, b, p = (lora_tensors(tmp_path / n) for n in "abp")

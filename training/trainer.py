@@ -174,8 +174,10 @@ def make_conditioner(pipe: Any, family: str, cfg: TrainConfig, device: torch.dev
     """A ``Conditioner`` whose caches live under ``cache_dir`` in a folder per encoder
     fingerprint (so another base model never reads this one's latents)."""
     latent_root = cache_dir if cache_dir is not None and cfg.cache_latents else None
+    # Shuffled tags make a new caption almost every step: caching those would fill the disk
+    # with entries that are never read again (kohya refuses the combination for the same reason).
     text_root = (cache_dir if cache_dir is not None and cfg.cache_text_embeddings
-                 and not cfg.train_text_encoder else None)
+                 and not cfg.train_text_encoder and not cfg.shuffle_tags else None)
     latent_ns = f"latents/{module_fingerprint(pipe.vae)}" if latent_root else ""
     text_ns = ""
     if text_root:
