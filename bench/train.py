@@ -39,7 +39,7 @@ from lora_factory.config import TrainConfig  # noqa: E402
 from lora_factory.models import load_pipeline  # noqa: E402
 from tests.test_training import write_dataset  # noqa: E402
 from training.callbacks import Callback, TrainState  # noqa: E402
-from training.conditioning import encode_captions  # noqa: E402
+from training.conditioning import encode_text  # noqa: E402
 from training.dataset import CaptionedImageDataset, DataOrder, collate  # noqa: E402
 from training.lora import add_unet_lora  # noqa: E402
 from training.trainer import train_lora  # noqa: E402
@@ -95,7 +95,8 @@ def bare_loop(ref: str, cache: Path, dataset_dir: Path, cfg: TrainConfig, seed: 
         with torch.no_grad():
             latents = vae.encode(batch["pixel_values"]).latent_dist.sample(generator=gen)
             latents = latents * vae.config.scaling_factor
-        hidden, _ = encode_captions(pipe, "sd15", batch, cfg.resolution, torch.device("cpu"))
+        with torch.no_grad():
+            hidden, _ = encode_text(pipe, "sd15", batch["captions"], torch.device("cpu"))
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen)
         pred = unet(sched.add_noise(latents, noise, t), t, hidden).sample

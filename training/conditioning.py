@@ -44,19 +44,6 @@ def sdxl_time_ids(samples: list[Sample]) -> torch.Tensor:
                          for s in samples], dtype=torch.long)
 
 
-def encode_captions(pipe: Any, family: str, batch: dict[str, Any], resolution: int,
-                    device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """The UNet's conditioning for a collated batch of square ``resolution`` crops (the bare
-    baseline loop in ``bench/train.py`` uses it)."""
-    with torch.no_grad():
-        hidden, pooled = encode_text(pipe, family, batch["captions"], device)
-    if family == "sd15":
-        return hidden, None
-    target = torch.tensor([resolution, resolution], dtype=torch.long).expand(len(batch["captions"]), 2)
-    time_ids = torch.cat([batch["original_sizes"], batch["crop_top_lefts"], target], dim=1)
-    return hidden, {"text_embeds": pooled, "time_ids": time_ids.to(device, dtype=hidden.dtype)}
-
-
 class Conditioner:
     """Latents and text conditioning for batches of ``Sample``s.
 

@@ -175,9 +175,6 @@ class CaptionedImageDataset:
         return Sample(index, rec, bucket, flip, rec.caption if caption is None else caption,
                       (h, w), (top, left))
 
-    def pixels(self, sample: Sample) -> torch.Tensor:
-        return load_pixels(sample)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.sample(index)
         return {"pixel_values": load_pixels(sample), "caption": sample.caption,
@@ -235,6 +232,16 @@ def split_records(records: list[Record], fraction: float, seed: int) -> tuple[li
             [r for i, r in enumerate(records) if i in held])
 
 
+def group_batches(indices: list[int], groups: list[Hashable], batch_size: int) -> list[list[int]]:
+    """``indices`` grouped by ``groups[i]`` (first-seen group order, index order kept within a
+    group), each group cut into batches of ``batch_size``; a group's last batch may be smaller."""
+    by_group: dict[Hashable, list[int]] = {}
+    for i in indices:
+        by_group.setdefault(groups[i], []).append(i)
+    return [members[k:k + batch_size] for members in by_group.values()
+            for k in range(0, len(members), batch_size)]
+
+
 @dataclass(frozen=True)
 class Draw:
     """One slot of a batch: which example, and the seed of its augmentation (flip, caption)."""
@@ -265,11 +272,7 @@ class DataOrder:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             slots = [i for i in range(self.size) for _ in range(self.repeats)]
             order = [slots[j] for j in torch.randperm(len(slots), generator=gen).tolist()]
-            by_group: dict[Hashable, list[int]] = {}
-            for i in order:
-                by_group.setdefault(self.groups[i], []).append(i)
-            batches = [members[k:k + self.batch_size] for members in by_group.values()
-                       for k in range(0, len(members), self.batch_size)]
+            batches = group_batches(order, self.groups, self.batch_size)
             self._batches = [batches[j] for j in torch.randperm(len(batches), generator=gen).tolist()]
         return self._batches
 

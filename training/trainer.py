@@ -52,7 +52,15 @@ from .callbacks import (
     TrainState,
 )
 from .conditioning import Conditioner
-from .dataset import CaptionedImageDataset, DataOrder, Sample, augment, read_records, split_records
+from .dataset import (
+    CaptionedImageDataset,
+    DataOrder,
+    Sample,
+    augment,
+    group_batches,
+    read_records,
+    split_records,
+)
 from .distributed import (
     any_across,
     average_gradients,
@@ -159,14 +167,6 @@ def bucket_grid_for(cfg: TrainConfig, pipe: Any) -> list[Bucket]:
         raise StageError(f"train.bucket_step {step} is not a multiple of {multiple}, the base model's "
                          f"latent grid in pixels; use {multiple} or a multiple of it")
     return bucket_grid(cfg.resolution, step, cfg.min_bucket_side, cfg.max_bucket_side)
-
-
-def bucket_batches(buckets: list[Bucket], batch_size: int) -> list[list[int]]:
-    """Indices in order, grouped by bucket, cut into batches (validation's fixed batches)."""
-    groups: dict[Bucket, list[int]] = {}
-    for i, b in enumerate(buckets):
-        groups.setdefault(b, []).append(i)
-    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
 
 
 def make_conditioner(pipe: Any, family: str, cfg: TrainConfig, device: torch.device,
@@ -382,7 +382,8 @@ def train_lora(
         total, count = 0.0, 0
         unet.eval()
         with torch.no_grad():
-            for indices in bucket_batches(val_dataset.buckets, cfg.batch_size):
+            for indices in group_batches(list(range(len(val_dataset))), val_dataset.buckets,
+                                         cfg.batch_size):
                 samples = [val_dataset.sample(j) for j in indices]
                 latents = cond.latents(samples, None)
                 noise = torch.randn(latents.shape, generator=gen, device=device, dtype=latents.dtype)
