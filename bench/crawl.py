@@ -23,13 +23,11 @@ import os
 import resource
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -38,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from lora_factory.config import CrawlConfig  # noqa: E402
 from spiders.crawl import run_crawl  # noqa: E402
+from spiders.sources.loopback import QuietLog, send_body, serve_in_thread  # noqa: E402
 
 TEXT = (
     "The lighthouse keeper kept a careful log of every ship that passed the headland, the "
@@ -81,20 +80,13 @@ def make_site(
     return site
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietLog, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802
         entry = self.server.site.get(self.path)  # type: ignore[attr-defined]
         status, (ctype, body) = (200, entry) if entry else (404, ("text/plain", b"not found"))
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        send_body(self, status, ctype, body)
 
 
 @contextmanager
@@ -102,14 +94,8 @@ def serve(site: dict[str, tuple[str, bytes]]) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.site = site  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_in_thread(server, "bench-site") as base:
+        yield base
 
 
 def main() -> None:

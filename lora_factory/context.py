@@ -8,6 +8,7 @@ The stage logic itself stays a plain function of paths and config.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -29,16 +30,11 @@ from .tracking import Tracker
 
 def get_logger(name: str = "lora_factory") -> logging.Logger | logging.LoggerAdapter:
     """Prefect's run logger inside a flow or task (so lines reach the UI), else a std logger."""
-    try:
-        from prefect import get_run_logger
-        from prefect.exceptions import MissingContextError
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
 
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            pass
-    except ImportError:  # pragma: no cover - prefect is a dependency
-        pass
+    with contextlib.suppress(MissingContextError):
+        return get_run_logger()
     logger = logging.getLogger(name)
     if not logging.getLogger().handlers and not logger.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -13,7 +13,6 @@ error), ``/v1/images/`` (``page=N`` -> ``images_pageN.json``, ``page_size>20`` -
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from spiders.sources.loopback import QuietLog, send_body, serve_in_thread
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -76,28 +77,13 @@ def serve_fixtures(extra: dict[str, tuple[str, bytes]] | None = None) -> Iterato
     """Serve the fixtures on 127.0.0.1 (a free port) for the duration of the block."""
     state = FixtureServer(extra=dict(extra or {}))
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietLog, BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
             parts = urlsplit(self.path)
             state.requests.append(self.path)
             q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-            status, ctype, body = state.route(parts.path, q)
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, *state.route(parts.path, q))
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_in_thread(ThreadingHTTPServer(("127.0.0.1", 0), Handler), "fixture-api") as base:
+        state.base_url = base
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -210,7 +210,7 @@ def test_wall_clock_timeout_stops_the_crawl_cleanly(demo, tmp_path: Path) -> Non
 
 
 class _Interrupt(Exception):
-    pass
+    """Raised from the progress callback to stop a crawl part-way, as a crash would."""
 
 
 def test_interrupted_crawl_resumes_and_never_fetches_an_image_twice(tmp_path: Path) -> None:

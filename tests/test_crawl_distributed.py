@@ -24,7 +24,7 @@ LATENCY_S = 0.1  # per response: with 2 requests in flight per worker, one worke
 # the site before the other has started (Scrapy start-up takes seconds on a busy machine)
 
 
-def _redis_or_skip() -> Any:
+def _redis_or_fail() -> Any:
     """The machine's Redis. Its absence is a failure, not a skip: scale-out is tested for real."""
     server = redis.Redis.from_url(REDIS_URL)
     try:
@@ -89,7 +89,7 @@ def _paths(items: list[dict[str, Any]], base: str) -> dict[str, set[str]]:
 
 
 def test_two_workers_share_the_frontier(tmp_path: Path) -> None:
-    server = _redis_or_skip()
+    server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     site = generate_demo_site(tmp_path / "site", seed=0)
     try:
@@ -201,7 +201,7 @@ def test_run_workers_starts_n_workers_and_merges(tmp_path: Path) -> None:
     """What the crawl task does with crawl.workers=2: two named workers, one merged stage."""
     from spiders.distributed import run_workers
 
-    server = _redis_or_skip()
+    server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     site = generate_demo_site(tmp_path / "site", seed=0)
     lines: list[str] = []
@@ -242,7 +242,7 @@ def test_popped_requests_stay_in_flight_until_finished_and_can_be_requeued() -> 
     from spiders.distributed import RunKeys, requeue_orphans
     from spiders.inflight import InFlightQueue, requeue
 
-    server = _redis_or_skip()
+    server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     try:
         keys = RunKeys(f"{prefix}:requests", "a")
@@ -284,7 +284,7 @@ def test_a_killed_worker_loses_no_request(tmp_path: Path) -> None:
 
     from spiders.distributed import default_run_id, run_key
 
-    server = _redis_or_skip()
+    server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     site = generate_demo_site(tmp_path / "site", seed=0)
     try:
@@ -343,7 +343,7 @@ def test_bounds_are_the_runs_not_each_workers(tmp_path: Path, bound: str, limit:
     all; with per-worker counts each worker would."""
     from spiders.distributed import run_workers
 
-    server = _redis_or_skip()
+    server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     site = generate_demo_site(tmp_path / "site", seed=0)
     try:

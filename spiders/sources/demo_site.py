@@ -15,7 +15,6 @@ import html
 import io
 import json
 import random
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, ClassVar
 from PIL import Image, ImageEnhance, ImageFilter, PngImagePlugin
 
 from . import demo_drawings as drawings
+from .loopback import QuietLog, serve_in_thread
 
 TOPICS: tuple[str, ...] = ("lighthouse", "cactus", "sailboat")
 KINDS = (
@@ -416,7 +416,7 @@ def generate_demo_site(out_dir: Path, seed: int = 0) -> DemoSite:
     )
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
+class _QuietHandler(QuietLog, SimpleHTTPRequestHandler):
     """Static files with explicit content types and no per-request log lines."""
 
     extensions_map: ClassVar[dict[str, str]] = {
@@ -428,9 +428,6 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         ".jpg": "image/jpeg",
         ".jpeg": "image/jpeg",
     }
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 class _CountingHandler(_QuietHandler):
@@ -458,13 +455,5 @@ def serve_site(root: Path, hits: Counter[str] | None = None, port: int = 0) -> I
     except OSError:
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="demo-site", daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_in_thread(server, "demo-site") as base:
+        yield base

@@ -26,6 +26,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from .loopback import QuietLog, send_body, serve_in_thread
+
 SLOW_S = 0.5  # slower than usual, well within the crawler's timeout
 HANG_S = 4.0  # longer than the test's download_timeout_s
 HUGE_BYTES = 100 * 1024 * 1024
@@ -273,7 +275,7 @@ def _huge(with_length: bool) -> Callable[[Any], None]:
     return stream
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietLog, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
@@ -290,18 +292,9 @@ class _Handler(BaseHTTPRequestHandler):
             if route.stream is not None:
                 route.stream(self)
                 return
-            self.send_response(route.status)
-            self.send_header("Content-Type", route.content_type)
-            self.send_header("Content-Length", str(len(route.body)))
-            for k, v in route.headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(route.body)
+            send_body(self, route.status, route.content_type, route.body, route.headers)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 class _Server(ThreadingHTTPServer):
@@ -315,7 +308,7 @@ class _Server(ThreadingHTTPServer):
         self.stop = threading.Event()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client hanging up mid-body is expected here
+        """Silent: a client hanging up mid-body is what this site provokes."""
 
 
 @dataclass
@@ -332,14 +325,8 @@ class FaultSite:
 def serve_fault_site() -> Iterator[FaultSite]:
     """Serve the fault site on 127.0.0.1 (a free port) from a daemon thread."""
     server = _Server(build_routes())
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="fault-site", daemon=True
-    )
-    thread.start()
-    try:
-        yield FaultSite(f"http://127.0.0.1:{server.server_address[1]}", server.hits)
-    finally:
-        server.stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_in_thread(server, "fault-site") as base:
+        try:
+            yield FaultSite(base, server.hits)
+        finally:
+            server.stop.set()  # release slow responses before the shutdown waits for them
