@@ -88,38 +88,59 @@ def _paths(items: list[dict[str, Any]], base: str) -> dict[str, set[str]]:
     }
 
 
+def _single_process_paths(site: Any, out: Path) -> dict[str, set[str]]:
+    """The reference: a one-process crawl of ``site`` from its own server."""
+    with serve_site(site.root) as base:
+        run_crawl(site.topic_urls(base), out, _config())
+        return _paths(read_items(out / "items.parquet"), base)
+
+
+class _Workers:
+    """Named crawl workers (each ``run_crawl`` in a subprocess) on threads; their stats, or the
+    exception they ended with, by name."""
+
+    def __init__(self, site: Any, out: Path, config: CrawlConfig) -> None:
+        self.site, self.out, self.config = site, out, config
+        self.base = ""  # set once the site is served
+        self.results: dict[str, Any] = {}
+
+    def _run(self, name: str) -> None:
+        try:
+            self.results[name] = run_crawl(self.site.topic_urls(self.base), self.out, self.config,
+                                           worker=name)
+        except BaseException as exc:  # reported by run_all / the test
+            self.results[name] = exc
+
+    def start(self, name: str) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(name,))
+        thread.start()
+        return thread
+
+    def run_all(self, *names: str) -> None:
+        """Run ``names`` side by side to the end; fail on any worker's exception."""
+        for thread in [self.start(n) for n in names]:
+            thread.join(timeout=120)
+        for name in names:
+            assert not isinstance(self.results.get(name), BaseException), self.results.get(name)
+
+
 def test_two_workers_share_the_frontier(tmp_path: Path) -> None:
     server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     site = generate_demo_site(tmp_path / "site", seed=0)
     try:
-        # The reference: one process, its own server.
-        with serve_site(site.root) as base1:
-            single_out = tmp_path / "single"
-            run_crawl(site.topic_urls(base1), single_out, _config())
-            single = _paths(read_items(single_out / "items.parquet"), base1)
+        single = _single_process_paths(site, tmp_path / "single")
 
         hits = RequestLog()
         out = tmp_path / "distributed"
-        config = _config(redis_url=REDIS_URL, redis_key_prefix=prefix)
-        results: dict[str, Any] = {}
-
-        def worker(name: str) -> None:
-            try:
-                results[name] = run_crawl(site.topic_urls(base2), out, config, worker=name)
-            except BaseException as exc:  # reported below
-                results[name] = exc
+        workers = _Workers(site, out, _config(redis_url=REDIS_URL, redis_key_prefix=prefix))
+        results = workers.results
 
         started = time.monotonic()
         with serve_site(site.root, hits=hits) as base2:
-            threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=120)
+            workers.base = base2
+            workers.run_all("a", "b")
         seconds = time.monotonic() - started
-        for name in ("a", "b"):
-            assert not isinstance(results.get(name), BaseException), results.get(name)
 
         # No URL fetched twice across both processes (each fetches robots.txt for itself).
         fetched = Counter(hits.paths)
@@ -288,25 +309,18 @@ def test_a_killed_worker_loses_no_request(tmp_path: Path) -> None:
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     site = generate_demo_site(tmp_path / "site", seed=0)
     try:
-        with serve_site(site.root) as base1:
-            run_crawl(site.topic_urls(base1), tmp_path / "single", _config())
-            single = _paths(read_items(tmp_path / "single" / "items.parquet"), base1)
+        single = _single_process_paths(site, tmp_path / "single")
 
         hits = RequestLog()
         out = tmp_path / "distributed"
         config = _config(redis_url=REDIS_URL, redis_key_prefix=prefix)
-        results: dict[str, Any] = {}
-
-        def worker(name: str) -> None:
-            try:
-                results[name] = run_crawl(site.topic_urls(base2), out, config, worker=name)
-            except BaseException as exc:  # reported below
-                results[name] = exc
+        workers = _Workers(site, out, config)
+        results = workers.results
 
         with serve_site(site.root, hits=hits) as base2:
+            workers.base = base2
             keys = run_key(config, default_run_id(out))
-            killed = threading.Thread(target=worker, args=("a",))
-            killed.start()
+            killed = workers.start("a")
             deadline = time.monotonic() + 90
             while not (len(hits.paths) >= 15 and server.hlen(f"{keys}:inflight:a")):
                 assert time.monotonic() < deadline, f"worker a never got going: {hits.paths}"
@@ -320,13 +334,7 @@ def test_a_killed_worker_loses_no_request(tmp_path: Path) -> None:
             assert held, "the killed worker held no request"
             assert "exit code -9" in str(results["a"])
 
-            threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(timeout=120)
-        for name in ("a", "b"):
-            assert not isinstance(results.get(name), BaseException), results.get(name)
+            workers.run_all("a", "b")
 
         assert held <= set(hits.paths[kill_at:]), "a request the killed worker held was lost"
         stats = merge_parts(out)
