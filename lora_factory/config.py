@@ -175,7 +175,7 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(1, ge=1)
     # Data-parallel processes (one per GPU; CPU processes work too). >1: the train task starts
-    # them with torchrun; `accelerate launch -m training.launch` works the same way.
+    # them with torchrun; `accelerate launch --multi_gpu -m training.launch` works the same way.
     num_processes: int = Field(1, ge=1)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     # Data: aspect-ratio buckets (never upscaled; a batch never mixes buckets) and augmentation.

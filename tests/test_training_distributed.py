@@ -54,3 +54,28 @@ def test_a_failing_multiprocess_run_is_a_one_line_error(model_cache: Path, tmp_p
     with pytest.raises(StageError, match="does not exist") as info:
         run_multiprocess(spec, 2, tmp_path / "work")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.timeout(600)
+def test_accelerate_launch_runs_the_same_entry(model_cache: Path, tmp_path: Path) -> None:
+    """``accelerate launch --multi_gpu`` sets the same environment as torchrun; with no GPU
+    visible its processes fall back to gloo on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    dataset = write_dataset(tmp_path / "ds", [(64, 64), (80, 64), (64, 80), (96, 96)])
+    spec = {"base_ref": "tiny:sd", "family": "sd15", "dataset_dir": str(dataset),
+            "train": small_cfg(max_steps=2, batch_size=1, num_processes=2).model_dump(),
+            "out_dir": str(tmp_path / "lora"), "cache_dir": str(model_cache), "seed": 0}
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "spec.json").write_text(json.dumps(spec))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training.launch",
+         str(tmp_path / "work" / "spec.json")],
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "lora" / "training_args.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "work" / "result.json").read_text())["steps"] == 2

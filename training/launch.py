@@ -2,7 +2,7 @@
 
 Each process runs ``python -m training.launch SPEC.json`` under a launcher that sets the
 distributed environment — ``torchrun --nproc_per_node N`` (what the train task uses) or
-``accelerate launch --num_processes N -m training.launch SPEC.json`` on a GPU box. The spec
+``accelerate launch --multi_gpu --num_processes N -m training.launch SPEC.json``. The spec
 holds ``train_lora``'s arguments; rank 0 appends each step's metrics to ``metrics.jsonl`` and
 writes ``result.json``. The parent follows both files while the processes run, so metrics and
 sample grids reach MLflow live, as in a single-process run.
