@@ -22,9 +22,9 @@ from pydantic import BaseModel
 
 from .config import FactoryConfig
 from .errors import FactoryError
+from .home import home_of, run_store_for
 from .manifest import refresh_run_manifest
-from .runstore import DONE, FAILED, RUNNING, STAGES, RunDir, RunStore
-from .storage import open_store
+from .runstore import DONE, FAILED, RUNNING, STAGES, RunDir
 from .tracking import Tracker
 
 
@@ -49,20 +49,15 @@ class RunRef(BaseModel):
     topics: list[str]
     config: FactoryConfig
 
-    def run_store(self) -> RunStore:
-        cfg = self.config
-        store = open_store(cfg.store.root, cfg.store.s3_endpoint_url)
-        return RunStore(store, Path(cfg.home) / "work")
-
     def run_dir(self) -> RunDir:
-        return self.run_store().open(self.run_id)
+        return run_store_for(self.config).open(self.run_id)
 
     def tracker(self) -> Tracker:
         return make_tracker(self.config)
 
 
 def make_tracker(cfg: FactoryConfig) -> Tracker:
-    return Tracker(cfg.tracking.uri, cfg.tracking.experiment, Path(cfg.home) / "mlartifacts")
+    return Tracker(cfg.tracking.uri, cfg.tracking.experiment, home_of(cfg).mlartifacts)
 
 
 @dataclass

@@ -14,8 +14,9 @@ from typing import Any
 from .config import FactoryConfig
 from .context import RunRef, make_tracker
 from .errors import ConfigError, StoreError
+from .home import run_store_for
 from .profiles import config_from_data
-from .runstore import DONE, STAGES, RunStore, now_iso
+from .runstore import DONE, STAGES, now_iso
 from .storage import open_store
 from .tracking import check_tracking_uri, flatten_params
 
@@ -79,10 +80,6 @@ def git_sha() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def run_store_for(cfg: FactoryConfig) -> RunStore:
-    return RunStore(open_store(cfg.store.root, cfg.store.s3_endpoint_url), Path(cfg.home) / "work")
 
 
 def start_run(cfg: FactoryConfig, topics: list[str]) -> RunRef:

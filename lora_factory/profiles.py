@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from .config import FactoryConfig
 from .errors import ConfigError
+from .home import Home
 
 ENV_PREFIX = "LORA_FACTORY_"
 # Variables with the prefix that are not config keys (they steer the CLI or tests).
@@ -180,5 +181,14 @@ def finalize(cfg: FactoryConfig) -> FactoryConfig:
     elif "://" not in cfg.store.root:
         cfg.store.root = str(Path(cfg.store.root).expanduser().resolve())
     if not cfg.tracking.uri:
-        cfg.tracking.uri = f"sqlite:///{home / 'mlflow.db'}"
+        cfg.tracking.uri = f"sqlite:///{Home(home).mlflow_db}"
     return cfg
+
+
+def location_config(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> FactoryConfig:
+    """Settings for commands that only read runs (``runs``, ``explain``, ``ui``): where the home,
+    store and tracking store are. No profile is involved: they describe runs, not make them."""
+    env = env_overrides(os.environ if environ is None else environ)
+    return config_from_data({}, [env, dict(overrides or {})], "settings")

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from lora_factory.config import EvaluateConfig
 from lora_factory.context import RunRef, run_stage
 from lora_factory.errors import StageError
+from lora_factory.home import home_of
 
 from ._prefect import stage_task
 from .tune import load_train_config
@@ -239,7 +240,7 @@ def evaluate_task(ref: RunRef) -> dict[str, Any]:
                        "clip_scorer": cfg.models.clip_scorer})
         result = evaluate_lora(
             cfg.models.base, cfg.models.base_family, st.input("train") / "lora", prompts, cfg.evaluate,
-            cfg.models.clip_scorer, Path(cfg.home) / "models", st.out, resolution,
+            cfg.models.clip_scorer, home_of(cfg).models, st.out, resolution,
         )
         st.log_metrics({"clip_t_base": result["base"]["clip_t_mean"],
                         "clip_t_lora": result["lora"]["clip_t_mean"],

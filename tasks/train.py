@@ -16,6 +16,7 @@ from typing import Any
 
 from lora_factory.config import TrainConfig
 from lora_factory.context import RunRef, Stage, run_stage
+from lora_factory.home import home_of
 from training.callbacks import Callback, StepLedger, TrainState
 from training.launch import run_multiprocess
 from training.trainer import train_lora
@@ -47,12 +48,12 @@ def _train(st: Stage, tcfg: TrainConfig, ledger: StepLedger) -> dict[str, Any]:
     cfg = st.config
     kwargs: dict[str, Any] = {
         "checkpoint_dir": st.scratch / "checkpoints",
-        "feature_cache_dir": Path(cfg.home) / "cache" / "train",
+        "feature_cache_dir": home_of(cfg).train_cache,
         "samples_dir": st.out / "samples",
         "card": {"trigger_word": cfg.label.trigger_word},
     }
     args = (cfg.models.base, cfg.models.base_family, st.input("label") / "dataset", tcfg, st.out / "lora",
-            Path(cfg.home) / "models", cfg.seed)
+            home_of(cfg).models, cfg.seed)
     if tcfg.num_processes == 1:
         result = train_lora(*args, on_step=ledger, callbacks=[MlflowSamples(st)], **kwargs)
         return asdict(result)

@@ -8,6 +8,7 @@ import numpy as np
 
 from lora_factory.config import ModelsConfig
 from lora_factory.context import RunRef, run_stage
+from lora_factory.home import home_of
 
 from .._prefect import stage_task
 from .stage import STAGE, CurateModels, run_curate
@@ -32,7 +33,7 @@ def curate_task(ref: RunRef) -> dict[str, int]:
     with run_stage(ref, STAGE) as st:
         cfg = st.config
         st.log_params({k: str(v) for k, v in cfg.curate.model_dump().items()})
-        models = load_models(cfg.models, Path(cfg.home) / "models")
+        models = load_models(cfg.models, home_of(cfg).models)
         try:
             result = run_curate(st.input("crawl"), cfg.curate, st.out, models, seed=cfg.seed)
         finally:

@@ -1,0 +1,24 @@
+"""The Typer app: one command per function, each in the module of its kind."""
+
+from __future__ import annotations
+
+import typer
+
+from . import look, run, settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Turn a list of topics into a trained, evaluated and registered LoRA adapter.",
+)
+app.command()(run.run)
+app.command()(run.demo)
+app.command()(look.runs)
+app.command()(look.explain)
+app.command()(look.ui)
+app.command()(settings.config)
+app.command()(settings.profiles)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
