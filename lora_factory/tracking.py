@@ -6,6 +6,7 @@ process-global state, which Prefect's task threads would share. Every call here 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -66,6 +67,45 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
             )
 
 
+# Where MLflow's SQL schema records artefact locations (absolute URIs of the machine that wrote them).
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("model_versions", "storage_location"), ("logged_models", "artifact_location"))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def follow_moved_home(uri: str, artifact_root: Path) -> int:
+    """Point the artefact locations of a home's own SQLite tracking store at this home.
+
+    MLflow records absolute artefact URIs. When a home folder (``mlflow.db`` beside
+    ``mlartifacts/``) is moved or copied to another path or machine, those URIs name the old
+    place; this rewrites the old prefix to the home's ``mlartifacts`` so runs, their artefacts
+    and registered versions open where they are now. A database outside its home (one shared
+    by several homes) is left alone. Returns the number of rows changed.
+    """
+    import sqlite3
+
+    db = sqlite_path(uri)
+    root = Path(artifact_root).resolve()
+    if db is None or not db.is_file() or db.resolve().parent != root.parent:
+        return 0
+    wanted = root.as_uri()
+    changed = 0
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        olds = {loc for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+                if loc and loc != wanted and loc.startswith("file://") and loc.endswith(f"/{root.name}")}
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for old in olds:
+            for table, column in _LOCATION_COLUMNS:
+                if table in tables:
+                    changed += con.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 - fixed names
+                        f"WHERE substr({column}, 1, ?) = ?", (wanted, len(old) + 1, len(old), old)).rowcount
+    return changed
+
+
 class Tracker:
     """A thin, explicit-run-id wrapper over ``MlflowClient`` for the factory's runs."""
 
@@ -73,6 +113,8 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        if artifact_root is not None:
+            follow_moved_home(uri, artifact_root)
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.experiment_id = self._experiment(experiment, artifact_root)
 

@@ -66,3 +66,31 @@ def test_a_reopened_run_records_changed_params_as_tags(tmp_path: Path) -> None:
     assert data.params["curate.min_side"] == "100000"  # what the failed attempt ran with
     assert data.tags["resumed.curate.min_side"] == "64"
     assert data.params["extra"] == "1" and "resumed.curate.exact_dedup" not in data.tags
+
+
+def test_a_moved_home_still_opens_its_runs_and_artifacts(tmp_path: Path) -> None:
+    """MLflow records absolute artefact URIs; a home folder copied elsewhere (another machine)
+    must still open its runs' artefacts and registered versions."""
+    import shutil
+
+    old = tmp_path / "old" / "home"
+    tracker = Tracker(f"sqlite:///{old}/mlflow.db", "exp", old / "mlartifacts")
+    run = tracker.start_parent("p")
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "weights.safetensors").write_bytes(b"w")
+    tracker.log_artifacts(run, lora, "lora")
+    version = tracker.register("m", run, "lora")
+    new = tmp_path / "elsewhere" / "home"
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+
+    moved = Tracker(f"sqlite:///{new}/mlflow.db", "exp", new / "mlartifacts")
+    assert moved.experiment_id == tracker.experiment_id
+    assert moved.artifact_uri(run).startswith((new / "mlartifacts").as_uri())
+    got = moved.client.download_artifacts(run, "lora/weights.safetensors", str(tmp_path))
+    assert Path(got).read_bytes() == b"w"
+    assert moved.client.get_model_version("m", version).run_id == run
+    # A database shared by several homes (not inside this one) is never rewritten.
+    shared = Tracker(f"sqlite:///{new}/mlflow.db", "exp", tmp_path / "other-home" / "mlartifacts")
+    assert shared.artifact_uri(run).startswith((new / "mlartifacts").as_uri())
