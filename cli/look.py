@@ -21,7 +21,12 @@ def runs(store: StoreOpt = None, home: HomeOpt = None) -> None:
 
     try:
         rs = run_store_for(location_config(overrides(store=store, home=home)))
-        for run_id in rs.list():
+        ids = rs.list()
+        if not ids:
+            typer.echo(f"no runs in {rs.store.url} yet: start one with `lora-factory run -t TOPIC`, "
+                       "or point --store / --home at the store that holds them")
+            return
+        for run_id in ids:
             state = rs.open(run_id).state()
             stages = " ".join(f"{k}:{v.get('status', '?')}" for k, v in state["stages"].items())
             typer.echo(f"{run_id}  {state.get('status', 'running'):8s} {', '.join(state['topics'])}  [{stages}]")
@@ -36,26 +41,17 @@ def explain(
     home: HomeOpt = None,
 ) -> None:
     """Why is this image (not) in the run's dataset?"""
-    import io
-
-    import pyarrow.parquet as pq
-
+    from lora_factory.explain import explain_key
     from lora_factory.home import run_store_for
-    from lora_factory.manifest import explain as explain_rows
-    from lora_factory.runstore import STAGES
 
     try:
         run = run_store_for(location_config(overrides(store=store, home=home))).open(run_id)
-        data = run.store.read_bytes(f"{run.key}/manifest.parquet")
-        # pyarrow 25 aborts at interpreter exit ("terminate called without an active exception")
-        # in about half of short processes that read an in-memory buffer with threads.
-        table = pq.read_table(io.BytesIO(data), use_threads=False)
+        lines = explain_key(run, key)
     except FactoryError as e:
         fail(e)
-    lines = explain_rows(table, STAGES, key)
     if not lines:
-        typer.echo(f"no item of run {run_id} matches '{key}': the crawl never saw it "
-                   f"(see {run.url}/crawl/pages.parquet and crawl_stats.json)")
+        typer.echo(f"nothing in run {run_id} matches '{key}': the crawl never requested it "
+                   "(not linked from the pages it crawled, or beyond its bounds: see crawl_stats.json)")
         raise typer.Exit(1)
     typer.echo("\n".join(lines))
 
@@ -68,6 +64,7 @@ def ui(
 ) -> None:
     """Start the MLflow UI on the factory's tracking store."""
     from lora_factory.home import home_of
+    from lora_factory.tracking import follow_moved_home
 
     try:
         cfg = location_config(overrides(home=home, tracking_uri=tracking_uri))
@@ -79,6 +76,7 @@ def ui(
         return
     typer.echo(f"MLflow UI for {uri}: open http://{host}:{port} (Ctrl-C stops it)")
     artifacts = home_of(cfg).mlartifacts
+    follow_moved_home(uri, artifacts)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--default-artifact-root", artifacts.as_uri(), "--host", host, "--port", str(port)]
     raise typer.Exit(subprocess.call(cmd))
