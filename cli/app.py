@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import look, run, settings
+from . import dag, look, run, settings
 
 app = typer.Typer(
     add_completion=False,
@@ -18,6 +18,7 @@ app.command()(look.explain)
 app.command()(look.ui)
 app.command()(settings.config)
 app.command()(settings.profiles)
+app.command()(dag.dag)
 
 
 def main() -> None:  # pragma: no cover - console entry point

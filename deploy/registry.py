@@ -6,12 +6,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lora_factory.catalog import TRAIN_LORA
 from lora_factory.config import DeployConfig
 from lora_factory.tracking import Tracker
 
 from .gate import gate
 
 CLIP_T_TAG = "clip_t_lora"
+ARTIFACT_PATH = TRAIN_LORA.path  # the adapter's folder: the same name in the run dir and in MLflow
 
 
 def champion_score(tracker: Tracker, cfg: DeployConfig) -> float | None:
@@ -35,12 +37,12 @@ def register_lora(
 
     Returns the record written to ``deploy/decision.json``.
     """
-    tracker.log_artifacts(mlflow_run_id, lora_dir, "lora")
+    tracker.log_artifacts(mlflow_run_id, lora_dir, ARTIFACT_PATH)
     decision = gate(eval_result, cfg, champion_score(tracker, cfg))
     version = tracker.register(
         cfg.registered_model_name,
         mlflow_run_id,
-        "lora",
+        ARTIFACT_PATH,
         tags={**tags, CLIP_T_TAG: f"{decision.clip_t_lora:.6f}",
               "clip_t_delta": f"{decision.clip_t_delta:.6f}"},
         description=f"LoRA for {tags.get('topics', '?')}: {decision.reason}",

@@ -1,8 +1,11 @@
 """The ``lora-factory`` flow: topics in, a registered LoRA out.
 
-Each stage is a task that reads and writes the run directory; the flow only decides which
-stages still have to run (so ``resume_run_id`` continues a crashed run from its first
-unfinished stage) and records how the run ended.
+Each stage is a task that reads and writes the run directory. The order and the edges come
+from the stage catalog's declarations (``lora_factory.catalog``): each task waits for the tasks
+whose outputs it reads, so Prefect's run graph shows the real DAG, and the run attaches the DAG
+as a markdown artifact. The flow only decides which stages still have to run (so
+``resume_run_id`` continues a crashed run from its first unfinished stage) and records how the
+run ended.
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
-from lora_factory.context import get_logger
+from lora_factory import catalog
+from lora_factory.context import RunRef, get_logger
+from lora_factory.dag import render_markdown
 from lora_factory.errors import FactoryError
 from lora_factory.lifecycle import (
     check_services,
@@ -39,6 +45,25 @@ STAGE_TASKS = {
     "evaluate": evaluate_task,
     "deploy": deploy_task,
 }
+
+
+def run_stages(ref: RunRef, todo: list[str]) -> dict[str, Any]:
+    """Run ``todo`` in catalog order; each task waits for the upstream tasks of this flow run
+    (stages done in an earlier attempt have no task here: their outputs are already there)."""
+    states: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    for stage in todo:
+        upstream = [states[s] for s in catalog.spec(stage).upstream() if s in states]
+        state = STAGE_TASKS[stage](ref, wait_for=upstream, return_state=True)
+        results[stage] = state.result()  # re-raises the stage's error
+        states[stage] = state
+    return results
+
+
+def _attach_dag(ref: RunRef) -> None:
+    status = {s: v.get("status", "") for s, v in ref.run_dir().state()["stages"].items()}
+    create_markdown_artifact(render_markdown(status), key="lora-factory-dag",
+                             description=f"The stages of run {ref.run_id} and what each reads and writes")
 
 
 def build_overrides(
@@ -72,10 +97,9 @@ def lora_factory(
         ref = start_run(cfg, preflight(cfg, topics))
     todo = pending_stages(ref)
     log.info("run %s: stages to run: %s", ref.run_id, ", ".join(todo) or "none")
-    results: dict[str, Any] = {}
+    _attach_dag(ref)
     try:
-        for stage in todo:
-            results[stage] = STAGE_TASKS[stage](ref)
+        results = run_stages(ref, todo)
     except FactoryError as e:
         finish_run(ref, ok=False, error=str(e))
         raise

@@ -20,8 +20,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from . import catalog
+from .catalog import Output, StageSpec
 from .config import FactoryConfig
-from .errors import FactoryError
+from .errors import FactoryError, StageError
 from .home import home_of, run_store_for
 from .manifest import refresh_run_manifest
 from .runstore import DONE, FAILED, RUNNING, STAGES, RunDir
@@ -78,9 +80,38 @@ class Stage:
     def config(self) -> FactoryConfig:
         return self.ref.config
 
-    def input(self, stage: str) -> Path:
-        """A previous stage's committed outputs, as a local folder."""
-        return self.run.stage_path(stage)
+    @property
+    def spec(self) -> StageSpec:
+        return catalog.spec(self.name)
+
+    def input_dir(self, output: Output) -> Path:
+        """The local folder of the stage that wrote ``output`` (a declared input), for paths
+        stored relative to it (crawl items' ``image_path``)."""
+        if output not in self.spec.reads:
+            raise StageContractError(
+                f"stage '{self.name}' reads {output.key} without declaring it: add it to its reads in lora_factory/catalog.py")
+        return self.run.stage_path(output.stage)
+
+    def input_path(self, output: Output) -> Path:
+        """Where a declared input is, as a local file or folder."""
+        return output.at(self.input_dir(output))
+
+    def read(self, output: Output) -> Any:
+        """A declared input, read with its catalog format (table, JSON, model, folder path...)."""
+        return output.read(self.input_dir(output))
+
+    def output_path(self, output: Output) -> Path:
+        """Where to write a declared output inside the staging folder."""
+        if output not in self.spec.writes:
+            raise StageContractError(
+                f"stage '{self.name}' writes {output.key} without declaring it: add it to its writes in lora_factory/catalog.py")
+        path = output.at(self.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write(self, output: Output, data: Any) -> Path:
+        self.output_path(output)
+        return output.write(self.out, data)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.tracker.log_params(self.mlflow_run_id, params)
@@ -97,10 +128,38 @@ class Stage:
         self.tracker.log_artifacts(self.mlflow_run_id, folder, artifact_path)
 
 
+class StageContractError(RuntimeError):
+    """A stage used an output it did not declare in the catalog: a bug, not a user error."""
+
+
+def missing_inputs(run: RunDir, spec: StageSpec) -> list[str]:
+    """One line per declared input that is not there, naming the stage that makes it."""
+    lines = []
+    for out in spec.reads:
+        status = run.stage_status(out.stage)
+        if status != DONE:
+            lines.append(f"{out.run_path} ({out.key}) is missing: stage '{out.stage}' makes it and is {status}")
+            continue
+        if not out.exists(run.stage_path(out.stage)):
+            lines.append(f"{out.run_path} ({out.key}) is missing although stage '{out.stage}' is done: "
+                         f"re-run '{out.stage}'")
+    return lines
+
+
+def unwritten_outputs(spec: StageSpec, out_dir: Path) -> list[str]:
+    return [o.run_path for o in spec.writes if o.required and not o.exists(out_dir)]
+
+
 @contextmanager
 def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
     """Open stage ``name`` of the run; see the module docstring for what it guarantees."""
     run = ref.run_dir()
+    spec = catalog.spec(name)
+    missing = missing_inputs(run, spec)
+    if missing:
+        line = f"{name} cannot start: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        run.set_stage(name, FAILED, error=line)
+        raise StageError(line)
     tracker = ref.tracker()
     log = get_logger()
     previous = run.state()["stages"].get(name, {})
@@ -120,6 +179,10 @@ def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
             stage = Stage(name, ref, run, tracker, mlflow_run_id, out, run.scratch_dir(name), log)
             try:
                 yield stage
+                unwritten = unwritten_outputs(spec, out)
+                if unwritten:
+                    raise StageContractError(
+                        f"stage '{name}' did not write {', '.join(unwritten)}, which it declares")
             except BaseException:
                 _keep_partial_outputs(tracker, mlflow_run_id, out)
                 raise

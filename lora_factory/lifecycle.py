@@ -14,7 +14,7 @@ from typing import Any
 from .config import FactoryConfig
 from .context import RunRef, make_tracker
 from .errors import ConfigError, StoreError
-from .home import run_store_for
+from .home import Home, run_store_for
 from .profiles import config_from_data
 from .runstore import DONE, STAGES, now_iso
 from .storage import open_store
@@ -103,6 +103,19 @@ def start_run(cfg: FactoryConfig, topics: list[str]) -> RunRef:
     return RunRef(run_id=run.run_id, parent_run_id=parent, topics=topics, config=cfg)
 
 
+def with_current_locations(saved: FactoryConfig, current: FactoryConfig, recorded: Mapping[str, Any]) -> FactoryConfig:
+    """A resumed run keeps what it does (topics, stage settings) but takes where things are from
+    this invocation: the home, and the store it was found in. A tracking store that was the
+    recorded home's default follows the home too, so a moved or copied home resumes."""
+    out = saved.model_copy(deep=True)
+    out.home = current.home
+    out.store = current.store.model_copy()
+    old_default = f"sqlite:///{Home(Path(recorded.get('home', ''))).mlflow_db}"
+    if saved.tracking.uri == old_default:
+        out.tracking.uri = current.tracking.uri
+    return out
+
+
 def resume_run(cfg: FactoryConfig, run_id: str, overrides: Mapping[str, Any] | None = None) -> RunRef:
     """Reopen ``run_id`` (found through ``cfg``'s store) to run its unfinished stages.
 
@@ -115,6 +128,7 @@ def resume_run(cfg: FactoryConfig, run_id: str, overrides: Mapping[str, Any] | N
     if "mlflow_parent_run_id" not in state:
         raise StoreError(f"run '{run_id}' never started tracking: start a new run instead")
     saved = config_from_data(state["config"], [dict(overrides or {})], f"run {run_id} with overrides")
+    saved = with_current_locations(saved, cfg, state["config"])
     resumes = state.get("resumes", []) + [{"at": now_iso(), "overrides": dict(overrides or {})}]
     run.update(config=saved.model_dump(mode="json"), resumes=resumes, status="running", error=None)
     make_tracker(saved).reopen(state["mlflow_parent_run_id"])

@@ -9,14 +9,17 @@ them into ``run.json``'s sibling ``manifest.parquet`` with a decision and reason
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import StageError, StoreError
+from .catalog import CRAWL_ITEMS, decision_outputs
+from .errors import StoreError
+from .schemas import DECISION_SCHEMA, ITEM_SCHEMA
+from .tables import read_table, write_table
 
 # Reasons a stage may give for dropping an item. Stages may add their own (``str``), but the
 # common ones are named here so reports and tests agree on spelling.
@@ -44,80 +47,13 @@ DROP_REASONS = (
     "held_out",
 )
 
+MANIFEST_NAME = "manifest.parquet"  # at the run's top level, beside run.json
 KEEP = "keep"
 DROP = "drop"
-
-ITEM_SCHEMA = pa.schema(
-    [
-        pa.field("item_id", pa.string(), nullable=False),  # sha256 hex of the image bytes
-        pa.field("image_path", pa.string(), nullable=False),  # relative to the crawl dir
-        pa.field("image_url", pa.string(), nullable=False),
-        pa.field("page_url", pa.string(), nullable=False),
-        pa.field("page_title", pa.string()),
-        pa.field("alt_text", pa.string()),
-        pa.field("title_text", pa.string()),
-        pa.field("figure_caption", pa.string()),
-        pa.field("surrounding_text", pa.string()),
-        pa.field("topic", pa.string()),
-        pa.field("license", pa.string(), nullable=False),  # SPDX-ish id or "unknown"
-        pa.field("license_url", pa.string()),
-        pa.field("author", pa.string()),
-        pa.field("robots", pa.string()),  # the opt-out decision that let it through
-        pa.field("crawl_time", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("num_bytes", pa.int64(), nullable=False),
-        pa.field("mime_type", pa.string(), nullable=False),
-        pa.field("other_urls", pa.list_(pa.string())),  # same bytes seen at these image URLs
-    ]
-)
-
-DECISION_SCHEMA = pa.schema(
-    [
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("decision", pa.string(), nullable=False),  # "keep" | "drop"
-        pa.field("reason", pa.string()),  # one of DROP_REASONS (or a stage's own) when dropped
-        pa.field("score", pa.float64()),  # the value the reason was judged on, if any
-        pa.field("dup_of", pa.string()),  # item_id of the representative kept instead
-        pa.field("detail", pa.string()),  # a human sentence: "12x12 px < min_side 64"
-    ]
-)
-
 
 def item_id_for(data: bytes) -> str:
     """The item key: sha256 of the exact image bytes as downloaded."""
     return hashlib.sha256(data).hexdigest()
-
-
-def _table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
-    names = set(schema.names)
-    for i, row in enumerate(rows):
-        unknown = set(row) - names
-        if unknown:
-            raise ValueError(f"row {i} has columns not in the schema: {sorted(unknown)}")
-    return pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
-
-
-def write_table(path: Path, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> Path:
-    """Validate ``rows`` against ``schema`` and write them as parquet (atomically)."""
-    table = _table(rows, schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
-
-
-def read_table(path: Path, schema: pa.Schema) -> pa.Table:
-    """Read a parquet file and check it carries every column of ``schema``."""
-    if not path.exists():
-        raise StageError(f"{path} is missing: run the stage that writes it first")
-    table = pq.read_table(path, use_threads=False)  # small files; see cli.explain on threads
-    missing = [n for n in schema.names if n not in table.column_names]
-    if missing:
-        raise StageError(f"{path} lacks columns {missing}: it was written by another version")
-    return table.select(schema.names).cast(schema)
 
 
 def write_items(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -185,8 +121,10 @@ def build_manifest(
     )
 
 
-def explain(manifest: pa.Table, stages: Sequence[str], key: str) -> list[str]:
-    """Answer "why is this image (item id prefix, image URL or page URL) not in my dataset?"."""
+def explain(manifest: pa.Table, stages: Sequence[str], key: str,
+            kept_note: Callable[[str], str] | None = None) -> list[str]:
+    """Answer "why is this image (item id prefix, image URL or page URL) not in my dataset?".
+    ``kept_note(item_id)`` adds to the line of an item every stage kept (its caption...)."""
     lines: list[str] = []
     for row in manifest.to_pylist():
         urls = {row["image_url"], row["page_url"], *(row.get("other_urls") or [])}
@@ -203,7 +141,8 @@ def explain(manifest: pa.Table, stages: Sequence[str], key: str) -> list[str]:
                 lines.append(f"{verdict}: dropped by {stage}, reason {row[f'{stage}_reason']}{extra}{detail}")
                 break
         else:
-            lines.append(f"{verdict}: kept through {', '.join(s for s in stages if row.get(f'{s}_decision'))}")
+            note = kept_note(row["item_id"]) if kept_note else ""
+            lines.append(f"{verdict}: kept through {', '.join(s for s in stages if row.get(f'{s}_decision'))}{note}")
     return lines
 
 
@@ -216,20 +155,23 @@ def refresh_run_manifest(run: Any, stages: Sequence[str]) -> pa.Table | None:
     import io
 
     try:
-        crawl_dir = run.stage_path("crawl")
+        items = CRAWL_ITEMS.read(run.stage_path(CRAWL_ITEMS.stage)).to_pylist()
     except StoreError:
         return None
-    items = read_items(crawl_dir / "items.parquet")
     by_stage: dict[str, list[dict[str, Any]]] = {}
+    decisions = {o.stage: o for o in decision_outputs()}
     for stage in stages:
+        output = decisions.get(stage)
+        if output is None:
+            continue
         try:
-            path = run.stage_path(stage) / "decisions.parquet"
+            folder = run.stage_path(stage)
         except StoreError:
             continue
-        if path.exists():
-            by_stage[stage] = read_decisions(path)
+        if output.exists(folder):
+            by_stage[stage] = output.read(folder).to_pylist()
     table = build_manifest(items, by_stage)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    run.write_file("manifest.parquet", buf.getvalue())
+    run.write_file(MANIFEST_NAME, buf.getvalue())
     return table

@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .catalog import STAGES
 from .errors import StoreError
 from .storage import LocalStore, Store
 
-STAGES: tuple[str, ...] = ("crawl", "curate", "label", "tune", "train", "evaluate", "deploy")
+__all__ = ["STAGES", "RunDir", "RunStore"]
 PENDING, RUNNING, DONE, FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
 
 

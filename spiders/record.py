@@ -27,40 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-import pyarrow as pa
-
 from lora_factory.manifest import write_items, write_table
-
-PAGE_SCHEMA = pa.schema(
-    [
-        pa.field("url", pa.string(), nullable=False),
-        pa.field("status", pa.int32()),  # null when no response arrived
-        pa.field("depth", pa.int32(), nullable=False),
-        pa.field("title", pa.string()),
-        pa.field("topic", pa.string()),
-        pa.field("n_images", pa.int32(), nullable=False),
-        # "parsed" | "rejected" (quality, relevance) | "skipped" (not HTML) | "error"
-        pa.field("decision", pa.string(), nullable=False),
-        # why not parsed: http_404, robots_txt, private_address, ad_farm, language, off_topic...;
-        # for a parsed page an opt-out note: noai (its images were not downloaded)
-        pa.field("reason", pa.string()),
-        pa.field("detail", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("text_entropy", pa.float64()),
-        pa.field("ad_ratio", pa.float64()),
-        pa.field("relevance", pa.float64()),
-    ]
-)
-
-REJECTED_SCHEMA = pa.schema(
-    [
-        pa.field("url", pa.string(), nullable=False),  # the image URL
-        pa.field("page_url", pa.string()),
-        pa.field("topic", pa.string()),
-        pa.field("reason", pa.string(), nullable=False),  # too_small, not_image, undecodable...
-        pa.field("detail", pa.string()),
-    ]
-)
+from lora_factory.schemas import PAGE_SCHEMA, REJECTED_SCHEMA
 
 PROGRESS_EVERY = 10  # image outcomes between progress lines
 JOURNAL_NAME = "journal.jsonl"

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lora_factory.catalog import CRAWL_STATS
 from lora_factory.config import FactoryConfig
 from lora_factory.context import RunRef, get_logger, run_stage
 from lora_factory.home import home_of
@@ -81,7 +82,7 @@ def crawl_task(ref: RunRef) -> dict[str, Any]:
             else:
                 stats = run_crawl(urls, st.out, cfg.crawl, **common)
         st.log_metrics({k: float(v) for k, v in _numeric(stats).items()})
-        st.log_artifact(st.out / "crawl_stats.json")
+        st.log_artifact(st.output_path(CRAWL_STATS))
     return stats
 
 

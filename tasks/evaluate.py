@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -26,17 +25,24 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from lora_factory.catalog import (
+    EVAL_GRID,
+    EVAL_IMAGES,
+    EVAL_REPORT,
+    EVAL_RESULT,
+    TRAIN_LORA,
+    TUNE_TRAIN_CONFIG,
+)
 from lora_factory.config import EvaluateConfig
 from lora_factory.context import RunRef, run_stage
 from lora_factory.errors import StageError
 from lora_factory.home import home_of
+from training.lora import LORA_WEIGHT_NAME
 
 from ._prefect import stage_task
-from .tune import load_train_config
 
 STAGE = "evaluate"
 
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 MIN_CELL = 128  # tiny-profile images are 64 px: too small to see in a report
 LABEL_W = 56  # the row-label column ("base" / "LoRA")
 HEADER_LINES = 3  # prompt text lines above each column
@@ -185,7 +191,8 @@ def evaluate_lora(
     if not (lora_dir / LORA_WEIGHT_NAME).is_file():
         raise StageError(f"no LoRA weights at {lora_dir / LORA_WEIGHT_NAME}; run the train stage")
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    images_dir = EVAL_IMAGES.at(out_dir)
+    images_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device("auto")
 
     pipe = load_pipeline(base_ref, family, cache_dir, device=str(device))
@@ -195,8 +202,8 @@ def evaluate_lora(
     lora_images = generate_images(pipe, prompts, cfg, resolution, device)
     del pipe
     for i, (b, lo) in enumerate(zip(base_images, lora_images, strict=True)):
-        b.save(out_dir / "images" / f"base_{i}.png")
-        lo.save(out_dir / "images" / f"lora_{i}.png")
+        b.save(images_dir / f"base_{i}.png")
+        lo.save(images_dir / f"lora_{i}.png")
 
     scorer = load_clip_scorer(clip_ref, cache_dir, device=str(device))
     base_scores = score_images(scorer, base_images, prompts)
@@ -218,9 +225,9 @@ def evaluate_lora(
     result["clip_t_delta"] = result["lora"]["clip_t_mean"] - result["base"]["clip_t_mean"]
 
     grid = make_grid(base_images, lora_images, prompts)
-    grid.save(out_dir / "grid.png")
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "report.html").write_text(render_report(result, grid), encoding="utf-8")
+    EVAL_GRID.write(out_dir, grid)
+    EVAL_RESULT.write(out_dir, result)
+    EVAL_REPORT.write(out_dir, render_report(result, grid))
     return result
 
 
@@ -233,18 +240,18 @@ def prompts_for(templates: list[str], topics: list[str], trigger: str, max_topic
 def evaluate_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
         cfg = st.config
-        tcfg = load_train_config(st.input("tune"))
+        tcfg = st.read(TUNE_TRAIN_CONFIG)
         prompts = prompts_for(cfg.evaluate.prompts, ref.topics, cfg.label.trigger_word)
         resolution = cfg.evaluate.resolution or tcfg.resolution
         st.log_params({**cfg.evaluate.model_dump(), "resolved_prompts": prompts, "resolution": resolution,
                        "clip_scorer": cfg.models.clip_scorer})
         result = evaluate_lora(
-            cfg.models.base, cfg.models.base_family, st.input("train") / "lora", prompts, cfg.evaluate,
+            cfg.models.base, cfg.models.base_family, st.input_path(TRAIN_LORA), prompts, cfg.evaluate,
             cfg.models.clip_scorer, home_of(cfg).models, st.out, resolution,
         )
         st.log_metrics({"clip_t_base": result["base"]["clip_t_mean"],
                         "clip_t_lora": result["lora"]["clip_t_mean"],
                         "clip_t_delta": result["clip_t_delta"]})
-        for name in ("eval.json", "grid.png", "report.html"):
-            st.log_artifact(st.out / name)
+        for output in (EVAL_RESULT, EVAL_GRID, EVAL_REPORT):
+            st.log_artifact(st.output_path(output))
     return {"clip_t_delta": result["clip_t_delta"]}

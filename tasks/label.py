@@ -12,27 +12,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
+from lora_factory.catalog import (
+    CRAWL_IMAGES,
+    CURATE_DATASET,
+    LABEL_DATASET,
+    LABEL_DECISIONS,
+    LABEL_LABELS,
+)
 from lora_factory.config import LabelConfig
 from lora_factory.context import RunRef, run_stage
 from lora_factory.errors import StageError
-from lora_factory.manifest import decision, read_table, write_decisions, write_table
+from lora_factory.manifest import decision
+
+# The Hugging Face imagefolder convention, which our trainer and the diffusers examples read.
+from training.dataset import METADATA_FILE
 
 from ._prefect import stage_task
-from .curate import DATASET_SCHEMA
-from .curate.text import clean_text
+from ._text import clean_text
 
 STAGE = "label"
-LABELS_SCHEMA = pa.schema(
-    [
-        pa.field("item_id", pa.string(), nullable=False),
-        pa.field("file_name", pa.string(), nullable=False),
-        pa.field("caption", pa.string(), nullable=False),
-        pa.field("caption_source", pa.string(), nullable=False),
-    ]
-)
-
 def caption_for(item: dict[str, Any], cfg: LabelConfig) -> tuple[str, str]:
     """(caption, source) for one item: the first usable text, trigger word first."""
     for source in ("alt_text", "figure_caption", "title_text"):
@@ -51,8 +49,8 @@ class LabelResult:
 
 
 def label_items(items: list[dict[str, Any]], crawl_dir: Path, cfg: LabelConfig, out: Path) -> LabelResult:
-    """Write ``out/dataset/`` (image + .txt pairs, metadata.jsonl) and return the labels."""
-    dataset = out / "dataset"
+    """Write the training folder (image + .txt pairs, metadata.jsonl) and return the labels."""
+    dataset = LABEL_DATASET.at(out)
     dataset.mkdir(parents=True, exist_ok=True)
     labels, decisions, meta_lines = [], [], []
     for item in items:
@@ -69,15 +67,15 @@ def label_items(items: list[dict[str, Any]], crawl_dir: Path, cfg: LabelConfig, 
         labels.append({"item_id": item["item_id"], "file_name": file_name, "caption": caption,
                        "caption_source": source})
         decisions.append(decision(item["item_id"], STAGE, True, detail=f"caption from {source}"))
-    (dataset / "metadata.jsonl").write_text("\n".join(meta_lines) + ("\n" if meta_lines else ""))
+    (dataset / METADATA_FILE).write_text("\n".join(meta_lines) + ("\n" if meta_lines else ""))
     return LabelResult(labels, decisions)
 
 
 def run_label(curate_dir: Path, crawl_dir: Path, cfg: LabelConfig, out: Path) -> LabelResult:
-    items = read_table(curate_dir / "dataset.parquet", DATASET_SCHEMA).to_pylist()
+    items = CURATE_DATASET.read(curate_dir).to_pylist()
     result = label_items(items, crawl_dir, cfg, out)
-    write_table(out / "labels.parquet", result.labels, LABELS_SCHEMA)
-    write_decisions(out / "decisions.parquet", result.decisions)
+    LABEL_LABELS.write(out, result.labels)
+    LABEL_DECISIONS.write(out, result.decisions)
     if not result.labels:
         raise StageError("no image could be captioned: the pages had no alt text, captions or titles")
     return result
@@ -87,10 +85,10 @@ def run_label(curate_dir: Path, crawl_dir: Path, cfg: LabelConfig, out: Path) ->
 def label_task(ref: RunRef) -> dict[str, int]:
     with run_stage(ref, STAGE) as st:
         st.log_params(st.config.label.model_dump())
-        result = run_label(st.input("curate"), st.input("crawl"), st.config.label, st.out)
+        result = run_label(st.input_dir(CURATE_DATASET), st.input_dir(CRAWL_IMAGES), st.config.label, st.out)
         sources: dict[str, int] = {}
         for lab in result.labels:
             sources[f"caption_from_{lab['caption_source']}"] = sources.get(f"caption_from_{lab['caption_source']}", 0) + 1
         st.log_metrics({"labelled": len(result.labels), **sources})
-        st.log_artifact(st.out / "dataset" / "metadata.jsonl")
+        st.log_artifact(st.output_path(LABEL_DATASET) / METADATA_FILE)
     return {"labelled": len(result.labels)}

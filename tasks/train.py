@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lora_factory.catalog import LABEL_DATASET, TRAIN_LORA, TRAIN_SAMPLES, TUNE_TRAIN_CONFIG
 from lora_factory.config import TrainConfig
 from lora_factory.context import RunRef, Stage, run_stage
 from lora_factory.home import home_of
@@ -22,7 +23,6 @@ from training.launch import run_multiprocess
 from training.trainer import train_lora
 
 from ._prefect import stage_task
-from .tune import load_train_config
 
 STAGE = "train"
 
@@ -49,10 +49,10 @@ def _train(st: Stage, tcfg: TrainConfig, ledger: StepLedger) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "checkpoint_dir": st.scratch / "checkpoints",
         "feature_cache_dir": home_of(cfg).train_cache,
-        "samples_dir": st.out / "samples",
+        "samples_dir": st.output_path(TRAIN_SAMPLES),
         "card": {"trigger_word": cfg.label.trigger_word},
     }
-    args = (cfg.models.base, cfg.models.base_family, st.input("label") / "dataset", tcfg, st.out / "lora",
+    args = (cfg.models.base, cfg.models.base_family, st.input_path(LABEL_DATASET), tcfg, st.output_path(TRAIN_LORA),
             home_of(cfg).models, cfg.seed)
     if tcfg.num_processes == 1:
         result = train_lora(*args, on_step=ledger, callbacks=[MlflowSamples(st)], **kwargs)
@@ -68,7 +68,7 @@ def _train(st: Stage, tcfg: TrainConfig, ledger: StepLedger) -> dict[str, Any]:
 def train_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
         cfg = st.config
-        tcfg = load_train_config(st.input("tune"))
+        tcfg = st.read(TUNE_TRAIN_CONFIG)
         st.log_params({**tcfg.model_dump(), "base": cfg.models.base, "family": cfg.models.base_family})
         ledger = StepLedger(st.scratch / "logged_steps.json",
                             lambda step, metrics: st.log_metrics(metrics, step=step))
@@ -77,6 +77,6 @@ def train_task(ref: RunRef) -> dict[str, Any]:
                         "train_seconds": result["seconds"],
                         "latent_cache_hits": result["cache"]["latents"]["hits"],
                         "latent_cache_misses": result["cache"]["latents"]["misses"]})
-        st.log_artifacts(st.out / "lora", "lora")
+        st.log_artifacts(st.output_path(TRAIN_LORA), TRAIN_LORA.path)
     return {"steps": result["steps"], "final_loss": result["final_loss"],
             "resumed_from": result["resumed_from"], "stopped_early": result["stopped_early"]}

@@ -16,8 +16,9 @@ import pytest
 from lora_factory.config import LabelConfig
 from lora_factory.manifest import DECISION_SCHEMA
 from lora_factory.profiles import load_config
+from lora_factory.schemas import DATASET_SCHEMA
 from spiders.sources.demo_site import generate_demo_site
-from tasks.curate import DATASET_SCHEMA, load_embeddings, run_curate
+from tasks.curate import load_embeddings, run_curate
 from tasks.curate.task import load_models
 from tasks.label import run_label
 

@@ -13,6 +13,7 @@ from PIL import Image, ImageFilter
 from lora_factory.config import CurateConfig
 from lora_factory.errors import StageError
 from lora_factory.manifest import item_id_for, read_decisions, write_items
+from tasks._text import clean_text
 from tasks.curate import CurateModels, curate_items, load_embeddings, run_curate
 from tasks.curate.alignment import clip_checks, text_topic_check
 from tasks.curate.balance import composition_cap, source_cap
@@ -21,7 +22,7 @@ from tasks.curate.features import extract_features
 from tasks.curate.image_dedup import hash_near_duplicates
 from tasks.curate.semantic import semantic_dedup
 from tasks.curate.stats import mean_pairwise_cosine_distance, spectrum_stats
-from tasks.curate.text import clean_text, detect_languages, is_ad_text
+from tasks.curate.text import detect_languages, is_ad_text
 
 # ---------------------------------------------------------------- dedup core
 

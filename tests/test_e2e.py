@@ -187,3 +187,47 @@ def test_the_lora_loads_in_diffusers(factory_run: dict) -> None:
         pipe.load_lora_weights(factory_run["run_dir"] / "train" / "lora")
         after = pipe.unet(latents, 10, encoder_hidden_states=text).sample
     assert not torch.allclose(before, after)
+
+
+def test_explain_answers_for_crawl_refusals_pages_and_trained_images(factory_run: dict) -> None:
+    """Images the crawl refused have no item id, yet `explain` names their reason; a page URL
+    shows what became of the page; a kept image shows its caption and that it was trained on."""
+    from spiders.sources.demo_site import generate_demo_site
+
+    truth = generate_demo_site(factory_run["tmp"] / "site-explain", seed=0).ground_truth
+    run_dir = factory_run["run_dir"]
+    rejected = pq.read_table(run_dir / "crawl" / "rejected.parquet").to_pylist()
+    corrupt = next(r for r in rejected if truth.get(urlparse(r["url"]).path, {}).get("kind") == "corrupt")
+
+    def explain(key: str) -> str:
+        proc = run_cli("explain", run_dir.name, key, "--home", str(factory_run["home"]), cwd=factory_run["tmp"])
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert f"{corrupt['url']}: refused by crawl, reason {corrupt['reason']}" in explain(corrupt["url"])
+    page = pq.read_table(run_dir / "crawl" / "pages.parquet").to_pylist()[0]
+    assert f"page {page['url']}: {page['decision']}" in explain(page["url"])
+    labels = pq.read_table(run_dir / "label" / "labels.parquet").to_pylist()
+    kept = explain(labels[0]["item_id"][:16])
+    assert "kept through curate, label" in kept and f"{labels[0]['caption']!r}" in kept and "trained on" in kept
+
+
+def test_a_copied_home_lists_resumes_and_opens_its_runs(factory_run: dict) -> None:
+    """Copy the whole data folder elsewhere (as to another machine): its runs are listed, a
+    resume works from the copy, and MLflow's artefacts resolve inside the copy."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    home = factory_run["tmp"] / "copied" / "home"
+    shutil.copytree(factory_run["home"], home)
+    run_id = factory_run["run_dir"].name
+    listed = run_cli("runs", "--home", str(home), cwd=factory_run["tmp"])
+    assert listed.returncode == 0 and run_id in listed.stdout and "done" in listed.stdout
+    resumed = run_cli("run", "--resume", run_id, "--home", str(home), cwd=factory_run["tmp"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"run directory {home / 'runs' / run_id}" in resumed.stdout
+    state = json.loads((home / "runs" / run_id / "run.json").read_text())
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    parent = client.get_run(state["mlflow_parent_run_id"])
+    assert parent.info.artifact_uri.startswith((home / "mlartifacts").as_uri())

@@ -82,5 +82,10 @@ def test_deployment_run_with_topics_param(prefect_server: dict[str, str], tmp_pa
     flow_runs = prefect(env, "flow-run", "ls", "--state", "COMPLETED")
     assert "tiny: ['lighthouse']" in flow_runs.stdout
 
+    # The run attached its DAG (from the stage catalog) as a markdown artifact.
+    dag = prefect(env, "artifact", "inspect", "lora-factory-dag")
+    assert "crawl → curate → label → tune → train → evaluate → deploy" in dag.stdout
+    assert "curate/dataset.parquet" in dag.stdout
+
     nightly = prefect(env, "deployment", "inspect", "lora-factory/nightly")
     assert "0 2 * * *" in nightly.stdout

@@ -10,12 +10,14 @@ import pytest
 from PIL import Image
 
 from deploy.gate import gate
+from lora_factory.catalog import TUNE_TRAIN_CONFIG
 from lora_factory.config import CurateConfig, DeployConfig, LabelConfig, TrainConfig
 from lora_factory.errors import StageError
 from lora_factory.manifest import item_id_for, write_items
+from tasks._text import clean_text
 from tasks.curate import curate_items, run_curate
-from tasks.label import caption_for, clean_text, run_label
-from tasks.tune import load_train_config, run_tune
+from tasks.label import caption_for, run_label
+from tasks.tune import run_tune
 from training.tuner import DatasetStats, recommend_from_profile
 
 
@@ -120,7 +122,7 @@ def test_label_and_tune_write_a_training_folder(crawl_dir, tmp_path: Path) -> No
     tune.mkdir()
     rec, stats = run_tune(label, cfg, tune)
     assert stats.num_images == 2 and rec.config.batch_size == 2
-    assert load_train_config(tune) == rec.config
+    assert TUNE_TRAIN_CONFIG.read(tune) == rec.config
     assert "lowered from 8 to 2" in (tune / "rationale.md").read_text()
 
 

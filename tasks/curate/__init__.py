@@ -8,7 +8,6 @@ representatives, exact / SemDeDup), ``image_dedup``, ``semantic``, ``balance``, 
 """
 
 from .stage import (
-    DATASET_SCHEMA,
     STAGE,
     CurateModels,
     CurateResult,
@@ -20,7 +19,6 @@ from .stage import (
 from .task import curate_task
 
 __all__ = [
-    "DATASET_SCHEMA",
     "STAGE",
     "CurateModels",
     "CurateResult",

@@ -11,7 +11,6 @@ duplicates among the survivors (the best-ranked copy wins) -> balance caps.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -20,12 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
+from lora_factory.catalog import (
+    CRAWL_ITEMS,
+    CURATE_DATASET,
+    CURATE_DECISIONS,
+    CURATE_EMBEDDINGS,
+    CURATE_REJECTED,
+    CURATE_REPORT,
+    CURATE_STATS,
+)
+from lora_factory.catalog_formats import EmbeddingSet
 from lora_factory.config import CurateConfig
 from lora_factory.errors import StageError
-from lora_factory.manifest import ITEM_SCHEMA, decision, read_items, write_decisions, write_table
+from lora_factory.manifest import decision
 
+from .._text import candidate_text, raw_texts
 from . import balance, image_dedup, text
 from .alignment import clip_checks, text_topic_check
 from .checks import Check
@@ -37,22 +46,6 @@ from .semantic import embed_texts, semantic_dedup
 from .stats import dataset_stats, zero_shot_domain
 
 STAGE = "curate"
-SCORE_FIELDS = [
-    pa.field("caption_text", pa.string()),  # the cleaned page text judged by the text filters
-    pa.field("caption_field", pa.string()),  # which item field it came from
-    pa.field("language", pa.string()),
-    pa.field("exif_rotated", pa.bool_()),  # width/height are after EXIF orientation
-    pa.field("sharpness", pa.float64()),  # variance of the Laplacian
-    pa.field("brightness", pa.float64()),
-    pa.field("contrast", pa.float64()),
-    pa.field("entropy", pa.float64()),
-    pa.field("phash", pa.string()),  # 64-bit perceptual hash, hex
-    pa.field("text_topic", pa.float64()),  # MiniLM cosine of text and topic
-    pa.field("clip_image_text", pa.float64()),
-    pa.field("clip_image_topic", pa.float64()),
-    pa.field("quality_rank", pa.int64()),  # 0 = best; duplicates keep the best-ranked copy
-]
-DATASET_SCHEMA = pa.schema(list(ITEM_SCHEMA) + [pa.field("pixel_sha256", pa.string())] + SCORE_FIELDS)
 
 
 @dataclass
@@ -177,10 +170,10 @@ def curate_items(
         st.apply(check)
 
     # 2. Text: cleaning, ads, language, presence.
-    cleaned = [text.candidate_text(it) for it in items]
+    cleaned = [candidate_text(it) for it in items]
     captions = [c for c, _ in cleaned]
     if cfg.drop_ad_text:
-        ad = np.array([any(text.is_ad_text(t) for t in text.raw_texts(it)) for it in items], bool)
+        ad = np.array([any(text.is_ad_text(t) for t in raw_texts(it)) for it in items], bool)
         st.apply(Check("drop_ad_text", "ad", ad, np.where(ad, 1.0, 0.0), "page text marks it as an advertisement"))
     langs: list[str | None] = [None] * n
     if cfg.languages:
@@ -367,35 +360,27 @@ def _num(x: float) -> float | None:
 
 def write_outputs(result: CurateResult, items: list[dict[str, Any]], crawl_dir: Path, out: Path,
                   cfg: CurateConfig | None = None) -> None:
-    """``dataset.parquet`` (kept + scores), ``rejected.parquet``, ``decisions.parquet``,
-    ``embeddings/*.npy`` + ``embeddings/index.json`` (row order), ``stats.json``, ``report.html``."""
+    """Every curate output of the catalog: the kept items with their scores, decisions, the
+    dropped items, embeddings (with their row order), stats and the report."""
     from .report import render_report
 
-    write_table(out / "dataset.parquet", result.kept, DATASET_SCHEMA)
-    write_decisions(out / "decisions.parquet", result.decisions)
-    write_decisions(out / "rejected.parquet", result.dropped)
-    emb_dir = out / "embeddings"
-    emb_dir.mkdir(parents=True, exist_ok=True)
-    index = {}
-    for name, (rows, emb) in result.embeddings.items():
-        np.save(emb_dir / f"{name}.npy", emb.astype(np.float32))
-        index[name] = {"file": f"{name}.npy", "item_ids": rows, "dim": int(emb.shape[1]) if emb.ndim == 2 else 0}
-    index["models"] = result.stats.get("models", {})
-    (emb_dir / "index.json").write_text(json.dumps(index, indent=1))
-    (out / "stats.json").write_text(json.dumps(result.stats, indent=2, default=float))
-    (out / "report.html").write_text(render_report(result, items, crawl_dir, cfg or CurateConfig()))
+    CURATE_DATASET.write(out, result.kept)
+    CURATE_DECISIONS.write(out, result.decisions)
+    CURATE_REJECTED.write(out, result.dropped)
+    CURATE_EMBEDDINGS.write(out, EmbeddingSet(result.embeddings, result.stats.get("models", {})))
+    CURATE_STATS.write(out, result.stats)
+    CURATE_REPORT.write(out, render_report(result, items, crawl_dir, cfg or CurateConfig()))
 
 
 def load_embeddings(curate_dir: Path, name: str) -> tuple[list[str], np.ndarray]:
     """(item ids, rows) of a saved embedding, for later stages (no recomputation)."""
-    index = json.loads((curate_dir / "embeddings" / "index.json").read_text())
-    return index[name]["item_ids"], np.load(curate_dir / "embeddings" / index[name]["file"])
+    return CURATE_EMBEDDINGS.read(curate_dir).vectors[name]
 
 
 def run_curate(crawl_dir: Path, cfg: CurateConfig, out: Path, models: CurateModels | None = None,
                seed: int = 0) -> CurateResult:
     """The stage: read crawl outputs, decide, write ``curate/`` outputs; error if nothing is left."""
-    items = read_items(crawl_dir / "items.parquet")
+    items = CRAWL_ITEMS.read(crawl_dir).to_pylist()
     result = curate_items(items, crawl_dir, cfg, models, seed=seed)
     write_outputs(result, items, crawl_dir, out, cfg)
     if not result.kept:

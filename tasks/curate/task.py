@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lora_factory.catalog import CRAWL_ITEMS, CURATE_REJECTED, CURATE_REPORT, CURATE_STATS
 from lora_factory.config import ModelsConfig
 from lora_factory.context import RunRef, run_stage
 from lora_factory.home import home_of
@@ -35,14 +36,14 @@ def curate_task(ref: RunRef) -> dict[str, int]:
         st.log_params({k: str(v) for k, v in cfg.curate.model_dump().items()})
         models = load_models(cfg.models, home_of(cfg).models)
         try:
-            result = run_curate(st.input("crawl"), cfg.curate, st.out, models, seed=cfg.seed)
+            result = run_curate(st.input_dir(CRAWL_ITEMS), cfg.curate, st.out, models, seed=cfg.seed)
         finally:
-            for name in ("report.html", "stats.json"):
-                if (st.out / name).exists():
-                    st.log_artifact(st.out / name)
+            for output in (CURATE_REPORT, CURATE_STATS):
+                if output.exists(st.out):
+                    st.log_artifact(output.at(st.out))
         for note in result.notes:
             st.log.info("curate: %s", note)
         st.log_metrics({**result.counts(), **{f"removed_by_{k.replace('/', '_')}": v for k, v in result.removed_by.items()}})
         st.log_metrics(flat_metrics(result.stats))
-        st.log_artifact(st.out / "rejected.parquet")
+        st.log_artifact(st.output_path(CURATE_REJECTED))
     return result.counts()

@@ -1,0 +1,112 @@
+"""The column schemas of every table a stage writes, in one place.
+
+Why here and not in the stage that writes each table: every later stage reads them, and a stage
+may not import another stage. The catalog (``lora_factory.catalog``) names each table's file;
+this module says what is in it.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# crawl/items.parquet: one row per image kept by the crawl, with its provenance.
+ITEM_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),  # sha256 hex of the image bytes
+        pa.field("image_path", pa.string(), nullable=False),  # relative to the crawl dir
+        pa.field("image_url", pa.string(), nullable=False),
+        pa.field("page_url", pa.string(), nullable=False),
+        pa.field("page_title", pa.string()),
+        pa.field("alt_text", pa.string()),
+        pa.field("title_text", pa.string()),
+        pa.field("figure_caption", pa.string()),
+        pa.field("surrounding_text", pa.string()),
+        pa.field("topic", pa.string()),
+        pa.field("license", pa.string(), nullable=False),  # SPDX-ish id or "unknown"
+        pa.field("license_url", pa.string()),
+        pa.field("author", pa.string()),
+        pa.field("robots", pa.string()),  # the opt-out decision that let it through
+        pa.field("crawl_time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("num_bytes", pa.int64(), nullable=False),
+        pa.field("mime_type", pa.string(), nullable=False),
+        pa.field("other_urls", pa.list_(pa.string())),  # same bytes seen at these image URLs
+    ]
+)
+
+# <stage>/decisions.parquet (and curate/rejected.parquet): one keep/drop verdict per item.
+DECISION_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("decision", pa.string(), nullable=False),  # "keep" | "drop"
+        pa.field("reason", pa.string()),  # one of manifest.DROP_REASONS (or a stage's own)
+        pa.field("score", pa.float64()),  # the value the reason was judged on, if any
+        pa.field("dup_of", pa.string()),  # item_id of the representative kept instead
+        pa.field("detail", pa.string()),  # a human sentence: "12x12 px < min_side 64"
+    ]
+)
+
+# crawl/pages.parquet: every page requested, parsed or not, and why.
+PAGE_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("status", pa.int32()),  # null when no response arrived
+        pa.field("depth", pa.int32(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("topic", pa.string()),
+        pa.field("n_images", pa.int32(), nullable=False),
+        # "parsed" | "rejected" (quality, relevance) | "skipped" (not HTML) | "error"
+        pa.field("decision", pa.string(), nullable=False),
+        # why not parsed: http_404, robots_txt, private_address, ad_farm, language, off_topic...;
+        # for a parsed page an opt-out note: noai (its images were not downloaded)
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("text_entropy", pa.float64()),
+        pa.field("ad_ratio", pa.float64()),
+        pa.field("relevance", pa.float64()),
+    ]
+)
+
+# crawl/rejected.parquet: image URLs the crawl did not keep (no item id: often never downloaded).
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("url", pa.string(), nullable=False),  # the image URL
+        pa.field("page_url", pa.string()),
+        pa.field("topic", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),  # too_small, not_image, undecodable...
+        pa.field("detail", pa.string()),
+    ]
+)
+
+# curate/dataset.parquet: the kept items with every measure curation judged them on.
+CURATE_SCORE_FIELDS = [
+    pa.field("caption_text", pa.string()),  # the cleaned page text judged by the text filters
+    pa.field("caption_field", pa.string()),  # which item field it came from
+    pa.field("language", pa.string()),
+    pa.field("exif_rotated", pa.bool_()),  # width/height are after EXIF orientation
+    pa.field("sharpness", pa.float64()),  # variance of the Laplacian
+    pa.field("brightness", pa.float64()),
+    pa.field("contrast", pa.float64()),
+    pa.field("entropy", pa.float64()),
+    pa.field("phash", pa.string()),  # 64-bit perceptual hash, hex
+    pa.field("text_topic", pa.float64()),  # MiniLM cosine of text and topic
+    pa.field("clip_image_text", pa.float64()),
+    pa.field("clip_image_topic", pa.float64()),
+    pa.field("quality_rank", pa.int64()),  # 0 = best; duplicates keep the best-ranked copy
+]
+DATASET_SCHEMA = pa.schema(
+    list(ITEM_SCHEMA) + [pa.field("pixel_sha256", pa.string())] + CURATE_SCORE_FIELDS
+)
+
+# label/labels.parquet: the caption each labelled image trains with, and where it came from.
+LABELS_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("file_name", pa.string(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("caption_source", pa.string(), nullable=False),
+    ]
+)
