@@ -25,6 +25,7 @@ from .schemas import (
     LABELS_SCHEMA,
     PAGE_SCHEMA,
     REJECTED_SCHEMA,
+    CaptionStats,
 )
 
 
@@ -99,6 +100,7 @@ CURATE_REPORT = _out("curate", "report", "report.html", Text(), "counts, histogr
 # label ----------------------------------------------------------------------------------------
 LABEL_DATASET = _out("label", "dataset", "dataset", Folder(), "images with .txt captions and metadata.jsonl: trains here, in sd-scripts and in diffusers")
 LABEL_LABELS = _out("label", "labels", "labels.parquet", Table(LABELS_SCHEMA), "caption per item and its source")
+LABEL_CAPTION_STATS = _out("label", "caption_stats", "caption_stats.json", Json(CaptionStats), "caption coverage, lengths, sources and tag frequency, for the tuner")
 LABEL_DECISIONS = _out("label", "decisions", "decisions.parquet", Table(DECISION_SCHEMA), "keep/drop per item (no caption...)")
 # tune -----------------------------------------------------------------------------------------
 TUNE_TRAIN_CONFIG = _out("tune", "train_config", "train_config.yaml", Yaml(TrainConfig), "the training config chosen for this dataset")
@@ -121,7 +123,8 @@ SPECS: tuple[StageSpec, ...] = (
               reads=(CRAWL_ITEMS, CRAWL_IMAGES),
               writes=(CURATE_DATASET, CURATE_DECISIONS, CURATE_REJECTED, CURATE_EMBEDDINGS, CURATE_STATS, CURATE_REPORT)),
     StageSpec("label", "captions and the training folder",
-              reads=(CURATE_DATASET, CRAWL_IMAGES), writes=(LABEL_DATASET, LABEL_LABELS, LABEL_DECISIONS)),
+              reads=(CURATE_DATASET, CRAWL_IMAGES),
+              writes=(LABEL_DATASET, LABEL_LABELS, LABEL_CAPTION_STATS, LABEL_DECISIONS)),
     StageSpec("tune", "the training config for this dataset, explained",
               reads=(LABEL_LABELS,), writes=(TUNE_TRAIN_CONFIG, TUNE_RATIONALE)),
     StageSpec("train", "the LoRA (diffusers + PEFT)",

@@ -7,7 +7,10 @@ this module says what is in it.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
 
 # crawl/items.parquet: one row per image kept by the crawl, with its provenance.
 ITEM_SCHEMA = pa.schema(
@@ -110,3 +113,28 @@ LABELS_SCHEMA = pa.schema(
         pa.field("caption_source", pa.string(), nullable=False),
     ]
 )
+
+
+class CaptionStats(BaseModel):
+    """label/caption_stats.json: what the tuner needs to know about the captions.
+
+    ``schema_version`` rises when a field changes meaning; readers refuse newer/older versions
+    they cannot read with one line instead of guessing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    num_images: int = Field(ge=0)
+    captioned: int = Field(ge=0)  # images with a non-empty caption besides the trigger word
+    coverage: float = Field(ge=0, le=1)
+    words_mean: float = Field(ge=0)
+    words_median: float = Field(ge=0)
+    words_max: int = Field(ge=0)
+    tokens_max: int | None = Field(None, ge=0)  # with the base model's tokenizer, when known
+    over_token_budget: int = Field(0, ge=0)
+    sources: dict[str, int] = Field(default_factory=dict)  # caption source -> images
+    tag_frequency: dict[str, int] = Field(default_factory=dict)  # comma-separated tag -> images
+    trigger_word: str
+    concept_summary: str | None = None  # one line about the dataset's concept, when known
+    task_type: Literal["subject", "style", "concept"] | None = None

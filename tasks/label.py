@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from lora_factory.catalog import (
     CRAWL_IMAGES,
     CURATE_DATASET,
+    LABEL_CAPTION_STATS,
     LABEL_DATASET,
     LABEL_DECISIONS,
     LABEL_LABELS,
@@ -23,6 +26,7 @@ from lora_factory.config import LabelConfig
 from lora_factory.context import RunRef, run_stage
 from lora_factory.errors import StageError
 from lora_factory.manifest import decision
+from lora_factory.schemas import CaptionStats
 
 # The Hugging Face imagefolder convention, which our trainer and the diffusers examples read.
 from training.dataset import METADATA_FILE
@@ -31,6 +35,8 @@ from ._prefect import stage_task
 from ._text import clean_text
 
 STAGE = "label"
+
+
 def caption_for(item: dict[str, Any], cfg: LabelConfig) -> tuple[str, str]:
     """(caption, source) for one item: the first usable text, trigger word first."""
     for source in ("alt_text", "figure_caption", "title_text"):
@@ -71,10 +77,34 @@ def label_items(items: list[dict[str, Any]], crawl_dir: Path, cfg: LabelConfig, 
     return LabelResult(labels, decisions)
 
 
+def caption_stats(labels: list[dict[str, Any]], cfg: LabelConfig) -> CaptionStats:
+    """Coverage, length, sources and tag frequency of the captions (the trigger word aside)."""
+    bodies = [_without_trigger(lab["caption"], cfg.trigger_word) for lab in labels]
+    words = sorted(len(b.split()) for b in bodies)
+    tags = Counter(t.strip().lower() for b in bodies for t in b.split(",") if t.strip())
+    return CaptionStats(
+        num_images=len(labels),
+        captioned=sum(1 for w in words if w),
+        coverage=sum(1 for w in words if w) / len(words) if words else 0.0,
+        words_mean=sum(words) / len(words) if words else 0.0,
+        words_median=float(statistics.median(words)) if words else 0.0,
+        words_max=words[-1] if words else 0,
+        sources=dict(Counter(lab["caption_source"] for lab in labels)),
+        tag_frequency=dict(tags.most_common()),
+        trigger_word=cfg.trigger_word,
+    )
+
+
+def _without_trigger(caption: str, trigger: str) -> str:
+    head, sep, rest = caption.partition(",")
+    return rest.strip() if sep and head.strip() == trigger else caption.strip()
+
+
 def run_label(curate_dir: Path, crawl_dir: Path, cfg: LabelConfig, out: Path) -> LabelResult:
     items = CURATE_DATASET.read(curate_dir).to_pylist()
     result = label_items(items, crawl_dir, cfg, out)
     LABEL_LABELS.write(out, result.labels)
+    LABEL_CAPTION_STATS.write(out, caption_stats(result.labels, cfg))
     LABEL_DECISIONS.write(out, result.decisions)
     if not result.labels:
         raise StageError("no image could be captioned: the pages had no alt text, captions or titles")

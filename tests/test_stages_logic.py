@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from deploy.gate import gate
-from lora_factory.catalog import TUNE_TRAIN_CONFIG
+from lora_factory.catalog import LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG
 from lora_factory.config import CurateConfig, DeployConfig, LabelConfig, TrainConfig
 from lora_factory.errors import StageError
 from lora_factory.manifest import item_id_for, write_items
@@ -114,6 +114,9 @@ def test_label_and_tune_write_a_training_folder(crawl_dir, tmp_path: Path) -> No
         assert (label / "dataset" / m["file_name"]).is_file()
         assert (label / "dataset" / (Path(m["file_name"]).stem + ".txt")).read_text().strip() == m["text"]
     assert len(result.labels) == 2
+    stats = LABEL_CAPTION_STATS.read(label)
+    assert (stats.num_images, stats.captioned, stats.coverage, stats.words_max) == (2, 2, 1.0, 3)
+    assert stats.trigger_word == "tok" and stats.tag_frequency == {"a green sailboat": 1, "red lighthouse again": 1}
 
     from lora_factory.profiles import load_config
 
