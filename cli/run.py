@@ -70,6 +70,18 @@ def _print_summary(result: dict[str, Any]) -> None:
     typer.echo("\n".join(lines))
 
 
+def _use_local_server(cfg: Any) -> None:
+    """Send the flow run to this home's `lora-factory server` when it runs (unless the user
+    chose a Prefect API already), instead of a temporary server that vanishes with the run."""
+    import os
+
+    from .local_services import running_server
+
+    state = None if os.environ.get("PREFECT_API_URL") else running_server(cfg)
+    if state is not None:
+        os.environ["PREFECT_API_URL"] = state.api_url
+
+
 def _run(topics: list[str], profile: str, ov: dict[str, Any], resume: str | None) -> dict[str, Any]:
     from lora_factory.home import run_store_for
     from lora_factory.lifecycle import check_services, preflight
@@ -81,6 +93,7 @@ def _run(topics: list[str], profile: str, ov: dict[str, Any], resume: str | None
     else:
         topics = preflight(cfg, topics)
     runtime_defaults()
+    _use_local_server(cfg)
     from flows.factory import lora_factory  # heavy: prefect, torch, diffusers
 
     _hide_user_error_tracebacks()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from lora_factory import catalog
 from lora_factory.context import RunRef, get_logger
@@ -28,6 +28,7 @@ from lora_factory.lifecycle import (
     start_run,
 )
 from lora_factory.profiles import load_config
+from lora_factory.run_summary import render_summary, stage_rows
 from tasks.crawl import crawl_task
 from tasks.curate import curate_task
 from tasks.deploy import deploy_task
@@ -66,6 +67,16 @@ def _attach_dag(ref: RunRef) -> None:
                              description=f"The stages of run {ref.run_id} and what each reads and writes")
 
 
+def _attach_summary(ref: RunRef) -> None:
+    """The run's summary (markdown) and stage timings (table) as Prefect artifacts."""
+    run = ref.run_dir()
+    experiment_id = ref.tracker().experiment_id
+    create_markdown_artifact(render_summary(run, experiment_id), key="lora-factory-summary",
+                             description=f"Run {ref.run_id}: counts per stage, scores, decision, links")
+    create_table_artifact(stage_rows(run.state()), key="lora-factory-timings",
+                          description=f"Run {ref.run_id}: stage timings")
+
+
 def build_overrides(
     max_pages: int | None, max_images: int | None, overrides: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -102,11 +113,14 @@ def lora_factory(
         results = run_stages(ref, todo)
     except FactoryError as e:
         finish_run(ref, ok=False, error=str(e))
+        _attach_summary(ref)
         raise
     except BaseException as e:
         finish_run(ref, ok=False, error=f"{type(e).__name__}: {e}")
+        _attach_summary(ref)
         raise
     finish_run(ref, ok=True)
+    _attach_summary(ref)
     run = ref.run_dir()
     return {
         "run_id": ref.run_id,

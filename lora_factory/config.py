@@ -263,6 +263,20 @@ class TrackingConfig(Section):
     experiment: str = Field("lora-factory", min_length=1)
 
 
+class ServerConfig(Section):
+    """``lora-factory server``: persistent Prefect and MLflow servers on this machine, a process
+    work pool with a worker, and the deployments of prefect.yaml. MLflow serves ``tracking.uri``
+    (SQLite in the home by default, or a postgresql:// URL)."""
+
+    host: str = "127.0.0.1"  # loopback unless told otherwise: the servers have no authentication
+    prefect_port: int = Field(4200, ge=0, le=65535)  # 0: a free port
+    mlflow_port: int = Field(5000, ge=0, le=65535)
+    # Prefect's database; None: SQLite under <home>/prefect. E.g. postgresql+asyncpg://user@host/db
+    prefect_database_url: str | None = None
+    work_pool: str = Field("lora-factory", min_length=1)
+    start_timeout_s: float = Field(180.0, gt=0)
+
+
 class FactoryConfig(Section):
     """One factory run's settings: a profile plus overrides."""
 
@@ -279,6 +293,7 @@ class FactoryConfig(Section):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
     @field_validator("profile")
     @classmethod

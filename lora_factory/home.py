@@ -9,6 +9,8 @@
     <home>/mlartifacts/   MLflow artefacts of the default SQLite tracking store
     <home>/mlflow.db      the default tracking store
     <home>/locks/         inter-process locks (first-time database set-up)
+    <home>/server/        `lora-factory server`: its state (addresses, process ids) and logs
+    <home>/prefect/       PREFECT_HOME of that server (its SQLite database by default)
 """
 
 from __future__ import annotations
@@ -52,6 +54,14 @@ class Home:
     @property
     def locks(self) -> Path:
         return self.root / "locks"
+
+    @property
+    def server(self) -> Path:
+        return self.root / "server"
+
+    @property
+    def prefect(self) -> Path:
+        return self.root / "prefect"
 
 
 def home_of(cfg: FactoryConfig) -> Home:

@@ -1,0 +1,67 @@
+"""A factory run at a glance, for the Prefect UI: a markdown summary (counts per stage, scores,
+the gate's decision, where the MLflow run and the reports are) and a table of stage timings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import catalog
+from .catalog_formats import Text
+from .errors import FactoryError
+from .runstore import DONE, RunDir
+from .secrets import redact_text
+
+HEADLINES = 6  # summary numbers shown per stage
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def stage_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per stage in catalog order: status, seconds, start and end."""
+    rows = []
+    for name in catalog.STAGES:
+        entry = state["stages"].get(name, {})
+        rows.append({"stage": name, "status": entry.get("status", "pending"), "seconds": entry.get("seconds"),
+                     "started_at": entry.get("started_at"), "finished_at": entry.get("finished_at")})
+    return rows
+
+
+def _decision(run: RunDir) -> str:
+    if run.stage_status("deploy") != DONE:
+        return "not decided (deploy has not run)"
+    try:
+        record = catalog.DEPLOY_DECISION.read(run.stage_path("deploy"))
+    except FactoryError as e:
+        return f"unreadable ({e})"
+    aliases = ", ".join(record.get("aliases", [])) or "none"
+    return f"version {record.get('version')} of `{record.get('registered_model')}` (aliases: {aliases}): {record.get('reason', '')}"
+
+
+def _mlflow_link(state: dict[str, Any], experiment_id: str | None) -> str:
+    uri, run_id = state.get("mlflow_tracking_uri", ""), state.get("mlflow_parent_run_id", "")
+    if uri.startswith(("http://", "https://")) and experiment_id is not None:
+        return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"run `{run_id}` in `{redact_text(uri)}` (`lora-factory ui` shows it)"
+
+
+def render_summary(run: RunDir, experiment_id: str | None = None) -> str:
+    state = run.state()
+    lines = [f"# LoRA Factory run {run.run_id}", "",
+             f"Topics: {', '.join(state.get('topics', []))} · profile `{state.get('profile')}` · "
+             f"status **{state.get('status', 'running')}**"]
+    if state.get("error"):
+        lines.append(f"\nError: {redact_text(str(state['error']))}")
+    lines += ["", "| stage | status | seconds | numbers |", "|---|---|---|---|"]
+    for row in stage_rows(state):
+        summary = state["stages"].get(row["stage"], {}).get("summary") or {}
+        numbers = ", ".join(f"{k} {_fmt(v)}" for k, v in list(summary.items())[:HEADLINES])
+        lines.append(f"| {row['stage']} | {row['status']} | {_fmt(row['seconds']) if row['seconds'] is not None else ''} | {numbers} |")
+    lines += ["", f"Decision: {_decision(run)}", "", f"MLflow: {_mlflow_link(state, experiment_id)}", "", "Reports:"]
+    for out in catalog.OUTPUTS.values():
+        if isinstance(out.format, Text) and out.path.endswith(".html") and run.stage_status(out.stage) == DONE:
+            lines.append(f"- {out.stage}: {run.url}/{out.run_path}")
+    return "\n".join(lines) + "\n"
