@@ -18,9 +18,9 @@ from lora_factory.config import FactoryConfig
 from lora_factory.context import RunRef, get_logger, run_stage
 from lora_factory.home import home_of
 from spiders.crawl import run_crawl
-from spiders.distributed import run_workers
 from spiders.sources.demo_site import DemoSite, generate_demo_site, serve_site
 from spiders.sources.select import API_SOURCES, api_images, expand_seeds
+from spiders.workers import run_workers
 
 from ._prefect import stage_task
 
@@ -76,7 +76,7 @@ def crawl_task(ref: RunRef) -> dict[str, Any]:
                 st.log_params({"api_candidates": json.dumps({t: len(v) for t, v in images.items()})})
             common = {"on_progress": st.log.info, "state_dir": st.scratch / "state",
                       "models_dir": home_of(cfg).models, "topics_to_images": images}
-            if cfg.crawl.workers > 1:
+            if cfg.crawl.redis_url:  # distributed: any number of workers, one included
                 stats = run_workers(urls, st.out, cfg.crawl, cfg.crawl.workers, ref.run_id, **common)
             else:
                 stats = run_crawl(urls, st.out, cfg.crawl, **common)

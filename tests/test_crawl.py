@@ -22,8 +22,8 @@ from lora_factory.errors import StageError
 from lora_factory.manifest import ITEM_SCHEMA, read_items
 from spiders.crawl import run_crawl
 from spiders.extract import extract_page, licence_from_text, licence_from_url
+from spiders.guard import is_public
 from spiders.images import ImageRejected, inspect_image
-from spiders.middlewares import is_public
 from spiders.sources.demo_site import MISSING_IMAGE, generate_demo_site, serve_site
 
 MIN_SIDE = 48  # above the demo's tiny images (24x24, 40x30), below everything else
