@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import scrapy
+from parsel import Selector
 from scrapy import signals
 from scrapy.exceptions import StopDownload
 from scrapy.http import HtmlResponse, Request, Response
@@ -44,7 +45,7 @@ from w3lib.url import canonicalize_url
 from lora_factory.manifest import item_id_for
 
 from .bounds import LocalBounds, SharedBounds
-from .extract import extract_page, refused_links
+from .extract import ImageRef, extract_page, refused_links
 from .failures import failure_reason
 from .guard import FETCH_SCHEMES, scheme_refusal, shown_url
 from .images import ImageRejected, declared_type, inspect_image, type_is_acceptable
@@ -268,7 +269,7 @@ class TopicSpider(scrapy.Spider):
         yield from self._follow_links(response, topic, depth, directives)
 
     def _judge_page(
-        self, sel: Any, topic: str, depth: int, row: dict[str, Any]
+        self, sel: Selector, topic: str, depth: int, row: dict[str, Any]
     ) -> tuple[str, str] | None:
         """Quality, then relevance: (reason, detail) when the page is not to be mined. Fills in
         ``row``'s measurements."""
@@ -292,7 +293,7 @@ class TopicSpider(scrapy.Spider):
         return None
 
     def _image_requests(
-        self, images: list[Any], provenance: dict[str, Any], opted_out: str, page_url: str
+        self, images: list[ImageRef], provenance: dict[str, Any], opted_out: str, page_url: str
     ) -> Iterator[Request]:
         topic = provenance["topic"]
         topic_full = self._topic_full(topic)
