@@ -72,10 +72,12 @@ def run_worker(
     """One crawler process of run ``run_id`` (default: derived from ``out_dir``), named ``worker``
     (so a re-run resumes its part): crawls into ``<out_dir>/parts/<worker>``, state in
     ``<state_dir>/<worker>``. A worker may end with no images (the others did the work)."""
+    run_id = run_id or default_run_id(out_dir)
     try:
-        frontier = Frontier(run_id=run_id or default_run_id(out_dir), worker=worker)
+        frontier = Frontier(run_id=run_id, worker=worker)
     except ValidationError:
-        raise StageError(f"worker name {worker!r}: use letters, digits, '-', '_' or '.'") from None
+        raise StageError(f"worker {worker!r} of run {run_id!r}: name them with letters, digits, "
+                         "'-', '_' or '.'") from None
     state = Path(state_dir or Path(out_dir) / ".state") / worker
     return run_crawl(
         topics_to_urls, part_dir(out_dir, worker), config, on_progress=on_progress,
