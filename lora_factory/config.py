@@ -74,7 +74,7 @@ class CrawlConfig(Section):
     relevance_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     demo_seed: int = 0  # the demo site generator's seed
     # Distributed mode (scrapy-redis): with a Redis URL, crawler processes of the same run share
-    # one frontier and seen-set in Redis under <redis_key_prefix>:<run id>:*; see spiders.distributed.
+    # one frontier and seen-set in Redis under <redis_key_prefix>:<run id>:*; see spiders.workers.
     redis_url: str | None = None
     redis_key_prefix: str = "lora-factory"
     # Crawler processes the crawl task starts on the shared Redis frontier (needs redis_url).

@@ -17,6 +17,7 @@ from .errors import ConfigError, StoreError
 from .home import Home, run_store_for
 from .profiles import config_from_data
 from .runstore import DONE, STAGES, now_iso
+from .services import check_redis
 from .storage import open_store
 from .tracking import check_tracking_uri, flatten_params
 
@@ -57,7 +58,7 @@ def preflight(cfg: FactoryConfig, topics: Iterable[str] | str | None) -> list[st
 
 
 def check_services(cfg: FactoryConfig) -> None:
-    """The data folder and store are writable and the tracking store answers."""
+    """The data folder and store are writable, the tracking store (and the crawl's Redis) answer."""
     home = Path(cfg.home)
     try:
         home.mkdir(parents=True, exist_ok=True)
@@ -65,6 +66,8 @@ def check_services(cfg: FactoryConfig) -> None:
         raise StoreError(f"cannot create the data folder {home}: {e.strerror}: set --home") from None
     open_store(cfg.store.root, cfg.store.s3_endpoint_url).check_writable()
     check_tracking_uri(cfg.tracking.uri)
+    if cfg.crawl.redis_url:  # the distributed crawl's shared frontier
+        check_redis(cfg.crawl.redis_url)
 
 
 def git_sha() -> str | None:

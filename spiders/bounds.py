@@ -5,7 +5,8 @@ a shared Redis frontier, the run must keep 100 images, not 300, yet the spider a
 ask the same questions either way ("is this topic full?", "may I keep one more image?").
 
 - ``LocalBounds`` counts what this process's ledger holds (a resumed crawl's journal included).
-- ``SharedBounds`` keeps the counts in Redis under ``<run key>:count:*``. Keeping an image is
+- ``SharedBounds`` keeps the counts in Redis (``spiders.redis_keys``; a topic's count under its
+  ``topic_key``, since a topic is any text a user typed). Keeping an image is
   one atomic reservation (a Lua script checks the total and the topic's count and increments
   both), so concurrent workers can never overshoot. Pages are counted where a request is known
   to be new to the whole run, in the shared scheduler after the shared seen-set
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lora_factory.config import CrawlConfig
+from lora_factory.names import topic_key
 
 if TYPE_CHECKING:
     from .record import CrawlRecord
@@ -35,11 +37,6 @@ if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 
 redis.call('INCR', KEYS[1])
 return 1
 """
-
-
-def count_keys(run_key: str) -> tuple[str, str, str]:
-    """The Redis keys of a run's counts: images kept, images per topic, pages requested."""
-    return f"{run_key}:count:images", f"{run_key}:count:topics", f"{run_key}:count:pages"
 
 
 class LocalBounds:
@@ -72,10 +69,11 @@ class SharedBounds:
 
     shared = True
 
-    def __init__(self, server: Any, run_key: str, config: CrawlConfig) -> None:
+    def __init__(self, server: Any, counts: tuple[str, str, str], config: CrawlConfig) -> None:
+        """``counts``: the keys of the images, images-per-topic and pages counts (``RunKeys``)."""
         self.server = server
         self.config = config
-        self.images_key, self.topics_key, self.pages_key = count_keys(run_key)
+        self.images_key, self.topics_key, self.pages_key = counts
         self._reserve_image = server.register_script(_RESERVE_IMAGE)
         self._reserve_page = server.register_script(_RESERVE_PAGE)
 
@@ -86,11 +84,11 @@ class SharedBounds:
         limit = self.config.max_images_per_topic
         if not limit:
             return False
-        return int(self.server.hget(self.topics_key, topic or "") or 0) >= limit
+        return int(self.server.hget(self.topics_key, topic_key(topic or "")) or 0) >= limit
 
     def reserve_image(self, topic: str | None) -> bool:
         limit = self.config.max_images_per_topic or 0
-        args = [self.config.max_images, topic or "", limit]
+        args = [self.config.max_images, topic_key(topic or ""), limit]
         return bool(self._reserve_image(keys=[self.images_key, self.topics_key], args=args))
 
     def page_budget_left(self, requested: int) -> bool:

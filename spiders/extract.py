@@ -13,6 +13,8 @@ from urllib.parse import urldefrag, urljoin
 
 from parsel import Selector
 
+from .guard import is_resource_link, scheme_refusal
+
 SURROUNDING_CHARS = 300
 
 _CC_URL = re.compile(r"creativecommons\.org/licenses/([a-z-]+)/(\d+(?:\.\d+)?)", re.IGNORECASE)
@@ -44,7 +46,8 @@ class PageInfo:
     license: str  # an SPDX-ish id ("CC-BY-4.0"), "all-rights-reserved" or "unknown"
     license_url: str | None
     author: str | None
-    images: list[ImageRef]
+    images: list[ImageRef]  # http(s) images, fetchable
+    refused_images: list[str]  # image URLs of any other scheme (file:, ftp:, data: ...): never fetched
 
 
 def _clean(text: str | None) -> str | None:
@@ -124,18 +127,30 @@ def _surrounding(img: Selector) -> str | None:
     return _trim(" ".join(parts))
 
 
-def page_images(sel: Selector, base_url: str) -> list[ImageRef]:
-    """Every ``<img>`` with a fetchable URL, once per URL, in page order."""
+def _image_url(img: Selector, base_url: str) -> str | None:
+    """The image's URL: ``src``, or ``data-src`` when ``src`` is not http(s) (a lazy-loading
+    placeholder); None when neither names a resource."""
+    urls = [
+        urldefrag(urljoin(base_url, v.strip()))[0]
+        for v in (img.attrib.get("src"), img.attrib.get("data-src")) if v and v.strip()
+    ]
+    urls = [u for u in urls if is_resource_link(u)]
+    return next((u for u in urls if scheme_refusal(u) is None), urls[0] if urls else None)
+
+
+def page_images(sel: Selector, base_url: str) -> tuple[list[ImageRef], list[str]]:
+    """Every ``<img>`` once per URL, in page order: (http(s) images, URLs of other schemes)."""
     refs: list[ImageRef] = []
+    refused: list[str] = []
     seen: set[str] = set()
     for img in sel.css("img"):
-        src = (img.attrib.get("src") or img.attrib.get("data-src") or "").strip()
-        if not src or src.startswith(("data:", "javascript:")):
-            continue
-        url = urldefrag(urljoin(base_url, src))[0]
-        if not url.startswith(("http://", "https://")) or url in seen:
+        url = _image_url(img, base_url)
+        if url is None or url in seen:
             continue
         seen.add(url)
+        if scheme_refusal(url) is not None:
+            refused.append(url)
+            continue
         alt = img.attrib.get("alt")
         refs.append(
             ImageRef(
@@ -147,16 +162,30 @@ def page_images(sel: Selector, base_url: str) -> list[ImageRef]:
                 surrounding_text=_surrounding(img),
             )
         )
-    return refs
+    return refs, refused
+
+
+def refused_links(sel: Selector, base_url: str) -> list[str]:
+    """The page's links (``<a>``/``<area>`` hrefs, the tags Scrapy's link extractor reads) whose
+    scheme is not http(s): never followed, but recorded. Scrapy's extractor itself passes
+    ``file:`` and ``ftp:`` links and drops ``data:`` silently, so it cannot be the judge."""
+    out: list[str] = []
+    for href in sel.xpath("//a/@href | //area/@href").getall():
+        url = urldefrag(urljoin(base_url, href.strip()))[0]
+        if url and is_resource_link(url) and scheme_refusal(url) is not None and url not in out:
+            out.append(url)
+    return out
 
 
 def extract_page(sel: Selector, base_url: str) -> PageInfo:
     title = _clean(sel.css("title::text").get()) or _clean(sel.css("h1").xpath("string()").get())
     licence, licence_url = page_licence(sel, base_url)
+    images, refused = page_images(sel, base_url)
     return PageInfo(
         title=title or None,
         license=licence,
         license_url=licence_url,
         author=page_author(sel),
-        images=page_images(sel, base_url),
+        images=images,
+        refused_images=refused,
     )

@@ -9,7 +9,7 @@ Here a pop moves the serialized request, atomically (one Lua script), from the q
 worker's in-flight hash ``<run key>:inflight:<worker>`` (request -> priority score).
 ``InFlightQueue.forget_finished`` deletes the entries of requests Scrapy's engine no longer
 holds (callback or errback run and their output handled, or a redirect/retry hop back in the
-queue); the worker calls it on every heartbeat (``spiders.distributed``). ``requeue`` moves a
+queue); the worker calls it on every heartbeat (``spiders.frontier``). ``requeue`` moves a
 worker's whole hash back into the queue, atomically.
 
 At least once, not exactly once: a worker killed after a request's outcome was recorded but

@@ -10,6 +10,9 @@ are only consistent after a graceful shutdown, while the crawl stage must also c
 killed process. Every request the spider decides to make and every outcome is one JSON line,
 flushed as it happens; a re-run replays it: outcomes are restored, requested-but-unfinished
 pages and images are requested again, and an image URL with an outcome is never fetched again.
+A line torn by a kill is ended (or cut off) before the next attempt appends, so no later event is lost
+with it. Each attempt is a session in the journal; its request and byte counts are journaled
+now and then (``counters``), so the stats of a resumed crawl are the whole run's.
 Stored images live in ``<state_dir>/images`` (content-addressed, written atomically) and are
 hard-linked into the output directory at the end.
 """
@@ -20,6 +23,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +36,63 @@ from lora_factory.schemas import PAGE_SCHEMA, REJECTED_SCHEMA
 
 PROGRESS_EVERY = 10  # image outcomes between progress lines
 JOURNAL_NAME = "journal.jsonl"
+STATS_NAME = "crawl_stats.json"
+COUNTERS_EVERY_S = 1.0  # how often a session's counts are journaled (a kill loses at most this)
+# Counts Scrapy keeps per process (session) that the stats report for the whole run.
+SESSION_COUNTS = {
+    "requests": "downloader/request_count",
+    "bytes": "downloader/response_bytes",
+    "robots_forbidden": "robotstxt/forbidden",
+    "links_off_topic": "lora_factory/links_off_topic",
+}
+
+
+def session_counts(scrapy_stats: Mapping[str, Any]) -> dict[str, int]:
+    return {name: int(scrapy_stats.get(key, 0)) for name, key in SESSION_COUNTS.items()}
+
+
+def repair_torn_tail(path: Path) -> int:
+    """End the journal on a newline before appending: a last line a killed process left without
+    its newline is completed if it is a whole event, else cut off. Returns the bytes cut."""
+    with open(path, "rb+") as f:
+        size = pos = f.seek(0, os.SEEK_END)
+        end = 0
+        while pos > 0:
+            start = max(0, pos - 4096)
+            f.seek(start)
+            cut = f.read(pos - start).rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            pos = start
+        if end == size:
+            return 0
+        f.seek(end)
+        try:
+            json.loads(f.read())
+        except ValueError:
+            f.truncate(end)
+            return size - end
+        f.write(b"\n")
+        return 0
+
+
+def link_image(source: Path, target: Path) -> None:
+    """Hard-link a stored image into an output folder (copy across file systems)."""
+    if target.exists():
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def write_stats(out_dir: Path, stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``crawl_stats.json`` atomically; returns the stats as written."""
+    tmp = out_dir / f"{STATS_NAME}.tmp"
+    tmp.write_text(json.dumps(stats, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / STATS_NAME)
+    return dict(stats)
 
 
 @dataclass
@@ -43,6 +104,15 @@ class ResumeState:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)  # url -> provenance
     images_done: set[str] = field(default_factory=set)
     events: int = 0
+    sessions: int = 0  # attempts the journal has seen
+    counts: dict[int, dict[str, int]] = field(default_factory=dict)  # session -> its last counts
+
+    def prior_counts(self) -> Counter[str]:
+        """The counts of every earlier session, added up."""
+        total: Counter[str] = Counter()
+        for counts in self.counts.values():
+            total.update(counts)
+        return total
 
     @property
     def pending_pages(self) -> list[dict[str, Any]]:
@@ -76,6 +146,12 @@ class CrawlRecord:
         self._outcomes = 0
         self._journal: IO[str] | None = None
         self.resumed: ResumeState | None = None
+        self.session = 1
+        self._prior: Counter[str] = Counter()  # earlier sessions' counts
+        # This session's Scrapy stats (set by the spider); journaled as ``counters``.
+        self.live_stats: Callable[[], Mapping[str, Any]] | None = None
+        self._counted_at = 0.0
+        self._last_counts: dict[str, int] = {}
 
     # -- journal ---------------------------------------------------------------------------
     def open_journal(self) -> ResumeState:
@@ -85,6 +161,7 @@ class CrawlRecord:
         path = self.state_dir / JOURNAL_NAME
         state = ResumeState()
         if path.exists():
+            repair_torn_tail(path)
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     try:
@@ -96,6 +173,9 @@ class CrawlRecord:
         self._journal = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         if state.events:
             self.resumed = state
+        self.session = state.sessions + 1
+        self._prior = state.prior_counts()
+        self._log({"e": "session", "n": self.session})
         return state
 
     def _replay(self, event: dict[str, Any], state: ResumeState) -> None:
@@ -125,6 +205,10 @@ class CrawlRecord:
         elif kind == "over":
             self.over_limit += 1
             state.images_done.add(event["url"])
+        elif kind == "session":
+            state.sessions = max(state.sessions, int(event["n"]))
+        elif kind == "counters":
+            state.counts[int(event["n"])] = {k: int(v) for k, v in event["c"].items()}
 
     def _log(self, event: dict[str, Any]) -> None:
         if self._journal is not None:
@@ -137,7 +221,21 @@ class CrawlRecord:
     def requested_image(self, url: str, meta: Mapping[str, Any]) -> None:
         self._log({"e": "req_image", "url": url, "meta": dict(meta)})
 
+    def checkpoint(self, force: bool = False) -> None:
+        """Journal this session's counts (at most every ``COUNTERS_EVERY_S``, or now)."""
+        if self.live_stats is None or self._journal is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._counted_at < COUNTERS_EVERY_S:
+            return
+        self._counted_at = now
+        counts = session_counts(self.live_stats())
+        if counts != self._last_counts:
+            self._last_counts = counts
+            self._log({"e": "counters", "n": self.session, "c": counts})
+
     def close(self) -> None:
+        self.checkpoint(force=True)
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -207,6 +305,7 @@ class CrawlRecord:
             self._emit()
 
     def _emit(self) -> None:
+        self.checkpoint()
         self._progress(self.progress_line())
 
     # -- output ----------------------------------------------------------------------------
@@ -216,6 +315,7 @@ class CrawlRecord:
         pages_by_reason = Counter(
             p["reason"] for p in self.pages if p["decision"] not in ("parsed",)
         )
+        totals = self._prior + Counter(session_counts(scrapy_stats))
         return {
             "pages": self.pages_parsed,
             "pages_requested": len(self.pages),
@@ -227,13 +327,12 @@ class CrawlRecord:
             "byte_duplicates_merged": self.merged,
             "images_over_limit": self.over_limit,
             "image_bytes": sum(row["num_bytes"] for row in self.items.values()),
-            "bytes": int(scrapy_stats.get("downloader/response_bytes", 0)),
-            "requests": int(scrapy_stats.get("downloader/request_count", 0)),
+            # The run's totals: this session's Scrapy counts plus every earlier session's.
+            **{name: int(totals[name]) for name in SESSION_COUNTS},
             "rejected": len(self.rejections),
             "rejections": dict(sorted(Counter(r["reason"] for r in self.rejections).items())),
-            "robots_forbidden": int(scrapy_stats.get("robotstxt/forbidden", 0)),
-            "links_off_topic": int(scrapy_stats.get("lora_factory/links_off_topic", 0)),
             "resumed": self.resumed is not None,
+            "sessions": self.session,
             "finish_reason": finish_reason,
             "scrapy_finish_reason": scrapy_stats.get("finish_reason"),
             "duration_s": round(duration_s, 3),
@@ -246,19 +345,8 @@ class CrawlRecord:
         images_dir.mkdir(parents=True, exist_ok=True)
         for row in self.items.values():
             name = Path(row["image_path"]).name
-            target = images_dir / name
-            if not target.exists():
-                try:
-                    os.link(self.store_dir / name, target)
-                except OSError:  # another file system: copy
-                    shutil.copyfile(self.store_dir / name, target)
+            link_image(self.store_dir / name, images_dir / name)
         write_items(self.out_dir / "items.parquet", list(self.items.values()))
         write_table(self.out_dir / "pages.parquet", self.pages, PAGE_SCHEMA)
         write_table(self.out_dir / "rejected.parquet", self.rejections, REJECTED_SCHEMA)
-        stats = dict(summary)
-        tmp = self.out_dir / "crawl_stats.json.tmp"
-        tmp.write_text(
-            json.dumps(stats, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
-        )
-        tmp.replace(self.out_dir / "crawl_stats.json")
-        return stats
+        return write_stats(self.out_dir, summary)

@@ -1,7 +1,8 @@
-"""Scrapy settings derived from ``CrawlConfig``: bounds, politeness and our components.
+"""Scrapy settings derived from the crawl spec: bounds, politeness, the guard and our components.
 
 Why derive instead of a static settings module: every bound the user sets in a profile must
-reach Scrapy, and nothing else should (no telnet console, no remote-control server).
+reach Scrapy, and nothing else should (no telnet console, no remote-control server, no download
+handler but http(s)).
 """
 
 from __future__ import annotations
@@ -10,22 +11,19 @@ from typing import Any
 
 from lora_factory.config import CrawlConfig
 
-from .middlewares import ALLOW_LOOPBACK_SETTING, ALLOW_SETTING
+from .resolver import ALLOW_LOOPBACK_SETTING, ALLOW_SETTING, RESOLVE_TIMEOUT_S
+from .spec import Frontier
 
 PAGE_MAX_BYTES = 10 * 1024 * 1024  # HTML pages; images use CrawlConfig.max_image_bytes
 
 
-def scrapy_settings(
-    config: CrawlConfig, run_id: str | None = None, worker: str | None = None
-) -> dict[str, Any]:
-    """With ``config.redis_url``: the shared Redis frontier of run ``run_id`` (``spiders.distributed``)."""
+def scrapy_settings(config: CrawlConfig, frontier: Frontier | None = None) -> dict[str, Any]:
+    """With a ``frontier``: the shared Redis frontier of a distributed run (``spiders.frontier``)."""
     settings = _base_settings(config)
-    if config.redis_url:
-        from .distributed import default_worker, redis_settings
+    if frontier is not None:
+        from .frontier import frontier_settings
 
-        if not run_id:
-            raise ValueError("distributed mode (crawl.redis_url) needs a run id")
-        settings.update(redis_settings(config, run_id, worker or default_worker()))
+        settings.update(frontier_settings(config, frontier))
     return settings
 
 
@@ -62,13 +60,17 @@ def _base_settings(config: CrawlConfig) -> dict[str, Any]:
         "DEPTH_PRIORITY": 1,
         "SCHEDULER_DISK_QUEUE": "scrapy.squeues.PickleFifoDiskQueue",
         "SCHEDULER_MEMORY_QUEUE": "scrapy.squeues.FifoMemoryQueue",
-        # Our components.
+        # The guard (spiders.guard): http(s) only, public addresses only, each host resolved
+        # once and pinned by our resolver; no handler for file:, ftp:, data: or s3: at all.
         ALLOW_SETTING: config.allow_private_addresses,
         ALLOW_LOOPBACK_SETTING: config.allow_loopback,
+        "TWISTED_DNS_RESOLVER": "spiders.resolver.GuardedResolver",
+        "DNS_TIMEOUT": RESOLVE_TIMEOUT_S,
+        "DOWNLOAD_HANDLERS": {"file": None, "ftp": None, "data": None, "s3": None},
         "DOWNLOADER_MIDDLEWARES": {
             # Before OffsiteMiddleware (50) and RobotsTxtMiddleware (100): a refused host is
             # never contacted, not even for robots.txt.
-            "spiders.middlewares.PrivateAddressMiddleware": 40,
+            "spiders.middlewares.AddressGuardMiddleware": 40,
         },
         "ITEM_PIPELINES": {"spiders.pipelines.ContentStorePipeline": 300},
         # No listening sockets: Scrapy 2.19 enables a telnet console and an HTTP remote-control

@@ -8,7 +8,13 @@ and the resumption journal the ledger's (``spiders.record``).
 
 Per page: HTML only; opt-outs (X-Robots-Tag and meta robots ``noai``/``noimageai`` skip the
 page's images with reason ``noai``, ``nofollow`` stops link following); quality (``ad_farm``,
-``low_entropy``, ``language``) and relevance (``off_topic``) checks; then images and links.
+``low_entropy``, ``language``) and relevance (``off_topic``) checks; then images and links. A
+page rejected for its quality is not mined (no images, no text) but its on-site links are still
+followed within the depth and page bounds: a gallery index or a category listing is mostly
+links, and is how a site leads to its pictures. An ``off_topic`` page leads nowhere (seeds are
+never judged off topic). Only http(s) is requested: links and images of any other scheme
+(``file:``, ``ftp:``, ``data:`` ...) are recorded with reason ``unsupported_scheme`` and never
+become requests; the address guard (``spiders.middlewares``) refuses them again if one did.
 Per image: Content-Type and opt-out headers are checked as soon as the headers arrive (the body
 of an HTML page served at an image URL is never downloaded), the body's size is capped by
 ``download_maxsize``, and ``spiders.images`` checks magic bytes, pixels and decodes it; that
@@ -26,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import scrapy
+from parsel import Selector
 from scrapy import signals
 from scrapy.exceptions import StopDownload
 from scrapy.http import HtmlResponse, Request, Response
@@ -35,24 +42,21 @@ from scrapy.utils.response import get_base_url
 from twisted.python.failure import Failure
 from w3lib.url import canonicalize_url
 
-from lora_factory.config import CrawlConfig
 from lora_factory.manifest import item_id_for
 
 from .bounds import LocalBounds, SharedBounds
-from .extract import extract_page
+from .extract import ImageRef, extract_page, refused_links
 from .failures import failure_reason
+from .guard import FETCH_SCHEMES, scheme_refusal, shown_url
 from .images import ImageRejected, declared_type, inspect_image, type_is_acceptable
+from .meta import IMAGE_KEY, IMAGE_META, PAGE_KEY, PAGE_URL, STOP_META
 from .pipelines import close_spider_soon
 from .quality import Relevance, link_text, page_quality, page_summary_text
 from .record import CrawlRecord
+from .spec import CrawlSpec
 from .workpool import WorkPool
 
 IMAGE_PRIORITY = 100  # a page's images are fetched before the crawl goes deeper
-IMAGE_META = "lora_factory_image"  # request.meta key carrying an image's provenance
-IMAGE_KEY = "lora_factory_image_url"  # the image URL as the page gave it (before redirects)
-PAGE_KEY = "lora_factory_page_key"  # the canonical URL the page was requested under
-PAGE_URL = "lora_factory_page_url"  # the URL the page was requested under (before redirects)
-STOP_META = "lora_factory_stop"  # (reason, detail) when a download was stopped at the headers
 FRIENDLY_REASONS = {"closespider_timeout": "timeout", "shutdown": "interrupted"}
 # The bounds in the order they are reported when several were hit.
 BOUND_ORDER = ("max_images", "max_images_per_topic", "max_pages", "max_depth")
@@ -97,27 +101,18 @@ class TopicSpider(scrapy.Spider):
     name = "topics"
 
     def __init__(
-        self,
-        topics_to_urls: dict[str, list[str]],
-        config: CrawlConfig,
-        out_dir: str | Path,
-        progress: Callable[[str], None] | None = None,
-        state_dir: str | Path | None = None,
-        models_dir: str | Path | None = None,
-        topics_to_images: dict[str, list[dict[str, Any]]] | None = None,
-        **kwargs: Any,
+        self, spec: CrawlSpec, progress: Callable[[str], None] | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        self.spec = spec
         # Images an API source found (provenance dicts with "image_url"): fetched directly.
-        self.topics_to_images = topics_to_images or {}
-        self.topics_to_urls = {**{t: [] for t in self.topics_to_images}, **topics_to_urls}
-        self.config = config
+        self.topics_to_images = spec.images
+        self.topics_to_urls = {**{t: [] for t in spec.images}, **spec.topics}
+        self.config = config = spec.crawl
         self.allowed_domains = [d.lower() for d in config.allowed_domains] or seed_domains(
-            topics_to_urls
+            spec.topics
         )
-        self.record = CrawlRecord(
-            Path(out_dir), progress, Path(state_dir) if state_dir is not None else None
-        )
+        self.record = CrawlRecord(spec.out_dir, progress, spec.state_dir)
         # Not LinkExtractor(allow_domains=...): it compares the netloc (with the port), while
         # OffsiteMiddleware compares the host name; _on_site follows the offsite rule.
         self.links = LinkExtractor()
@@ -125,13 +120,13 @@ class TopicSpider(scrapy.Spider):
         self.relevance: Relevance | None = None
         if config.relevance_threshold is not None:
             self.relevance = Relevance(
-                config.relevance_model, Path(models_dir or Path(out_dir) / ".models")
+                config.relevance_model, Path(spec.models_dir or spec.out_dir / ".models")
             )
         self.bounds_hit: set[str] = set()  # bounds that stopped the crawl following something
         self.close_reason: str | None = None
         self._pages: set[str] = set()  # canonical URLs of every page requested
-        self._images: set[str] = set()  # every image URL requested
-        self.links_off_topic = 0
+        self._refused: set[str] = set()  # links of another scheme, recorded (not requested)
+        self._images: set[str] = set()  # every image URL requested (or refused)
         self.work = WorkPool()  # image decoding, hashing and storing, off the reactor thread
         # Shared by the run's workers in distributed mode (set in from_crawler).
         self.bounds: LocalBounds | SharedBounds = LocalBounds(config, self.record)
@@ -140,17 +135,20 @@ class TopicSpider(scrapy.Spider):
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> TopicSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
         crawler.signals.connect(spider.headers_received, signal=signals.headers_received)
-        if spider.config.redis_url:
-            from .distributed import shared_bounds
+        if spider.spec.frontier is not None:
+            from .frontier import shared_bounds
 
             spider.bounds = shared_bounds(crawler.settings, spider.config)
         return spider
 
     # -- start and resume ------------------------------------------------------------------
     async def start(self) -> AsyncIterator[Request]:
+        self.record.live_stats = self.crawler.stats.get_stats
         state = self.record.open_journal()
         self._pages.update(state.pages)
+        self._refused.update(k for k in state.pages_done if k not in state.pages)
         self._images.update(state.images)
+        self._images.update(state.images_done)
         if self.record.resumed:
             self.logger.info(
                 "resuming: %d pages and %d images already done, %d pages and %d images pending",
@@ -175,7 +173,7 @@ class TopicSpider(scrapy.Spider):
         for topic, candidates in self.topics_to_images.items():
             for candidate in candidates:
                 url = candidate["image_url"]
-                if url in self._images:
+                if url in self._images or shown_url(url) in self._images:
                     continue
                 meta = {
                     **{k: v for k, v in candidate.items() if k != "image_url"},
@@ -183,6 +181,8 @@ class TopicSpider(scrapy.Spider):
                     "robots": "allowed" if self.config.obey_robots else "not_checked",
                 }
                 meta.setdefault("license", "unknown")
+                if self._refuse_image(url, meta):
+                    continue
                 self._images.add(url)
                 self.record.requested_image(url, meta)
                 yield self._image_request(url, meta)
@@ -211,8 +211,12 @@ class TopicSpider(scrapy.Spider):
         )
 
     def _on_site(self, url: str) -> bool:
-        host = (urlsplit(url).hostname or "").lower()
-        return any(host == d or host.endswith("." + d) for d in self.allowed_domains)
+        """An http(s) URL on an allowed host (``file://<that host>/...`` is not on the site)."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        return parts.scheme.lower() in FETCH_SCHEMES and any(
+            host == d or host.endswith("." + d) for d in self.allowed_domains
+        )
 
     def parse_page(self, response: Response) -> Iterator[Request]:
         topic, depth = response.meta["topic"], response.meta.get("depth", 0)
@@ -234,34 +238,19 @@ class TopicSpider(scrapy.Spider):
         directives = robots_directives(
             header_values(response.headers, b"X-Robots-Tag") + meta_robots, self.bot
         )
-        quality = page_quality(
-            sel, self.config.allowed_languages, self.config.min_text_entropy,
-            self.config.max_ad_ratio,
-        )
-        row.update(
-            title=(sel.css("title::text").get() or "").strip() or None,
-            language=quality.language, text_entropy=quality.entropy, ad_ratio=quality.ad_ratio,
-        )
-        if quality.reason:
-            self._add_page(row, key, "rejected", quality.reason, quality.detail)
+        rejection = self._judge_page(sel, topic, depth, row)
+        if rejection is not None:
+            self._add_page(row, key, "rejected", *rejection)
+            if rejection[0] != "off_topic":  # a hub of links: not mined, but it leads on
+                yield from self._follow_links(response, topic, depth, directives)
             return
-        if self.relevance is not None:
-            score = self.relevance.scores(topic, [page_summary_text(sel)])[0]
-            row["relevance"] = round(score, 4)
-            threshold = self.config.relevance_threshold or 0.0
-            if score < threshold and depth > 0:  # seeds are the user's choice: always mined
-                self._add_page(
-                    row, key, "rejected", "off_topic",
-                    f"similarity {score:.2f} to {topic!r} < {threshold:g}",
-                )
-                return
         page = extract_page(sel, get_base_url(response))
         row["title"] = page.title
         row["n_images"] = len(page.images)
-        opted_out = self.config.honour_noai and directives & {"noai", "noimageai"}
+        found = directives & {"noai", "noimageai"} if self.config.honour_noai else set()
+        opted_out = ", ".join(sorted(found))
         if opted_out:
-            what = ", ".join(sorted(directives & {"noai", "noimageai"}))
-            self._add_page(row, key, "parsed", "noai", f"page opts out of AI use ({what})")
+            self._add_page(row, key, "parsed", "noai", f"page opts out of AI use ({opted_out})")
         else:
             self._add_page(row, key, "parsed", None, None)
         provenance = {
@@ -273,13 +262,47 @@ class TopicSpider(scrapy.Spider):
             "author": page.author,
             "robots": "allowed" if self.config.obey_robots else "not_checked",
         }
+        for url in page.refused_images:
+            if shown_url(url) not in self._images:
+                self._refuse_image(url, provenance)
+        yield from self._image_requests(page.images, provenance, opted_out, response.url)
+        yield from self._follow_links(response, topic, depth, directives)
+
+    def _judge_page(
+        self, sel: Selector, topic: str, depth: int, row: dict[str, Any]
+    ) -> tuple[str, str] | None:
+        """Quality, then relevance: (reason, detail) when the page is not to be mined. Fills in
+        ``row``'s measurements."""
+        quality = page_quality(
+            sel, self.config.allowed_languages, self.config.min_text_entropy,
+            self.config.max_ad_ratio,
+        )
+        row.update(
+            title=(sel.css("title::text").get() or "").strip() or None,
+            language=quality.language, text_entropy=quality.entropy, ad_ratio=quality.ad_ratio,
+        )
+        if quality.reason:
+            return quality.reason, quality.detail or quality.reason
+        if self.relevance is None:
+            return None
+        score = self.relevance.scores(topic, [page_summary_text(sel)])[0]
+        row["relevance"] = round(score, 4)
+        threshold = self.config.relevance_threshold or 0.0
+        if score < threshold and depth > 0:  # seeds are the user's choice: always mined
+            return "off_topic", f"similarity {score:.2f} to {topic!r} < {threshold:g}"
+        return None
+
+    def _image_requests(
+        self, images: list[ImageRef], provenance: dict[str, Any], opted_out: str, page_url: str
+    ) -> Iterator[Request]:
+        topic = provenance["topic"]
         topic_full = self._topic_full(topic)
-        for ref in page.images:
+        for ref in images:
             if ref.url in self._images:
                 continue
             if opted_out:
                 self._images.add(ref.url)
-                self._reject(ref.url, provenance, "noai", f"page {response.url} opts out ({what})")
+                self._reject(ref.url, provenance, "noai", f"page {page_url} opts out ({opted_out})")
                 continue
             if topic_full or self._all_images_done():
                 break
@@ -293,8 +316,16 @@ class TopicSpider(scrapy.Spider):
             self._images.add(ref.url)
             self.record.requested_image(ref.url, meta)
             yield self._image_request(ref.url, meta)
+
+    def _follow_links(
+        self, response: Response, topic: str, depth: int, directives: set[str]
+    ) -> Iterator[Request]:
+        """Requests for the page's on-site links, within the depth and page bounds; links of
+        another scheme are recorded as refused."""
         if "nofollow" in directives or "none" in directives:
             return
+        for url in refused_links(response.selector, get_base_url(response)):
+            self._refuse_link(url, topic, depth + 1)
         links = [
             link for link in self.links.extract_links(response)
             if not link.nofollow and self._on_site(link.url)
@@ -308,11 +339,30 @@ class TopicSpider(scrapy.Spider):
             scores = self.relevance.scores(topic, [link_text(lk.url, lk.text) for lk in links])
             kept = [lk for lk, s in zip(links, scores, strict=True)
                     if s >= (self.config.relevance_threshold or 0.0)]
-            self.links_off_topic += len(links) - len(kept)
+            self.crawler.stats.inc_value("lora_factory/links_off_topic", len(links) - len(kept))
             links = kept
         for link in links:
             if request := self._page_request(link.url, topic, depth + 1):
                 yield request
+
+    def _refuse_link(self, url: str, topic: str, depth: int) -> None:
+        """Record a link of a scheme the crawler never requests (once per URL)."""
+        shown = shown_url(url)
+        if shown in self._refused:
+            return
+        self._refused.add(shown)
+        row = {"url": shown, "status": None, "depth": depth, "topic": topic, "n_images": 0}
+        self._add_page(row, shown, "error", "unsupported_scheme", scheme_refusal(url))
+
+    def _refuse_image(self, url: str, provenance: dict[str, Any]) -> bool:
+        """Record an image URL of a scheme the crawler never requests; False if it is http(s)."""
+        why = scheme_refusal(url)
+        if why is None:
+            return False
+        shown = shown_url(url)
+        self._images.add(shown)
+        self._reject(shown, provenance, "unsupported_scheme", why)
+        return True
 
     def page_failed(self, failure: Failure) -> None:
         request = failure.request  # type: ignore[attr-defined]
@@ -450,7 +500,6 @@ class TopicSpider(scrapy.Spider):
     def closed(self, reason: str) -> None:
         self.close_reason = reason
         self.work.close()
-        self.crawler.stats.set_value("lora_factory/links_off_topic", self.links_off_topic)
 
     def finish_reason(self) -> str:
         """Why the crawl stopped: finished, a bound (max_images, max_images_per_topic, max_pages,

@@ -18,15 +18,19 @@ from lora_factory.catalog import CRAWL_STATS
 from lora_factory.config import FactoryConfig
 from lora_factory.context import RunRef, get_logger, run_stage
 from lora_factory.home import home_of
+from lora_factory.names import mlflow_key, topic_key
+from lora_factory.secrets import redact
 from spiders.crawl import run_crawl
-from spiders.distributed import run_workers
 from spiders.sources.demo_site import DemoSite, generate_demo_site, serve_site
 from spiders.sources.select import API_SOURCES, api_images, expand_seeds
+from spiders.workers import run_workers
 
 from ._prefect import stage_task
 
 STAGE = "crawl"
 DEMO_PORT_FILE = "demo_port"
+PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value
+SEEDS_ARTIFACT = "seed_urls.json"
 
 
 def demo_seed_urls(site: DemoSite, base_url: str, topics: list[str]) -> dict[str, list[str]]:
@@ -67,27 +71,64 @@ def seed_urls(cfg: FactoryConfig, topics: list[str], scratch: Path) -> Iterator[
 def crawl_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
         cfg = st.config
-        st.log_params({**cfg.crawl.model_dump(exclude={"seeds"}), "num_seed_topics": len(cfg.crawl.seeds)})
+        st.log_params(crawl_params(cfg))
         with seed_urls(cfg, ref.topics, st.scratch) as urls:
-            st.log_params({"seed_urls": json.dumps(urls)})
             images = (
                 api_images(cfg.crawl, ref.topics) if cfg.crawl.source in API_SOURCES else None
             )
-            if images is not None:
-                st.log_params({"api_candidates": json.dumps({t: len(v) for t, v in images.items()})})
+            seeds = seed_record(urls, images)
+            st.tracker.log_dict(st.mlflow_run_id, seeds, SEEDS_ARTIFACT)
+            st.log_params(seed_params(seeds))
             common = {"on_progress": st.log.info, "state_dir": st.scratch / "state",
                       "models_dir": home_of(cfg).models, "topics_to_images": images}
-            if cfg.crawl.workers > 1:
+            if cfg.crawl.redis_url:  # distributed: any number of workers, one included
                 stats = run_workers(urls, st.out, cfg.crawl, cfg.crawl.workers, ref.run_id, **common)
             else:
                 stats = run_crawl(urls, st.out, cfg.crawl, **common)
-        st.log_metrics({k: float(v) for k, v in _numeric(stats).items()})
+        st.log_metrics(crawl_metrics(stats))
         st.log_artifact(st.output_path(CRAWL_STATS))
     return stats
 
 
+def crawl_params(cfg: FactoryConfig) -> dict[str, Any]:
+    """The crawl config as MLflow params: credentials in URL settings masked, seeds left out
+    (they are keyed by topic and go to ``seed_urls.json``)."""
+    return {**redact(cfg.crawl.model_dump(mode="json", exclude={"seeds"})),
+            "num_seed_topics": len(cfg.crawl.seeds)}
+
+
+def seed_record(
+    urls: dict[str, list[str]], images: dict[str, list[dict[str, Any]]] | None
+) -> dict[str, Any]:
+    """What the crawl starts from, per topic (topics verbatim: this is data), credentials masked."""
+    record: dict[str, Any] = {"seed_urls": redact(urls)}
+    if images is not None:
+        record["api_candidates"] = {t: len(v) for t, v in images.items()}
+    return record
+
+
+def seed_params(seeds: dict[str, Any]) -> dict[str, str]:
+    """``seed_urls`` / ``api_candidates`` as params keyed by ``topic_key`` (a topic is any text);
+    a value beyond MLflow's limit points to the artifact instead."""
+    out: dict[str, str] = {}
+    for name, per_topic in seeds.items():
+        value = json.dumps({topic_key(t): v for t, v in per_topic.items()})
+        if len(value) > PARAM_MAX_CHARS:
+            value = f"{len(per_topic)} topics: see {SEEDS_ARTIFACT}"
+        out[name] = value
+    return out
+
+
+def crawl_metrics(stats: dict[str, Any]) -> dict[str, float]:
+    """The crawl stats as MLflow metrics (``rejections.too_small``, ``images_per_topic.<topic
+    key>`` ...); each worker's own stats stay in crawl_stats.json."""
+    flat = {k: v for k, v in stats.items() if k not in ("images_per_topic", "workers")}
+    per_topic = {topic_key(t): n for t, n in (stats.get("images_per_topic") or {}).items()}
+    return {mlflow_key(k): v for k, v in _numeric({**flat, "images_per_topic": per_topic}).items()}
+
+
 def _numeric(stats: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flatten the crawl stats to MLflow metrics (``rejected.too_small`` ...)."""
+    """Flatten nested stats to ``a.b`` keys (booleans and text left out)."""
     out: dict[str, float] = {}
     for k, v in stats.items():
         if isinstance(v, bool):

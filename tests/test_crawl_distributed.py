@@ -16,8 +16,8 @@ import redis  # noqa: E402 - a locked dependency
 from lora_factory.config import CrawlConfig
 from lora_factory.manifest import read_items
 from spiders.crawl import run_crawl
-from spiders.distributed import merge_parts
 from spiders.sources.demo_site import generate_demo_site, serve_site
+from spiders.workers import merge_parts, run_worker, run_workers
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 LATENCY_S = 0.1  # per response: with 2 requests in flight per worker, one worker cannot drain
@@ -106,8 +106,8 @@ class _Workers:
 
     def _run(self, name: str) -> None:
         try:
-            self.results[name] = run_crawl(self.site.topic_urls(self.base), self.out, self.config,
-                                           worker=name)
+            self.results[name] = run_worker(self.site.topic_urls(self.base), self.out, self.config,
+                                            name)
         except BaseException as exc:  # reported by run_all / the test
             self.results[name] = exc
 
@@ -131,7 +131,7 @@ def test_two_workers_share_the_frontier(tmp_path: Path) -> None:
     try:
         single = _single_process_paths(site, tmp_path / "single")
 
-        hits = RequestLog()
+        hits = StartTogether()  # a worker that starts late on a busy machine still finds work
         out = tmp_path / "distributed"
         workers = _Workers(site, out, _config(redis_url=REDIS_URL, redis_key_prefix=prefix))
         results = workers.results
@@ -220,14 +220,12 @@ def test_merge_parts_merges_same_bytes_across_workers(tmp_path: Path) -> None:
 
 def test_run_workers_starts_n_workers_and_merges(tmp_path: Path) -> None:
     """What the crawl task does with crawl.workers=2: two named workers, one merged stage."""
-    from spiders.distributed import run_workers
-
     server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     site = generate_demo_site(tmp_path / "site", seed=0)
     lines: list[str] = []
     try:
-        hits = RequestLog()
+        hits = StartTogether()
         with serve_site(site.root, hits=hits) as base:
             config = _config(redis_url=REDIS_URL, redis_key_prefix=prefix, workers=2)
             stats = run_workers(site.topic_urls(base), tmp_path / "out", config, config.workers,
@@ -260,13 +258,14 @@ def _cleanup(server: Any, prefix: str) -> None:
 def test_popped_requests_stay_in_flight_until_finished_and_can_be_requeued() -> None:
     from scrapy import Request, Spider
 
-    from spiders.distributed import RunKeys, requeue_orphans
+    from spiders.frontier import requeue_orphans
     from spiders.inflight import InFlightQueue, requeue
+    from spiders.redis_keys import RunKeys
 
     server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     try:
-        keys = RunKeys(f"{prefix}:requests", "a")
+        keys = RunKeys(prefix, "a")
         queue = InFlightQueue(server, Spider(name="t"), keys.queue)
         queue.inflight_key = keys.inflight("a")
         for i in range(3):
@@ -284,7 +283,7 @@ def test_popped_requests_stay_in_flight_until_finished_and_can_be_requeued() -> 
         assert other.pop().url == "http://x.example/b"
         server.sadd(keys.workers, "a", "b")
         server.set(keys.alive("b"), 1, px=5000)
-        c_keys = RunKeys(keys.queue, "c")
+        c_keys = RunKeys(prefix, "c")
         assert requeue_orphans(server, c_keys, include_self=False) == 1  # a's, not b's
         assert server.hlen(keys.inflight("a")) == 0 and server.hlen(keys.inflight("b")) == 1
         # The re-queued request keeps its priority: it is popped before the older queued one.
@@ -303,7 +302,8 @@ def test_a_killed_worker_loses_no_request(tmp_path: Path) -> None:
 
     from scrapy_redis import picklecompat
 
-    from spiders.distributed import default_run_id, run_key
+    from spiders.redis_keys import run_key
+    from spiders.workers import default_run_id
 
     server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
@@ -349,8 +349,6 @@ def test_a_killed_worker_loses_no_request(tmp_path: Path) -> None:
 def test_bounds_are_the_runs_not_each_workers(tmp_path: Path, bound: str, limit: int) -> None:
     """A bound with two workers: the run keeps that many images (requests that many pages) in
     all; with per-worker counts each worker would."""
-    from spiders.distributed import run_workers
-
     server = _redis_or_fail()
     prefix = f"lf-test-{uuid.uuid4().hex[:12]}"
     site = generate_demo_site(tmp_path / "site", seed=0)

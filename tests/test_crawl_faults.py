@@ -24,7 +24,9 @@ from spiders.sources.fault_site import (
     ENGLISH,
     EXPECTED_IMAGES,
     EXPECTED_PAGES,
+    EXPECTED_REFUSED_LINKS,
     GERMAN,
+    REFUSED_IMAGES,
     UNFETCHED_IMAGES,
     bomb_png,
     serve_fault_site,
@@ -71,9 +73,14 @@ def _path(url: str) -> str:
     return urlsplit(url).path
 
 
+def _key(faults: dict, url: str) -> str:
+    """The fault site's own URLs by path, every other URL (file:, IPv6 hosts ...) in full."""
+    return url.removeprefix(faults["base"])
+
+
 def test_every_image_case_is_kept_or_rejected_with_its_reason(faults) -> None:
-    rejected = {_path(u): r for u, r in zip(faults["rejected"]["url"], faults["rejected"]["reason"], strict=True)}
-    kept = {_path(it["image_url"]) for it in faults["items"]}
+    rejected = {_key(faults, u): r for u, r in zip(faults["rejected"]["url"], faults["rejected"]["reason"], strict=True)}
+    kept = {_key(faults, it["image_url"]) for it in faults["items"]}
     expected_rejections = {p: r for p, r in EXPECTED_IMAGES.items() if r != "item"}
     assert rejected == expected_rejections
     assert kept == {p for p, r in EXPECTED_IMAGES.items() if r == "item"}
@@ -87,9 +94,10 @@ def test_every_image_case_is_kept_or_rejected_with_its_reason(faults) -> None:
 def test_every_page_case_is_recorded_with_its_reason(faults) -> None:
     pages = faults["pages"]
     reasons = pages["reason"].astype(object).where(pages["reason"].notna(), None)
-    got = {_path(u): (d, r) for u, d, r in zip(pages["url"], pages["decision"], reasons, strict=True)}
-    assert got == {p: (d, r) for p, (d, r) in EXPECTED_PAGES.items()}
-    not_parsed = Counter(r for d, r in EXPECTED_PAGES.values() if d != "parsed")
+    got = {_key(faults, u): (d, r) for u, d, r in zip(pages["url"], pages["decision"], reasons, strict=True)}
+    expected = {**EXPECTED_PAGES, **EXPECTED_REFUSED_LINKS}
+    assert got == expected
+    not_parsed = Counter(r for d, r in expected.values() if d != "parsed")
     assert faults["stats"]["pages_not_parsed"] == dict(sorted(not_parsed.items()))
     german = pages[pages["url"].str.endswith("/german.html")].iloc[0]
     assert german["language"] == "de"
@@ -109,6 +117,28 @@ def test_what_must_not_be_fetched_is_not(faults) -> None:
     rejected = faults["rejected"].set_index("url")
     assert "10.0.0.1" in rejected.loc[faults["base"] + "/img/to-private.png", "detail"]
     assert "timeout" not in rejected.loc[faults["base"] + "/img/to-private.png", "detail"]
+
+
+def test_the_guard_refuses_other_schemes_and_addresses_before_any_request(faults) -> None:
+    """file:, ftp:, data:, IPv6 forms of private IPv4 addresses and a host without DNS: each is
+    recorded with its reason, and none became a request (the guard's refusal, not a failed
+    download: no timeout, no connection error, nothing served under those paths)."""
+    rejected = faults["rejected"].set_index("url")
+    for url, reason in REFUSED_IMAGES.items():
+        assert rejected.loc[url, "reason"] == reason, url
+        assert "refused" in rejected.loc[url, "detail"] or "never fetched" in rejected.loc[url, "detail"]
+        assert faults["hits"][urlsplit(url).path] == 0, url
+    assert "169.254.169.254" in rejected.loc["http://[2002:a9fe:a9fe::1]/img/6to4.png", "detail"]
+    assert "DNS lookup" in rejected.loc["http://no-such-host.invalid/img/no-dns.png", "detail"]
+    pages = faults["pages"].set_index("url")
+    for url in EXPECTED_REFUSED_LINKS:
+        assert pd.isna(pages.loc[url, "status"]) and "never fetched" in pages.loc[url, "detail"]
+    assert faults["hits"]["/etc/hostname"] == faults["hits"]["/pub/index.html"] == 0
+    assert "file:///etc/passwd" in pages.loc[faults["base"] + "/to-file.html", "detail"]
+    assert "169.254.169.254" in pages.loc[faults["base"] + "/to-metadata.html", "detail"]
+    stats = faults["stats"]
+    assert stats["rejections"]["unsupported_scheme"] == 3 and stats["rejections"]["dns_error"] == 1
+    assert stats["pages_not_parsed"]["unsupported_scheme"] == len(EXPECTED_REFUSED_LINKS) + 1
 
 
 def test_kept_images_are_canonical_and_named_by_content(faults) -> None:

@@ -9,6 +9,12 @@ The server is bounded: slow and "timeout" handlers wait on the server's stop eve
 than ``HANG_S``), the 100 MB responses stop when the client hangs up, and private-address
 redirects point at 10.0.0.1 / 192.168.77.77, which the crawler must refuse without connecting.
 Every request is counted (``FaultSite.hits``) so tests can prove what was, and was not, fetched.
+
+The guard's cases: ``/schemes.html`` links and embeds ``file:``, ``ftp:`` and ``data:`` URLs
+(``file://127.0.0.1/...`` names this very host), ``/ipv6.html`` embeds images on IPv6 forms
+that carry a private IPv4 address and on a host whose DNS lookup fails, and two pages redirect
+to ``file:`` and to the NAT64 form of the cloud metadata address. None of them may become a
+request; each is recorded with its reason (``EXPECTED_REFUSED_LINKS``, ``EXPECTED_IMAGES``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,30 @@ HUGE_BYTES = 100 * 1024 * 1024
 CHUNK = 64 * 1024
 PRIVATE_IMAGE_TARGET = "http://10.0.0.1/stolen.png"
 PRIVATE_PAGE_TARGET = "http://192.168.77.77/admin.html"
+METADATA_NAT64_TARGET = "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/"  # 169.254.169.254
+NO_DNS_HOST = "no-such-host.invalid"  # RFC 2606: never resolves
+DATA_IMAGE = "data:image/gif;base64,R0lGODlhAQABAAAAACw="
+# Absolute image URLs the crawler must refuse without a request -> the reason it records.
+REFUSED_IMAGES: dict[str, str] = {
+    "file:///dev/zero": "unsupported_scheme",  # would read until memory runs out
+    "ftp://127.0.0.1/img/ftp.png": "unsupported_scheme",
+    DATA_IMAGE: "unsupported_scheme",
+    "http://[::127.0.0.1]/img/v4-compatible-loopback.png": "private_address",
+    "http://[::10.0.0.1]/img/v4-compatible.png": "private_address",
+    "http://[::ffff:10.0.0.1]/img/v4-mapped.png": "private_address",
+    "http://[2002:a9fe:a9fe::1]/img/6to4.png": "private_address",
+    "http://[64:ff9b::a9fe:a9fe]/img/nat64.png": "private_address",
+    "http://[64:ff9b:1::a00:1]/img/nat64-local.png": "private_address",
+    "http://[fec0::1]/img/site-local.png": "private_address",
+    f"http://{NO_DNS_HOST}/img/no-dns.png": "dns_error",
+}
+# Links on /schemes.html: recorded in pages.parquet, never requested.
+EXPECTED_REFUSED_LINKS: dict[str, tuple[str, str]] = {
+    "file:///etc/passwd": ("error", "unsupported_scheme"),
+    "file://127.0.0.1/etc/hostname": ("error", "unsupported_scheme"),  # this very host
+    "ftp://127.0.0.1/pub/index.html": ("error", "unsupported_scheme"),
+    "data:text/html;base64,PGgxPmhpPC9oMT4=": ("error", "unsupported_scheme"),
+}
 
 # image path -> "item" or the rejection reason the crawler must record
 EXPECTED_IMAGES: dict[str, str] = {
@@ -62,6 +92,7 @@ EXPECTED_IMAGES: dict[str, str] = {
     "/img/noai-page-1.png": "noai",  # on the X-Robots-Tag: noai page, never fetched
     "/img/noai-page-2.png": "noai",
     "/img/noai-meta.png": "noai",  # on the meta robots page, never fetched
+    **REFUSED_IMAGES,
 }
 # page path -> (decision, reason)
 EXPECTED_PAGES: dict[str, tuple[str, str | None]] = {
@@ -78,6 +109,10 @@ EXPECTED_PAGES: dict[str, tuple[str, str | None]] = {
     "/german.html": ("rejected", "language"),
     "/adfarm.html": ("rejected", "ad_farm"),
     "/stuffed.html": ("rejected", "low_entropy"),
+    "/schemes.html": ("parsed", None),
+    "/ipv6.html": ("parsed", None),
+    "/to-file.html": ("error", "unsupported_scheme"),
+    "/to-metadata.html": ("error", "private_address"),
 }
 # Images on rejected pages: never requested.
 UNFETCHED_IMAGES = ("/img/german.png", "/img/adfarm.png", "/img/stuffed.png")
@@ -248,6 +283,7 @@ def build_routes() -> dict[str, Route]:
             f"<p>Lighthouse.</p>{_fig('/img/adfarm.png', 'deal')}",
         )
     )
+    _guard_routes(r)
     r["/stuffed.html"] = Route(
         body=_page(
             "lighthouse pictures",
@@ -255,6 +291,20 @@ def build_routes() -> dict[str, Route]:
         )
     )
     return r
+
+
+def _guard_routes(r: dict[str, Route]) -> None:
+    """Pages whose links, images and redirects the address guard must refuse."""
+    links = " ".join(f'<a href="{url}">{name}</a>' for name, url in zip(
+        ("passwords", "host name", "archive", "inline page"), EXPECTED_REFUSED_LINKS, strict=True))
+    other_schemes = "".join(_fig(u, "elsewhere") for u in REFUSED_IMAGES if not u.startswith("http"))
+    other_hosts = "".join(_fig(u, "elsewhere") for u in REFUSED_IMAGES if u.startswith("http"))
+    r["/schemes.html"] = Route(
+        body=_page("Other schemes", f"<p>{ENGLISH}</p><p>{links}</p>{other_schemes}")
+    )
+    r["/ipv6.html"] = Route(body=_page("Other addresses", f"<p>{ENGLISH}</p>{other_hosts}"))
+    r["/to-file.html"] = Route(status=302, headers={"Location": "file:///etc/passwd"})
+    r["/to-metadata.html"] = Route(status=302, headers={"Location": METADATA_NAT64_TARGET})
 
 
 def _huge(with_length: bool) -> Callable[[Any], None]:

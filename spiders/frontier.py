@@ -1,19 +1,8 @@
-"""Distributed crawl mode: N crawler processes of one run share a Redis frontier and seen-set.
+"""The shared Redis frontier: the Scrapy components a distributed crawl runs *inside* each
+crawler process (scheduler, seen-set, heartbeats and the bounded wait for work).
 
-Selected by ``CrawlConfig.redis_url``. Each process is started with ``run_crawl(...,
-worker=NAME)`` (same ``out_dir`` and run id for all of them) and writes its own part,
-``<out_dir>/parts/<worker>/`` (items/pages/rejected parquet, crawl_stats.json, images/);
-``merge_parts(out_dir)`` then produces the stage's ``items.parquet``, ``pages.parquet``,
-``rejected.parquet``, ``crawl_stats.json`` and ``images/``, merging byte-identical images found
-by different workers into one item (the others' URLs go to ``other_urls``).
-
-Redis keys, all under ``<redis_key_prefix>:<run id>:`` so runs never collide:
-``requests`` (scrapy-redis priority queue: the shared frontier), ``dupefilter`` (fingerprints
-of every request any worker scheduled: the shared seen-set), ``workers`` (names of the workers
-that joined), ``alive:<worker>`` (value: the worker's pid) and ``busy:<worker>`` (short-TTL
-heartbeats), ``inflight:<worker>`` (requests the worker took and has not finished,
-``spiders.inflight``), ``count:images``, ``count:topics``, ``count:pages`` (the run's bounds,
-``spiders.bounds``).
+Selected by a spec with a ``frontier`` (``spiders.spec``); the parent side (starting workers,
+merging their parts) is ``spiders.workers``, the key layout ``spiders.redis_keys``.
 
 How the processes coordinate:
 - Seeding: every worker yields the seeds, and the shared seen-set (one atomic SADD per
@@ -30,16 +19,16 @@ How the processes coordinate:
   the worker has finished it (``spiders.inflight``). A worker re-queues its own hash when it
   starts (a restarted worker, same name), and any idle worker re-queues the hash of a worker
   whose heartbeat has expired before it concludes the frontier is empty. At least once: a
-  request finished just before the kill may be done twice; ``merge_parts`` folds the copies.
+  request finished just before the kill may be done twice; the merge folds the copies.
   Worker names must be unique among running workers (a second process with a running worker's
   name would take over that worker's in-flight requests).
 - Bounds: ``max_images``, ``max_images_per_topic`` and ``max_pages`` are the run's, not each
-  worker's: counted in Redis (``spiders.bounds``), so N workers keep at most ``max_images``
-  images in all (fewer after ``merge_parts`` folds byte copies found by different workers).
+  worker's: counted in Redis (``spiders.bounds``).
 - Cleanup: the last worker to leave a *finished* crawl deletes the run's keys; an interrupted,
-  timed-out or bounded crawl keeps them, so re-running the workers resumes the frontier. A
-  killed worker's part (``parts/<worker>``) is only written when that worker is re-run under
-  the same name: its journal holds what it did before the kill.
+  timed-out or bounded crawl keeps them, so re-running the workers resumes the frontier.
+
+The Redis URL reaches these components as a ``RedisAddress`` setting, whose printed form has
+its password masked: Scrapy logs every overridden setting at start-up.
 
 Why subclasses instead of scrapy-redis as is (0.9.1 against Scrapy 2.19): its dupefilter
 fingerprints with its own sha1 of (method, canonical URL, body) and ignores
@@ -52,15 +41,9 @@ its ``close`` flushes the *shared* queue and seen-set as soon as any one worker 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
-import socket
 import time
-from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import redis
@@ -72,83 +55,65 @@ from scrapy_redis.scheduler import Scheduler
 from twisted.internet import task
 
 from lora_factory.config import CrawlConfig
-from lora_factory.manifest import read_items, read_table, write_items, write_table
+from lora_factory.secrets import redact_url
 
-from .bounds import SharedBounds, count_keys
+from .bounds import SharedBounds
 from .inflight import InFlightQueue, requeue
-from .topic_spider import PAGE_KEY
+from .meta import CONTINUATION_META, NO_FILTER_META, PAGE_KEY
+from .redis_keys import RunKeys, run_key
+from .spec import Frontier
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
 
 logger = logging.getLogger(__name__)
 
-RUN_ID_SETTING = "LORA_FACTORY_RUN_ID"
+REDIS_SETTING = "LORA_FACTORY_REDIS"
+RUN_KEY_SETTING = "LORA_FACTORY_RUN_KEY"
 WORKER_SETTING = "LORA_FACTORY_WORKER"
 MAX_IDLE_SETTING = "LORA_FACTORY_MAX_IDLE_S"
 MAX_IDLE_S = 15.0  # continuous idleness after which a waiting worker gives up
 POLL_S = 0.2  # how often an idle worker looks at the frontier again
 TTL_MS = 3000  # heartbeat keys expire this long after the last refresh
-NO_FILTER_META = "lora_factory_no_shared_filter"  # opt a request out of the shared seen-set
-PARTS_DIR = "parts"
-_CONTINUATION_META = ("redirect_times", "retry_times")
 
 
-def default_run_id(out_dir: Path) -> str:
-    """A run id for workers sharing one ``out_dir`` (the crawl stage's folder) on one file system."""
-    return hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
+class RedisAddress:
+    """A Redis URL held in Scrapy's settings; printed (and logged) with its password masked."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"RedisAddress({redact_url(self.url)!r})"
 
 
-def default_worker() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def run_key(config: CrawlConfig, run_id: str) -> str:
-    return f"{config.redis_key_prefix}:{run_id}"
-
-
-def redis_settings(config: CrawlConfig, run_id: str, worker: str) -> dict[str, Any]:
-    """The Scrapy settings that switch a crawl to the shared Redis frontier (see module doc)."""
-    key = run_key(config, run_id)
+def frontier_settings(config: CrawlConfig, frontier: Frontier) -> dict[str, Any]:
+    """The Scrapy settings that switch a crawl to the shared Redis frontier."""
+    if not config.redis_url:
+        raise ValueError("a frontier needs crawl.redis_url")
     return {
-        "SCHEDULER": "spiders.distributed.RedisScheduler",
-        "DUPEFILTER_CLASS": "spiders.distributed.RedisDupeFilter",
-        "SCHEDULER_QUEUE_CLASS": "spiders.inflight.InFlightQueue",
-        "SCHEDULER_QUEUE_KEY": f"{key}:requests",
-        "SCHEDULER_DUPEFILTER_KEY": f"{key}:dupefilter",
-        "SCHEDULER_PERSIST": True,  # cleanup is the coordinator's job (the last worker out)
-        "SCHEDULER_IDLE_BEFORE_CLOSE": 0,  # never a blocking pop on the reactor thread
-        "REDIS_URL": config.redis_url,
-        RUN_ID_SETTING: run_id,
-        WORKER_SETTING: worker,
-        "EXTENSIONS": {"spiders.distributed.WorkerCoordinator": 0},
+        "SCHEDULER": "spiders.frontier.RedisScheduler",
+        "DUPEFILTER_CLASS": "spiders.frontier.RedisDupeFilter",
+        REDIS_SETTING: RedisAddress(config.redis_url),
+        RUN_KEY_SETTING: run_key(config, frontier.run_id),
+        WORKER_SETTING: frontier.worker,
+        "EXTENSIONS": {"spiders.frontier.WorkerCoordinator": 0},
     }
 
 
-class RunKeys:
-    """Names of a run's Redis keys."""
-
-    def __init__(self, queue_key: str, worker: str) -> None:
-        self.base = queue_key.rsplit(":", 1)[0]
-        self.queue = queue_key
-        self.dupefilter = f"{self.base}:dupefilter"
-        self.workers = f"{self.base}:workers"
-        self.worker = worker
-
-    def alive(self, worker: str) -> str:
-        return f"{self.base}:alive:{worker}"
-
-    def busy(self, worker: str) -> str:
-        return f"{self.base}:busy:{worker}"
-
-    def inflight(self, worker: str) -> str:
-        return f"{self.base}:inflight:{worker}"
+def redis_client(settings: BaseSettings) -> redis.Redis:
+    address = settings[REDIS_SETTING]
+    return redis.Redis.from_url(address.url, socket_timeout=10, socket_connect_timeout=5)
 
 
-def shared_bounds(settings: Any, config: CrawlConfig) -> SharedBounds:
-    """The run's bounds in Redis, for a crawler with ``redis_settings``."""
-    server = redis.Redis.from_url(settings["REDIS_URL"], socket_timeout=10)
-    return SharedBounds(server, RunKeys(settings["SCHEDULER_QUEUE_KEY"], "").base, config)
+def run_keys(settings: BaseSettings) -> RunKeys:
+    return RunKeys(settings[RUN_KEY_SETTING], settings[WORKER_SETTING])
+
+
+def shared_bounds(settings: BaseSettings, config: CrawlConfig) -> SharedBounds:
+    """The run's bounds in Redis, for a crawler with ``frontier_settings``."""
+    return SharedBounds(redis_client(settings), run_keys(settings).counts, config)
 
 
 def requeue_orphans(server: Any, keys: RunKeys, include_self: bool) -> int:
@@ -187,32 +152,39 @@ class RedisScheduler(Scheduler):
     """scrapy-redis's scheduler with a shared seen-set check for every first-hop request, the
     run's page budget, and in-flight tracking of what this worker took from the frontier."""
 
+    crawler: Crawler
+    keys: RunKeys
+
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         settings = crawler.settings
-        instance = cls.from_settings(settings)
-        instance.crawler = crawler
-        instance.stats = crawler.stats
-        instance.df = RedisDupeFilter(
-            instance.server,
-            settings["SCHEDULER_DUPEFILTER_KEY"],
-            settings.getbool("DUPEFILTER_DEBUG"),
-            crawler,
+        server = redis_client(settings)
+        keys = run_keys(settings)
+        dupefilter = RedisDupeFilter(server, keys.dupefilter, settings.getbool("DUPEFILTER_DEBUG"),
+                                     crawler)
+        instance = cls(
+            server=server,
+            persist=True,  # cleanup is the coordinator's job (the last worker out)
+            queue_key=keys.queue.replace("%", "%%"),  # scrapy-redis %-formats the queue key
+            queue_cls=f"{InFlightQueue.__module__}.{InFlightQueue.__name__}",
+            dupefilter=dupefilter,
+            idle_before_close=0,  # never a blocking pop on the reactor thread
         )
-        instance.keys = RunKeys(settings["SCHEDULER_QUEUE_KEY"], settings[WORKER_SETTING])
+        server.ping()
+        instance.crawler, instance.stats, instance.keys = crawler, crawler.stats, keys
         return instance
 
     def open(self, spider: Any) -> None:
         super().open(spider)
         if not isinstance(self.queue, InFlightQueue):
-            raise TypeError(f"distributed mode needs SCHEDULER_QUEUE_CLASS {InFlightQueue.__name__}")
+            raise TypeError(f"distributed mode needs the {InFlightQueue.__name__} queue")
         self.queue.inflight_key = self.keys.inflight(self.keys.worker)
         moved = requeue_orphans(self.server, self.keys, include_self=True)
         if moved and self.stats:
             self.stats.inc_value("lora_factory/distributed/requeued", moved)
 
     def enqueue_request(self, request: Request) -> bool:
-        first_hop = not any(k in request.meta for k in _CONTINUATION_META)
+        first_hop = not any(k in request.meta for k in CONTINUATION_META)
         if first_hop and not request.meta.get(NO_FILTER_META) and self.df.request_seen(request):
             self.df.log(request, self.spider)
             if self.stats:
@@ -260,13 +232,11 @@ class WorkerCoordinator:
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
-        settings = crawler.settings
-        self.server = redis.Redis.from_url(settings["REDIS_URL"], socket_timeout=10)
-        self.keys = RunKeys(settings["SCHEDULER_QUEUE_KEY"], settings[WORKER_SETTING])
-        self.max_idle_s = settings.getfloat(MAX_IDLE_SETTING, MAX_IDLE_S)
+        self.server = redis_client(crawler.settings)
+        self.keys = run_keys(crawler.settings)
+        self.max_idle_s = crawler.settings.getfloat(MAX_IDLE_SETTING, MAX_IDLE_S)
         self.idle_since: float | None = None
         self.loop: task.LoopingCall | None = None
-        self.waited_s = 0.0
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -373,142 +343,5 @@ class WorkerCoordinator:
             self.server.hlen(k) for k in inflight
         ):
             return
-        self.server.delete(self.keys.queue, self.keys.dupefilter, self.keys.workers, *inflight,
-                           *count_keys(self.keys.base))
+        self.server.delete(*self.keys.all_fixed(), *inflight)
         logger.info("last worker of a finished crawl: deleted %s:*", self.keys.base)
-
-def delete_run_keys(config: CrawlConfig, run_id: str) -> int:
-    """Delete every Redis key of a run (e.g. to restart a crawl from scratch)."""
-    server = redis.Redis.from_url(config.redis_url or "redis://127.0.0.1:6379")
-    keys = list(server.scan_iter(f"{run_key(config, run_id)}:*"))
-    return server.delete(*keys) if keys else 0
-
-
-# -- merge -------------------------------------------------------------------------------------
-def part_dirs(out_dir: Path) -> list[Path]:
-    root = Path(out_dir) / PARTS_DIR
-    return sorted(p for p in root.iterdir() if (p / "crawl_stats.json").exists()) if root.exists() else []
-
-
-_SUMMED = (
-    "pages", "pages_requested", "pages_noai", "image_urls", "byte_duplicates_merged",
-    "images_over_limit", "bytes", "requests", "rejected", "robots_forbidden", "links_off_topic",
-)
-
-
-def merge_parts(out_dir: Path) -> dict[str, Any]:
-    """Merge ``<out_dir>/parts/*`` into the stage's items/pages/rejected/crawl_stats/images.
-
-    Items are merged by content hash across workers: the earliest crawled copy is kept and the
-    other copies' URLs are added to its ``other_urls``. Returns the merged stats, which also list
-    each worker's own stats under ``workers``.
-    """
-    from .record import PAGE_SCHEMA, REJECTED_SCHEMA
-
-    out_dir = Path(out_dir)
-    parts = part_dirs(out_dir)
-    if not parts:
-        raise FileNotFoundError(f"no finished worker parts under {out_dir / PARTS_DIR}")
-    images_dir = out_dir / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    items: dict[str, dict[str, Any]] = {}
-    cross_merged = 0
-    all_items = []
-    for part in parts:
-        for row in read_items(part / "items.parquet"):
-            all_items.append((row["crawl_time"], part, row))
-    for _, part, row in sorted(all_items, key=lambda t: (t[0], t[1].name)):
-        kept = items.get(row["item_id"])
-        if kept is None:
-            row["other_urls"] = list(row.get("other_urls") or [])
-            items[row["item_id"]] = row
-            name = Path(row["image_path"]).name
-            target = images_dir / name
-            if not target.exists():
-                try:
-                    os.link(part / "images" / name, target)
-                except OSError:
-                    shutil.copyfile(part / "images" / name, target)
-            continue
-        cross_merged += 1
-        for url in [row["image_url"], *(row.get("other_urls") or [])]:
-            if url != kept["image_url"] and url not in kept["other_urls"]:
-                kept["other_urls"].append(url)
-    pages: dict[str, dict[str, Any]] = {}
-    rejected: list[dict[str, Any]] = []
-    for part in parts:
-        for row in read_table(part / "pages.parquet", PAGE_SCHEMA).to_pylist():
-            pages.setdefault(row["url"], row)
-        rejected.extend(read_table(part / "rejected.parquet", REJECTED_SCHEMA).to_pylist())
-    write_items(out_dir / "items.parquet", list(items.values()))
-    write_table(out_dir / "pages.parquet", list(pages.values()), PAGE_SCHEMA)
-    write_table(out_dir / "rejected.parquet", rejected, REJECTED_SCHEMA)
-
-    worker_stats = {
-        p.name: json.loads((p / "crawl_stats.json").read_text(encoding="utf-8")) for p in parts
-    }
-    stats: dict[str, Any] = {k: sum(int(s.get(k, 0)) for s in worker_stats.values()) for k in _SUMMED}
-    not_parsed: Counter[str] = Counter()
-    rejections: Counter[str] = Counter()
-    for s in worker_stats.values():
-        not_parsed.update(s.get("pages_not_parsed") or {})
-        rejections.update(s.get("rejections") or {})
-    per_topic = Counter(row.get("topic") or "" for row in items.values())
-    reasons = {s.get("finish_reason") for s in worker_stats.values()}
-    stats.update(
-        images=len(items),
-        images_per_topic=dict(sorted(per_topic.items())),
-        image_bytes=sum(int(row["num_bytes"]) for row in items.values()),
-        byte_duplicates_merged=stats["byte_duplicates_merged"] + cross_merged,
-        byte_duplicates_across_workers=cross_merged,
-        pages_not_parsed=dict(sorted(not_parsed.items())),
-        rejections=dict(sorted(rejections.items())),
-        resumed=any(s.get("resumed") for s in worker_stats.values()),
-        finish_reason=reasons.pop() if len(reasons) == 1 else "mixed",
-        duration_s=max(float(s.get("duration_s", 0)) for s in worker_stats.values()),
-        workers=worker_stats,
-    )
-    tmp = out_dir / "crawl_stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / "crawl_stats.json")
-    return stats
-
-
-def run_workers(
-    topics_to_urls: dict[str, list[str]],
-    out_dir: Path,
-    config: Any,
-    workers: int,
-    run_id: str,
-    on_progress: Any = None,
-    state_dir: Path | None = None,
-    models_dir: Path | None = None,
-    topics_to_images: dict[str, list[dict[str, Any]]] | None = None,
-) -> dict[str, Any]:
-    """Run ``workers`` crawler processes of one run on the shared frontier, then merge their parts.
-
-    Each worker is a ``run_crawl`` subprocess named ``w<i>`` (so a re-run resumes its part);
-    progress lines are prefixed with the worker's name. Raises the first worker's error.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from lora_factory.errors import StageError
-
-    from .crawl import run_crawl
-
-    def one(i: int) -> dict[str, Any]:
-        name = f"w{i}"
-        progress = (lambda line: on_progress(f"[{name}] {line}")) if on_progress else None
-        return run_crawl(topics_to_urls, out_dir, config, on_progress=progress, state_dir=state_dir,
-                         models_dir=models_dir, worker=name, run_id=run_id,
-                         topics_to_images=topics_to_images)
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crawl-worker") as pool:
-        futures = [pool.submit(one, i) for i in range(workers)]
-        for future in futures:
-            future.result()
-    stats = merge_parts(out_dir)
-    if not stats.get("images"):
-        urls = [u for us in topics_to_urls.values() for u in us]
-        raise StageError(f"the crawl found no images at {urls[:3]}: check the topics/seed URLs")
-    return stats
