@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from lora_factory.catalog import CRAWL_CONFIG, CRAWL_STATS
 from lora_factory.config import CrawlConfig
 from lora_factory.errors import StageError
 from lora_factory.secrets import redact_text
@@ -30,9 +31,9 @@ from lora_factory.secrets import redact_text
 from .spec import CrawlSpec, Frontier
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_NAME = "crawl_config.json"  # the spec as recorded: credentials masked
+CONFIG_NAME = CRAWL_CONFIG.path  # the spec as recorded: credentials masked
 LOG_NAME = "crawl.log"
-STATS_NAME = "crawl_stats.json"
+STATS_NAME = CRAWL_STATS.path
 GRACE_S = 20.0  # after SIGINT, how long the child may take to finish in-flight work and write
 
 

@@ -31,12 +31,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from lora_factory.manifest import write_items, write_table
-from lora_factory.schemas import PAGE_SCHEMA, REJECTED_SCHEMA
+from lora_factory.catalog import CRAWL_IMAGES, CRAWL_ITEMS, CRAWL_PAGES, CRAWL_REJECTED, CRAWL_STATS
+from lora_factory.schemas import PAGE_SCHEMA
 
 PROGRESS_EVERY = 10  # image outcomes between progress lines
 JOURNAL_NAME = "journal.jsonl"
-STATS_NAME = "crawl_stats.json"
+STATS_NAME = CRAWL_STATS.path
+IMAGE_STORE = "images"  # in the state folder: the content-addressed store the outputs link to
 COUNTERS_EVERY_S = 1.0  # how often a session's counts are journaled (a kill loses at most this)
 # Counts Scrapy keeps per process (session) that the stats report for the whole run.
 SESSION_COUNTS = {
@@ -134,7 +135,7 @@ class CrawlRecord:
     ) -> None:
         self.out_dir = Path(out_dir)
         self.state_dir = Path(state_dir) if state_dir is not None else self.out_dir / ".state"
-        self.store_dir = self.state_dir / "images"  # content-addressed image store
+        self.store_dir = self.state_dir / IMAGE_STORE
         self.items: dict[str, dict[str, Any]] = {}  # item_id -> row, in first-seen order
         self.pages: list[dict[str, Any]] = []
         self.pages_parsed = 0  # counted as they come: the progress line is written very often
@@ -341,12 +342,12 @@ class CrawlRecord:
     def write(self, summary: Mapping[str, Any]) -> dict[str, Any]:
         """Write items/pages/rejected parquet, link the images, write crawl_stats.json."""
         self.close()
-        images_dir = self.out_dir / "images"
+        images_dir = CRAWL_IMAGES.at(self.out_dir)
         images_dir.mkdir(parents=True, exist_ok=True)
         for row in self.items.values():
             name = Path(row["image_path"]).name
             link_image(self.store_dir / name, images_dir / name)
-        write_items(self.out_dir / "items.parquet", list(self.items.values()))
-        write_table(self.out_dir / "pages.parquet", self.pages, PAGE_SCHEMA)
-        write_table(self.out_dir / "rejected.parquet", self.rejections, REJECTED_SCHEMA)
+        CRAWL_ITEMS.write(self.out_dir, list(self.items.values()))
+        CRAWL_PAGES.write(self.out_dir, self.pages)
+        CRAWL_REJECTED.write(self.out_dir, self.rejections)
         return write_stats(self.out_dir, summary)

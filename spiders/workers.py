@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -27,13 +28,19 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
+from lora_factory.catalog import (
+    CRAWL_CONFIG,
+    CRAWL_IMAGES,
+    CRAWL_ITEMS,
+    CRAWL_PAGES,
+    CRAWL_REJECTED,
+)
 from lora_factory.config import CrawlConfig
 from lora_factory.errors import StageError
-from lora_factory.manifest import read_items, read_table, write_items, write_table
 from lora_factory.services import check_redis
 
 from .crawl import STATS_NAME, empty_crawl_error, run_crawl
-from .record import PAGE_SCHEMA, REJECTED_SCHEMA, link_image, write_stats
+from .record import link_image, write_stats
 from .redis_keys import run_key
 from .spec import Frontier
 
@@ -144,7 +151,7 @@ def _merge_items(parts: list[Path], images_dir: Path) -> tuple[dict[str, dict[st
     items: dict[str, dict[str, Any]] = {}
     cross_merged = 0
     all_items = [
-        (row["crawl_time"], part, row) for part in parts for row in read_items(part / "items.parquet")
+        (row["crawl_time"], part, row) for part in parts for row in CRAWL_ITEMS.read(part).to_pylist()
     ]
     for _, part, row in sorted(all_items, key=lambda t: (t[0], t[1].name)):
         kept = items.get(row["item_id"])
@@ -152,7 +159,7 @@ def _merge_items(parts: list[Path], images_dir: Path) -> tuple[dict[str, dict[st
             row["other_urls"] = list(row.get("other_urls") or [])
             items[row["item_id"]] = row
             name = Path(row["image_path"]).name
-            link_image(part / "images" / name, images_dir / name)
+            link_image(CRAWL_IMAGES.at(part) / name, images_dir / name)
             continue
         cross_merged += 1
         for url in [row["image_url"], *(row.get("other_urls") or [])]:
@@ -172,18 +179,20 @@ def merge_parts(out_dir: Path) -> dict[str, Any]:
     parts = part_dirs(out_dir)
     if not parts:
         raise StageError(f"no finished worker parts under {out_dir / PARTS_DIR}: re-run the crawl")
-    images_dir = out_dir / "images"
+    images_dir = CRAWL_IMAGES.at(out_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
     items, cross_merged = _merge_items(parts, images_dir)
     pages: dict[str, dict[str, Any]] = {}
     rejected: list[dict[str, Any]] = []
     for part in parts:
-        for row in read_table(part / "pages.parquet", PAGE_SCHEMA).to_pylist():
+        for row in CRAWL_PAGES.read(part).to_pylist():
             pages.setdefault(row["url"], row)
-        rejected.extend(read_table(part / "rejected.parquet", REJECTED_SCHEMA).to_pylist())
-    write_items(out_dir / "items.parquet", list(items.values()))
-    write_table(out_dir / "pages.parquet", list(pages.values()), PAGE_SCHEMA)
-    write_table(out_dir / "rejected.parquet", rejected, REJECTED_SCHEMA)
+        rejected.extend(CRAWL_REJECTED.read(part).to_pylist())
+    # Every worker ran the same spec but for its name; the first one's (redacted) copy stands for the run.
+    shutil.copyfile(CRAWL_CONFIG.at(parts[0]), CRAWL_CONFIG.at(out_dir))
+    CRAWL_ITEMS.write(out_dir, list(items.values()))
+    CRAWL_PAGES.write(out_dir, list(pages.values()))
+    CRAWL_REJECTED.write(out_dir, rejected)
     worker_stats = {p.name: json.loads((p / STATS_NAME).read_text(encoding="utf-8")) for p in parts}
     return write_stats(out_dir, _merged_stats(worker_stats, items, cross_merged))
 

@@ -49,7 +49,7 @@ ALLOWED = {
 }
 # Stage output names are spelled only in the catalog. training/ is a library that writes the
 # standard LoRA layout into whatever folder it is given, so it is not scanned.
-NAME_SCANNED = ("lora_factory", "tasks", "flows", "deploy", "cli")
+NAME_SCANNED = ("lora_factory", "spiders", "tasks", "flows", "deploy", "cli")
 
 
 def _modules(package: str) -> list[Path]:

@@ -183,7 +183,7 @@ def _write_part(out: Path, worker: str, rows: list[tuple[str, str, int]]) -> Non
     from datetime import UTC, datetime
 
     from lora_factory.manifest import write_items, write_table
-    from spiders.record import PAGE_SCHEMA, REJECTED_SCHEMA
+    from lora_factory.schemas import PAGE_SCHEMA, REJECTED_SCHEMA
 
     part = out / "parts" / worker
     (part / "images").mkdir(parents=True)
@@ -202,6 +202,7 @@ def _write_part(out: Path, worker: str, rows: list[tuple[str, str, int]]) -> Non
     stats = {"finish_reason": "finished", "images": len(items), "image_urls": len(items),
              "duration_s": 1.0}
     (part / "crawl_stats.json").write_text(__import__("json").dumps(stats), encoding="utf-8")
+    (part / "crawl_config.json").write_text(__import__("json").dumps({"worker": worker}), encoding="utf-8")
 
 
 def test_merge_parts_merges_same_bytes_across_workers(tmp_path: Path) -> None:
@@ -213,6 +214,7 @@ def test_merge_parts_merges_same_bytes_across_workers(tmp_path: Path) -> None:
     # The earliest copy is kept; the other worker's URL joins other_urls.
     assert items["aa"]["image_url"] == "http://x/3.png"
     assert items["aa"]["other_urls"] == ["http://x/1.png"]
+    assert (tmp_path / "crawl_config.json").read_text() == '{"worker": "a"}'  # the run's spec, once
     assert stats["images"] == 3 and stats["byte_duplicates_across_workers"] == 1
     assert stats["image_urls"] == 4
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["aa.png", "bb.png", "cc.png"]

@@ -286,9 +286,9 @@ def test_crawl_with_wikimedia_source_keeps_api_provenance(tmp_path):
     from lora_factory.config import CrawlConfig
     from lora_factory.manifest import read_items, read_table, refresh_run_manifest
     from lora_factory.runstore import STAGES, RunStore
+    from lora_factory.schemas import REJECTED_SCHEMA
     from lora_factory.storage import open_store
     from spiders.crawl import run_crawl
-    from spiders.record import REJECTED_SCHEMA
     from spiders.sources.select import api_images
 
     uploads = {
