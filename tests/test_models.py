@@ -63,8 +63,13 @@ def _images() -> list[Image.Image]:
 
 
 def _files(root: Path) -> dict[str, bytes]:
+    """The model's files (not the cache's manifest of them)."""
+    from lora_factory.models.build_cache import MANIFEST
+
     return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
     }
 
 
