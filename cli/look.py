@@ -5,28 +5,46 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lora_factory.errors import FactoryError
+from lora_factory.errors import FactoryError, StoreError
 from lora_factory.profiles import location_config
+from lora_factory.runstore import RunDir
 
 from .common import HomeOpt, StoreOpt, TrackingOpt, fail, overrides
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 
 def runs(store: StoreOpt = None, home: HomeOpt = None) -> None:
-    """List the runs in the store with each stage's status."""
+    """List the runs in the store with each stage's status. A run whose process died while
+    working on it shows as ``interrupted`` (resume it); a damaged run shows what is wrong."""
     from lora_factory.home import run_store_for
 
     try:
         rs = run_store_for(location_config(overrides(store=store, home=home)))
         for run_id in rs.list():
-            state = rs.open(run_id).state()
-            stages = " ".join(f"{k}:{v.get('status', '?')}" for k, v in state["stages"].items())
-            typer.echo(f"{run_id}  {state.get('status', 'running'):8s} {', '.join(state['topics'])}  [{stages}]")
+            typer.echo(_run_line(rs.open(run_id)))
     except FactoryError as e:
         fail(e)
+
+
+def _run_line(run: RunDir) -> str:
+    from lora_factory.runlock import holder
+
+    try:
+        state = run.state()
+    except StoreError as e:
+        return f"{run.run_id}  {'damaged':11s} {e}"
+    status = state.get("status", "running")
+    if status == "running" and holder(run) is None:
+        status = "interrupted"
+    stages = " ".join(f"{k}:{v.get('status', '?') if isinstance(v, dict) else '?'}"
+                      for k, v in state["stages"].items())
+    return f"{run.run_id}  {status:11s} {', '.join(map(str, state['topics']))}  [{stages}]"
 
 
 def explain(
@@ -36,20 +54,13 @@ def explain(
     home: HomeOpt = None,
 ) -> None:
     """Why is this image (not) in the run's dataset?"""
-    import io
-
-    import pyarrow.parquet as pq
-
     from lora_factory.home import run_store_for
     from lora_factory.manifest import explain as explain_rows
     from lora_factory.runstore import STAGES
 
     try:
         run = run_store_for(location_config(overrides(store=store, home=home))).open(run_id)
-        data = run.store.read_bytes(f"{run.key}/manifest.parquet")
-        # pyarrow 25 aborts at interpreter exit ("terminate called without an active exception")
-        # in about half of short processes that read an in-memory buffer with threads.
-        table = pq.read_table(io.BytesIO(data), use_threads=False)
+        table = _manifest(run)
     except FactoryError as e:
         fail(e)
     lines = explain_rows(table, STAGES, key)
@@ -58,6 +69,33 @@ def explain(
                    f"(see {run.url}/crawl/pages.parquet and crawl_stats.json)")
         raise typer.Exit(1)
     typer.echo("\n".join(lines))
+
+
+def _manifest(run: RunDir) -> pa.Table:
+    """The run's manifest.parquet; rebuilt from the stage outputs when it is missing or damaged
+    (it is derived data: ``refresh_run_manifest`` writes it after every stage)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lora_factory.manifest import refresh_run_manifest
+    from lora_factory.runstore import STAGES
+
+    key = f"{run.key}/manifest.parquet"
+    try:
+        # pyarrow 25 aborts at interpreter exit ("terminate called without an active exception")
+        # in about half of short processes that read an in-memory buffer with threads.
+        return pq.read_table(io.BytesIO(run.store.read_bytes(key)), use_threads=False)
+    except (StoreError, pa.ArrowException, OSError, ValueError) as e:
+        problem = " ".join(str(e).split())[:200]
+    table = refresh_run_manifest(run, STAGES)
+    if table is None:
+        raise StoreError(f"{run.store.url_of(key)} cannot be read ({problem}) and run {run.run_id} has no "
+                         "crawl output to rebuild it from: resume the run")
+    typer.echo(f"note: {run.store.url_of(key)} could not be read ({problem}): rebuilt it from the "
+               "stage outputs", err=True)
+    return table
 
 
 def ui(
