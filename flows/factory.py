@@ -7,12 +7,14 @@ unfinished stage) and records how the run ended.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow
 
 from lora_factory.context import get_logger
 from lora_factory.errors import FactoryError
+from lora_factory.home import run_store_for
 from lora_factory.lifecycle import (
     check_services,
     finish_run,
@@ -21,6 +23,7 @@ from lora_factory.lifecycle import (
     resume_run,
     start_run,
 )
+from lora_factory.names import run_label
 from lora_factory.profiles import load_config
 from tasks.crawl import crawl_task
 from tasks.curate import curate_task
@@ -52,7 +55,31 @@ def build_overrides(
     return out
 
 
-@flow(name="lora-factory", flow_run_name="{profile}: {topics}")
+def run_name(params: Mapping[str, Any]) -> str:
+    """``tiny: rock & roll, 🚀 rocket``: the profile and the run's topics as a printable label.
+    A resumed run is named after the topics it started with (its ``topics`` parameter is not
+    used), read from its run.json; ``resume <id>`` when that cannot be read."""
+    profile = str(params.get("profile") or "tiny")
+    topics = [str(t) for t in params.get("topics") or []]
+    resume = params.get("resume_run_id")
+    if resume:
+        try:
+            cfg = load_config(profile, build_overrides(params.get("max_pages"), params.get("max_images"),
+                                                       params.get("overrides")))
+            topics = [str(t) for t in run_store_for(cfg).open(resume).state()["topics"]]
+        except FactoryError:
+            topics = []
+    label = run_label(topics) or (f"resume {resume}" if resume else "no topics")
+    return f"{run_label([profile], 60)}: {label}"
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return run_name(flow_run.parameters)
+
+
+@flow(name="lora-factory", flow_run_name=_flow_run_name)
 def lora_factory(
     topics: list[str],
     profile: str = "tiny",
@@ -70,10 +97,10 @@ def lora_factory(
         ref = resume_run(cfg, resume_run_id, extra)  # the run's own topics and config
     else:
         ref = start_run(cfg, preflight(cfg, topics))
-    todo = pending_stages(ref)
-    log.info("run %s: stages to run: %s", ref.run_id, ", ".join(todo) or "none")
     results: dict[str, Any] = {}
-    try:
+    try:  # from here on, finish_run records the end and releases the run's lock
+        todo = pending_stages(ref)
+        log.info("run %s: stages to run: %s", ref.run_id, ", ".join(todo) or "none")
         for stage in todo:
             results[stage] = STAGE_TASKS[stage](ref)
     except FactoryError as e:
