@@ -12,6 +12,7 @@ import typer
 from lora_factory.errors import FactoryError, StoreError
 from lora_factory.profiles import location_config
 from lora_factory.runstore import RunDir
+from lora_factory.secrets import redact_url
 
 from .common import HomeOpt, StoreOpt, TrackingOpt, fail, overrides
 
@@ -113,9 +114,9 @@ def ui(
         fail(e)
     uri = cfg.tracking.uri
     if uri.startswith(("http://", "https://")):
-        typer.echo(f"the tracking store is a server already: open {uri}")
+        typer.echo(f"the tracking store is a server already: open {redact_url(uri)}")
         return
-    typer.echo(f"MLflow UI for {uri}: open http://{host}:{port} (Ctrl-C stops it)")
+    typer.echo(f"MLflow UI for {redact_url(uri)}: open http://{host}:{port} (Ctrl-C stops it)")
     artifacts = home_of(cfg).mlartifacts
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
            "--default-artifact-root", artifacts.as_uri(), "--host", host, "--port", str(port)]

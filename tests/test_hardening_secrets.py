@@ -82,3 +82,13 @@ def test_an_s3_endpoint_with_credentials_is_used_and_never_shown(tmp_path: Path,
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert proc.stderr.startswith(f"error: store {s3_bucket} is not writable") and SECRET not in proc.stderr
     assert "lf:***@127.0.0.1:9" in proc.stderr
+
+
+def test_commands_that_show_settings_show_no_credentials(tmp_path: Path) -> None:
+    shown = subprocess.run([str(CLI), "config", "--set", f"crawl.redis_url=redis://:{SECRET}@127.0.0.1:6379/0"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "redis_url: redis://:***@127.0.0.1:6379/0" in shown.stdout and SECRET not in shown.stdout
+    ui = subprocess.run([str(CLI), "ui", "--tracking-uri", f"http://lf:{SECRET}@127.0.0.1:5000"],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ui.stdout.strip() == "the tracking store is a server already: open http://lf:***@127.0.0.1:5000"
