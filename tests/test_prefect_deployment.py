@@ -80,7 +80,7 @@ def test_deployment_run_with_topics_param(prefect_server: dict[str, str], tmp_pa
     assert state["topics"] == ["lighthouse"] and state["status"] == "done"
     assert (runs[0] / "deploy" / "decision.json").is_file()
     flow_runs = prefect(env, "flow-run", "ls", "--state", "COMPLETED")
-    assert "tiny: ['lighthouse']" in flow_runs.stdout
+    assert "tiny: lighthouse" in flow_runs.stdout  # the flow-run name: profile and topics
 
     nightly = prefect(env, "deployment", "inspect", "lora-factory/nightly")
     assert "0 2 * * *" in nightly.stdout
