@@ -50,4 +50,4 @@ lock: | $(BIN)/uv
 		--generate-hashes -o requirements.lock
 
 clean:
-	rm -rf $(VENV) lora-factory-data .pytest_cache
+	rm -rf $(VENV) lora-factory-data .pytest_cache .hypothesis

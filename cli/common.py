@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-import yaml
 
 from lora_factory.errors import ConfigError, FactoryError
 from lora_factory.profiles import parse_set_args
+from lora_factory.secrets import redact_text
 from lora_factory.seeds import load_seed_file
+from lora_factory.textfiles import parse_user_yaml, read_user_text
 
 DEMO_TOPICS_FILE = Path(__file__).resolve().parent.parent / "configs" / "topics" / "demo.yaml"
 
@@ -29,7 +30,7 @@ SeedsOpt = Annotated[Path | None, typer.Option(
 
 
 def fail(e: FactoryError) -> NoReturn:
-    typer.echo(f"error: {e}", err=True)
+    typer.echo(f"error: {redact_text(str(e))}", err=True)
     raise typer.Exit(e.exit_code)
 
 
@@ -53,10 +54,11 @@ def read_topics(topics: list[str] | None, topics_file: Path | None) -> list[str]
     for t in topics or []:
         out += t.split(",")
     if topics_file is not None:
-        if not topics_file.is_file():
+        if not topics_file.exists():
             raise ConfigError(f"topics file {topics_file} does not exist")
-        text = topics_file.read_text()
-        data: Any = yaml.safe_load(text) if topics_file.suffix in (".yaml", ".yml") else text.splitlines()
+        text = read_user_text(topics_file, "topics file")
+        yaml_file = topics_file.suffix.lower() in (".yaml", ".yml")
+        data: Any = parse_user_yaml(text, f"topics file {topics_file}") if yaml_file else text.splitlines()
         if isinstance(data, dict):
             data = data.get("topics")
         if not isinstance(data, list):

@@ -9,14 +9,17 @@ from typing import Annotated
 
 import typer
 
-from lora_factory.errors import FactoryError
+from lora_factory.errors import FactoryError, StoreError
 from lora_factory.profiles import location_config
+from lora_factory.runstore import RunDir
+from lora_factory.secrets import redact_url
 
 from .common import HomeOpt, StoreOpt, TrackingOpt, fail, overrides
 
 
 def runs(store: StoreOpt = None, home: HomeOpt = None) -> None:
-    """List the runs in the store with each stage's status."""
+    """List the runs in the store with each stage's status. A run whose process died while
+    working on it shows as ``interrupted`` (resume it); a damaged run shows what is wrong."""
     from lora_factory.home import run_store_for
 
     try:
@@ -27,11 +30,24 @@ def runs(store: StoreOpt = None, home: HomeOpt = None) -> None:
                        "or point --store / --home at the store that holds them")
             return
         for run_id in ids:
-            state = rs.open(run_id).state()
-            stages = " ".join(f"{k}:{v.get('status', '?')}" for k, v in state["stages"].items())
-            typer.echo(f"{run_id}  {state.get('status', 'running'):8s} {', '.join(state['topics'])}  [{stages}]")
+            typer.echo(_run_line(rs.open(run_id)))
     except FactoryError as e:
         fail(e)
+
+
+def _run_line(run: RunDir) -> str:
+    from lora_factory.runlock import holder
+
+    try:
+        state = run.state()
+    except StoreError as e:
+        return f"{run.run_id}  {'damaged':11s} {e}"
+    status = state.get("status", "running")
+    if status == "running" and holder(run) is None:
+        status = "interrupted"
+    stages = " ".join(f"{k}:{v.get('status', '?') if isinstance(v, dict) else '?'}"
+                      for k, v in state["stages"].items())
+    return f"{run.run_id}  {status:11s} {', '.join(map(str, state['topics']))}  [{stages}]"
 
 
 def explain(
@@ -72,9 +88,9 @@ def ui(
         fail(e)
     uri = cfg.tracking.uri
     if uri.startswith(("http://", "https://")):
-        typer.echo(f"the tracking store is a server already: open {uri}")
+        typer.echo(f"the tracking store is a server already: open {redact_url(uri)}")
         return
-    typer.echo(f"MLflow UI for {uri}: open http://{host}:{port} (Ctrl-C stops it)")
+    typer.echo(f"MLflow UI for {redact_url(uri)}: open http://{host}:{port} (Ctrl-C stops it)")
     artifacts = home_of(cfg).mlartifacts
     follow_moved_home(uri, artifacts)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,

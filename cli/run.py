@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from typing import Annotated, Any
 
 import typer
 
 from lora_factory.errors import FactoryError
-from lora_factory.profiles import load_config
+from lora_factory.profiles import env_var, load_config
+from lora_factory.secrets import RedactFilter, redact, redact_url
 
 from .common import (
     DEMO_TOPICS_FILE,
@@ -40,19 +43,34 @@ class _UserErrorFilter(logging.Filter):
         return True
 
 
-def _hide_user_error_tracebacks() -> None:
+def _filter_log_output() -> None:
+    """On every handler (console, Prefect's API log): no tracebacks of user errors, and no
+    credentials in any line."""
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
     for lg in loggers:
         for handler in lg.handlers:
-            if not any(isinstance(f, _UserErrorFilter) for f in handler.filters):
-                handler.addFilter(_UserErrorFilter())
+            for kind in (_UserErrorFilter, RedactFilter):
+                if not any(isinstance(f, kind) for f in handler.filters):
+                    handler.addFilter(kind())
+
+
+def _secrets_to_env(ov: dict[str, Any]) -> dict[str, Any]:
+    """Overrides that carry credentials reach the flow as ``LORA_FACTORY_*`` variables of this
+    process, not as flow parameters: Prefect keeps parameters in its database and shows them."""
+    public: dict[str, Any] = {}
+    for key, value in ov.items():
+        if redact(value) != value:
+            os.environ[env_var(key)] = json.dumps(value)
+        else:
+            public[key] = value
+    return public
 
 
 def _print_summary(result: dict[str, Any]) -> None:
     deploy = result.get("deploy") or {}
-    uri = result["tracking_uri"]
+    uri = redact_url(result["tracking_uri"])
     lines = [
         "",
         "LoRA Factory run finished.",
@@ -83,21 +101,28 @@ def _use_local_server(cfg: Any) -> None:
 
 
 def _run(topics: list[str], profile: str, ov: dict[str, Any], resume: str | None) -> dict[str, Any]:
-    from lora_factory.home import run_store_for
-    from lora_factory.lifecycle import check_services, preflight
+    from lora_factory.firstrun import ensure_prefect_api
+    from lora_factory.home import home_of, run_store_for
+    from lora_factory.lifecycle import check_services, preflight, resume_config
+    from lora_factory.runlock import check_free
 
     cfg = load_config(profile, ov)
     if resume:
         check_services(cfg)
-        run_store_for(cfg).open(resume)  # a typo'd run id fails here, in a second
+        # In a second, before the heavy imports: a typo'd run id, a damaged run.json, a run
+        # another process works on, credentials not given again.
+        run = run_store_for(cfg).open(resume)
+        check_free(run)
+        resume_config(cfg, run.state(), ov)
     else:
         topics = preflight(cfg, topics)
     runtime_defaults()
     _use_local_server(cfg)
     from flows.factory import lora_factory  # heavy: prefect, torch, diffusers
 
-    _hide_user_error_tracebacks()
-    return lora_factory(topics=topics, profile=profile, overrides=ov, resume_run_id=resume)
+    _filter_log_output()
+    ensure_prefect_api(home_of(cfg))
+    return lora_factory(topics=topics, profile=profile, overrides=_secrets_to_env(ov), resume_run_id=resume)
 
 
 def run(

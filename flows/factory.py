@@ -10,6 +10,7 @@ run ended.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow
@@ -19,6 +20,7 @@ from lora_factory import catalog
 from lora_factory.context import RunRef, get_logger
 from lora_factory.dag import render_markdown
 from lora_factory.errors import FactoryError
+from lora_factory.home import run_store_for
 from lora_factory.lifecycle import (
     check_services,
     finish_run,
@@ -27,6 +29,7 @@ from lora_factory.lifecycle import (
     resume_run,
     start_run,
 )
+from lora_factory.names import run_label
 from lora_factory.profiles import load_config
 from lora_factory.run_summary import render_summary, stage_rows
 from tasks.crawl import crawl_task
@@ -68,13 +71,17 @@ def _attach_dag(ref: RunRef) -> None:
 
 
 def _attach_summary(ref: RunRef) -> None:
-    """The run's summary (markdown) and stage timings (table) as Prefect artifacts."""
-    run = ref.run_dir()
-    experiment_id = ref.tracker().experiment_id
-    create_markdown_artifact(render_summary(run, experiment_id), key="lora-factory-summary",
-                             description=f"Run {ref.run_id}: counts per stage, scores, decision, links")
-    create_table_artifact(stage_rows(run.state()), key="lora-factory-timings",
-                          description=f"Run {ref.run_id}: stage timings")
+    """The run's summary (markdown) and stage timings (table) as Prefect artifacts. Best effort:
+    a run that failed must end with its own error, not with this one's."""
+    try:
+        run = ref.run_dir()
+        experiment_id = ref.tracker().experiment_id
+        create_markdown_artifact(render_summary(run, experiment_id), key="lora-factory-summary",
+                                 description=f"Run {ref.run_id}: counts per stage, scores, decision, links")
+        create_table_artifact(stage_rows(run.state()), key="lora-factory-timings",
+                              description=f"Run {ref.run_id}: stage timings")
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        get_logger().warning("run %s: could not attach the summary: %s", ref.run_id, e)
 
 
 def build_overrides(
@@ -88,7 +95,31 @@ def build_overrides(
     return out
 
 
-@flow(name="lora-factory", flow_run_name="{profile}: {topics}")
+def run_name(params: Mapping[str, Any]) -> str:
+    """``tiny: rock & roll, 🚀 rocket``: the profile and the run's topics as a printable label.
+    A resumed run is named after the topics it started with (its ``topics`` parameter is not
+    used), read from its run.json; ``resume <id>`` when that cannot be read."""
+    profile = str(params.get("profile") or "tiny")
+    topics = [str(t) for t in params.get("topics") or []]
+    resume = params.get("resume_run_id")
+    if resume:
+        try:
+            cfg = load_config(profile, build_overrides(params.get("max_pages"), params.get("max_images"),
+                                                       params.get("overrides")))
+            topics = [str(t) for t in run_store_for(cfg).open(resume).state()["topics"]]
+        except FactoryError:
+            topics = []
+    label = run_label(topics) or (f"resume {resume}" if resume else "no topics")
+    return f"{run_label([profile], 60)}: {label}"
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return run_name(flow_run.parameters)
+
+
+@flow(name="lora-factory", flow_run_name=_flow_run_name)
 def lora_factory(
     topics: list[str],
     profile: str = "tiny",
@@ -106,10 +137,10 @@ def lora_factory(
         ref = resume_run(cfg, resume_run_id, extra)  # the run's own topics and config
     else:
         ref = start_run(cfg, preflight(cfg, topics))
-    todo = pending_stages(ref)
-    log.info("run %s: stages to run: %s", ref.run_id, ", ".join(todo) or "none")
-    _attach_dag(ref)
-    try:
+    try:  # from here on, finish_run records the end and releases the run's lock
+        todo = pending_stages(ref)
+        log.info("run %s: stages to run: %s", ref.run_id, ", ".join(todo) or "none")
+        _attach_dag(ref)
         results = run_stages(ref, todo)
     except FactoryError as e:
         finish_run(ref, ok=False, error=str(e))

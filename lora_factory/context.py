@@ -191,7 +191,7 @@ def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
         run.set_stage(name, FAILED, error=line)
         tracker.set_tags(mlflow_run_id, {"lora_factory.error": line[:5000]})
         if not isinstance(e, FactoryError):
-            tracker.client.log_text(mlflow_run_id, traceback.format_exc(), "error.txt")
+            tracker.log_text(mlflow_run_id, traceback.format_exc(), "error.txt")
         tracker.end(mlflow_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         log.error("%s: failed: %s", name, line)
         raise

@@ -38,7 +38,7 @@ def read_manifest(run: RunDir) -> pa.Table | None:
         data = run.store.read_bytes(f"{run.key}/{MANIFEST_NAME}")
         # pyarrow 25 aborts at interpreter exit in short processes that read a buffer with threads.
         return pq.read_table(io.BytesIO(data), use_threads=False)
-    except (StoreError, pa.ArrowException, OSError):
+    except (StoreError, pa.ArrowException, OSError, ValueError):
         return refresh_run_manifest(run, STAGES)
 
 

@@ -14,9 +14,12 @@ import unicodedata
 
 MAX_SLUG = 48
 MLFLOW_MAX_KEY = 250
-_SAFE_TOPIC = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+_SAFE_TOPIC = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 _MLFLOW_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
-_CONTROL = {"Cc", "Cs", "Co", "Cn"}  # control, surrogate, private use, unassigned
+# Control characters, and lone surrogates (undecodable command-line bytes): neither can be
+# written as UTF-8 text or shown. Unassigned code points are not refused: an emoji newer than
+# this Python's Unicode tables is one.
+_CONTROL = {"Cc", "Cs"}
 
 
 def short_hash(text: str, n: int = 8) -> str:
@@ -36,7 +39,7 @@ def topic_key(topic: str) -> str:
     ``lighthouse`` stays ``lighthouse``; ``rock & roll`` becomes ``rock-roll-<hash>``, and a
     topic with no ASCII letters at all (``🚀``) becomes ``topic-<hash>``.
     """
-    if _SAFE_TOPIC.match(topic):
+    if _SAFE_TOPIC.fullmatch(topic):
         return topic
     slug = slugify(topic) or "topic"
     return f"{slug}-{short_hash(topic)}"
@@ -48,6 +51,8 @@ def mlflow_key(name: str) -> str:
     original, so two different names never collide."""
     clean = _MLFLOW_BAD.sub("_", name)
     clean = "/".join(p for p in clean.split("/") if p not in ("", ".", "..")) or "_"
+    if clean.startswith(".."):  # MLflow reads a leading ".." as a path escape
+        clean = "_" + clean
     if clean == name and len(name) <= MLFLOW_MAX_KEY:
         return name
     suffix = f"-{short_hash(name)}"
@@ -55,7 +60,7 @@ def mlflow_key(name: str) -> str:
 
 
 def control_characters(text: str) -> list[str]:
-    """The control (and other unprintable) characters in ``text``, as ``U+XXXX`` names."""
+    """The control characters (and lone surrogates) in ``text``, as ``U+XXXX`` names."""
     return [f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in _CONTROL]
 
 

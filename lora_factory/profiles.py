@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from .config import FactoryConfig
 from .errors import ConfigError
 from .home import Home
+from .textfiles import parse_user_yaml, read_user_text
 
 ENV_PREFIX = "LORA_FACTORY_"
 # Variables with the prefix that are not config keys (they steer the CLI or tests).
@@ -40,12 +41,7 @@ def available_profiles() -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    data = parse_user_yaml(read_user_text(path, "profile"), f"profile {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
     return data
@@ -91,6 +87,11 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError(f"{dotted}: '{part}' is a value, not a section")
         node = nxt
     node[parts[-1]] = value
+
+
+def env_var(dotted: str) -> str:
+    """The environment variable of a setting: ``train.max_steps`` -> ``LORA_FACTORY_TRAIN__MAX_STEPS``."""
+    return ENV_PREFIX + dotted.upper().replace(".", "__")
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

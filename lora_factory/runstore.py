@@ -22,6 +22,7 @@ from typing import Any
 
 from .catalog import STAGES
 from .errors import StoreError
+from .secrets import redact
 from .storage import LocalStore, Store
 
 __all__ = ["STAGES", "RunDir", "RunStore"]
@@ -59,10 +60,24 @@ class RunDir:
 
     # run.json -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return json.loads(self.store.read_bytes(f"{self.key}/run.json"))
+        """run.json, checked: a damaged file is one ``StoreError`` line naming it."""
+        key = f"{self.key}/run.json"
+        raw = self.store.read_bytes(key)
+        try:
+            state = json.loads(raw)
+            problem = _state_problem(state)
+        except ValueError:  # UnicodeDecodeError too
+            problem = "is not valid JSON (cut short by a crash?)"
+        if problem:
+            raise StoreError(
+                f"{self.store.url_of(key)} {problem}: run {self.run_id} cannot be read; restore "
+                "that file from a backup, or move the run's folder away and start a new run"
+            )
+        return state
 
     def write_state(self, state: dict[str, Any]) -> None:
-        self.store.write_bytes(f"{self.key}/run.json", json.dumps(state, indent=2).encode())
+        """Write run.json; URLs in it lose their credentials (``secrets.redact``)."""
+        self.store.write_bytes(f"{self.key}/run.json", json.dumps(redact(state), indent=2).encode())
 
     def update(self, **fields: Any) -> dict[str, Any]:
         state = self.state()
@@ -147,6 +162,13 @@ class RunDir:
             (local / ".complete").write_text(now_iso())
         return local
 
+    def clear_staging(self) -> None:
+        """Remove staging folders that killed stages left behind. Only while holding the run's
+        lock (``runlock``): a live stage of another process writes into its staging folder."""
+        local = self.store.local_path(f"{self.key}/.staging")
+        shutil.rmtree(local if local is not None else self.work_root / self.run_id / ".staging",
+                      ignore_errors=True)
+
     def scratch_dir(self, stage: str) -> Path:
         """A local folder for ``stage`` that survives a failed attempt (crawl job state, training
         checkpoints), so a resumed stage continues instead of starting over. The stage decides
@@ -185,6 +207,7 @@ class RunStore:
             "profile": profile,
             "config": config,
             "stages": {s: {"status": PENDING} for s in STAGES},
+            "status": RUNNING,
             **extra,
         }
         run.write_state(state)
@@ -201,6 +224,18 @@ class RunStore:
     def list(self) -> list[str]:
         ids = {k.split("/")[1] for k in self.store.list("runs") if k.endswith("/run.json")}
         return sorted(i for i in ids if not i.startswith("."))
+
+
+def _state_problem(state: Any) -> str | None:
+    """What is wrong with a parsed run.json (None: nothing)."""
+    if not isinstance(state, dict):
+        return "is not a JSON object"
+    types = {"run_id": str, "topics": list, "config": dict, "stages": dict}
+    missing = [k for k in types if k not in state]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    wrong = [k for k, t in types.items() if not isinstance(state[k], t)]
+    return f"has a malformed {', '.join(wrong)}" if wrong else None
 
 
 def _slug(url: str) -> str:

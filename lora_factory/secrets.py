@@ -10,6 +10,7 @@ stored: config holds the variable's name.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -90,3 +91,47 @@ def secrets_in(value: Any) -> list[str]:
         for v in value:
             found += secrets_in(v)
     return found
+
+
+def _masked(value: Any) -> bool:
+    return isinstance(value, str) and MASK in value and "://" in value
+
+
+def restore_secrets(saved: Any, current: Any, path: str = "") -> tuple[Any, list[str]]:
+    """Put credentials back into ``saved`` (a config as recorded, redacted) for running it again.
+
+    A masked value takes ``current``'s value of the same setting (as given now: flags,
+    environment, profile) when that one carries credentials. Returns the restored copy and the
+    dotted paths that stay masked (their secret was not given again).
+    """
+    if _masked(saved):
+        if isinstance(current, str) and redact_text(current) != current:
+            return current, []
+        return saved, [path]
+    if isinstance(saved, Mapping):
+        out: dict[Any, Any] = {}
+        missing: list[str] = []
+        for k, v in saved.items():
+            cur = current.get(k) if isinstance(current, Mapping) else None
+            out[k], lost = restore_secrets(v, cur, f"{path}.{k}" if path else str(k))
+            missing += lost
+        return out, missing
+    if isinstance(saved, list):
+        cur_list = current if isinstance(current, list) and len(current) == len(saved) else [None] * len(saved)
+        pairs = [restore_secrets(v, c, f"{path}[{i}]") for i, (v, c) in enumerate(zip(saved, cur_list, strict=True))]
+        return [v for v, _ in pairs], [p for _, lost in pairs for p in lost]
+    return saved, []
+
+
+class RedactFilter(logging.Filter):
+    """A logging filter that takes credentials out of every record's message and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "://" in message:
+            record.msg, record.args = redact_text(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and "://" in record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from .errors import ConfigError
+from .textfiles import parse_user_yaml, read_user_text
 
 SUFFIXES = (".yaml", ".yml", ".csv")
 
@@ -29,18 +28,9 @@ def _check_url(url: str, where: str) -> str:
     return url
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or "unreadable"
-    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
-
-
 def parse_seed_yaml(text: str, where: str = "seed file") -> dict[str, list[str]]:
     """``{topic: url | [url, ...]}`` -> topic -> URLs (order kept, duplicates dropped)."""
-    try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where} is not valid YAML ({_yaml_problem(exc)})") from None
+    data: Any = parse_user_yaml(text, where)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -90,12 +80,7 @@ def load_seed_file(path: str | Path) -> dict[str, list[str]]:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ConfigError(f"seed file {path} must be .yaml, .yml or .csv (topic,url rows)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read seed file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"seed file {path} is not UTF-8 text") from None
+    text = read_user_text(path, "seed file")
     seeds = parse_seed_csv(text, str(path)) if suffix == ".csv" else parse_seed_yaml(text, str(path))
     if not any(seeds.values()):
         raise ConfigError(

@@ -209,7 +209,7 @@ class S3Store(Store):
         return sorted(k[strip:] for k in keys)
 
     def delete_prefix(self, prefix: str) -> None:
-        keys = self.list(prefix)
+        keys = [*self.list(prefix), prefix]  # the folder's keys, or the one file (as LocalStore)
         for start in range(0, len(keys), 1000):
             chunk = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})

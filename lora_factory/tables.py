@@ -35,7 +35,13 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
     """Read a parquet file and check it carries every column of ``schema``."""
     if not path.exists():
         raise StageError(f"{path} is missing: run the stage that writes it first")
-    table = pq.read_table(path, use_threads=False)  # small files; see cli.explain on threads
+    try:
+        table = pq.read_table(path, use_threads=False)  # small files; see cli.explain on threads
+    except (pa.ArrowException, OSError) as e:
+        raise StageError(
+            f"{path} cannot be read ({' '.join(str(e).split())[:200]}): the file is damaged (stages "
+            "write whole files, so something else changed it); restore it or start a new run"
+        ) from None
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise StageError(f"{path} lacks columns {missing}: it was written by another version")

@@ -99,7 +99,7 @@ def embedding_pairs(
 
     k = max(2, n // items_per_cluster)
     km = faiss.Kmeans(emb.shape[1], k, niter=10, seed=seed, spherical=True, max_points_per_centroid=64)
-    km.train(emb)
+    km.train(emb[np.argsort(rank, kind="stable")])  # in rank order: the same clusters whatever the input order
     _, assign = km.index.search(emb, 1)
     cluster = assign[:, 0]
     order = np.lexsort((rank, cluster))  # by cluster, best-ranked first inside

@@ -80,13 +80,13 @@ class CurateResult:
 
 def quality_rank(items: list[dict[str, Any]], f: ImageFeatures) -> np.ndarray:
     """0 = best. Known licence first, then more pixels, less lossy encoding (estimated JPEG
-    quality), sharper, earlier crawled, item id."""
+    quality), sharper, then the item id: ties never depend on the order the crawl found items
+    in, so two runs on the same images keep the same copies."""
     n = len(items)
     ids = np.argsort(np.argsort(np.array([it["item_id"] for it in items], dtype=str)))
-    crawled = np.array([it["crawl_time"].timestamp() if it.get("crawl_time") else 0.0 for it in items])
     unknown = np.array([it.get("license") in (None, "", "unknown") for it in items])
     pixels = f.width.astype(np.float64) * f.height
-    order = np.lexsort((ids, crawled, -f.laplacian_var, -np.round(f.encode_quality), -pixels, unknown)) if n else np.zeros(0, int)
+    order = np.lexsort((ids, -f.laplacian_var, -np.round(f.encode_quality), -pixels, unknown)) if n else np.zeros(0, int)
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n)
     return rank

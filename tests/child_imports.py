@@ -1,0 +1,15 @@
+"""Child program for ``test_import_is_cheap``: which heavy libraries importing a module loads.
+
+Run as ``python -m tests.child_imports MODULE``; prints the sorted list of heavy modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+HEAVY = {"torch", "diffusers", "transformers", "open_clip"}
+
+if __name__ == "__main__":
+    importlib.import_module(sys.argv[1])
+    print(sorted(HEAVY & set(sys.modules)))
