@@ -107,7 +107,8 @@ def test_planted_defects_are_explained(factory_run: dict) -> None:
     tiny = [r for k, r in kinds.values() if k == "tiny"]
     assert tiny and all(r["curate_reason"] == "too_small" for r in tiny)
     # Each planted exact duplicate whose original was crawled too: one of the pair is kept and
-    # the other dropped as its exact_duplicate (which one depends on licence and crawl order).
+    # the other dropped as its exact_duplicate (the better-ranked one wins: licence, size,
+    # encoding, sharpness, then the item id).
     # (Pairs of a topic the run did not ask for are dropped earlier, as off_topic: see below.)
     run_topics = {"lighthouse", "sailboat"}
     pairs = [(r, by_path[truth[p]["dup_of"]]) for p, r in by_path.items()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_factory.names import mlflow_key
+from lora_factory.names import topic_key
 
 CLI = Path(sys.executable).parent / "lora-factory"
 TOPICS = ["rock & roll", "🚀 rocket"]
@@ -83,8 +83,9 @@ def odd_run(tmp_path_factory: pytest.TempPathFactory, mlflow_server: tuple[str, 
     secret = f"pw-{uuid.uuid4().hex}"
     tracking = f"http://lf:{secret}@{host}"
     s3 = f"http://lf:{secret}@127.0.0.1:9"
+    redis = f"redis://:{secret}@127.0.0.1:6379/0"  # the local Redis accepts any password from redis-py
     common = ["--home", str(home), "--tracking-uri", tracking, "--set", f"store.s3_endpoint_url={s3}",
-              "--set", "train.max_steps=4"]
+              "--set", f"crawl.redis_url={redis}", "--set", "train.max_steps=4"]
     failed = run_cli("run", "-t", ",".join(TOPICS), *common, "--set", "curate.min_text_topic=null",
                      "--set", "curate.min_side=100000", cwd=tmp)
     runs = sorted((home / "runs").iterdir()) if (home / "runs").is_dir() else []
@@ -117,10 +118,11 @@ def test_a_resume_without_the_credentials_asks_for_them_in_one_line(odd_run: dic
     forgot = odd_run["procs"]["forgot"]
     assert forgot.returncode == 2
     assert forgot.stderr.strip().splitlines() == [
-        f"error: run {odd_run['run_dir'].name} was started with credentials in store.s3_endpoint_url "
+        f"error: run {odd_run['run_dir'].name} was started with credentials in crawl.redis_url "
+        "(redis://:***@127.0.0.1:6379/0), store.s3_endpoint_url "
         "(http://lf:***@127.0.0.1:9), tracking.uri (http://lf:***@" + odd_run["tracking"].rsplit("@", 1)[1]
-        + "); run.json does not keep them: give the setting again (--set store.s3_endpoint_url=... or "
-        "LORA_FACTORY_STORE__S3_ENDPOINT_URL)"]
+        + "); run.json does not keep them: give the setting again (--set crawl.redis_url=... or "
+        "LORA_FACTORY_CRAWL__REDIS_URL)"]
 
 
 def test_mlflow_names_from_topics_are_sanitised_and_values_verbatim(odd_run: dict) -> None:
@@ -136,7 +138,7 @@ def test_mlflow_names_from_topics_are_sanitised_and_values_verbatim(odd_run: dic
     per_topic = json.loads((odd_run["run_dir"] / "crawl" / "crawl_stats.json").read_text())["images_per_topic"]
     assert per_topic and set(per_topic) <= set(TOPICS)
     for topic, count in per_topic.items():
-        assert crawl.data.metrics[mlflow_key(f"images_per_topic.{topic}")] == count
+        assert crawl.data.metrics[f"images_per_topic.{topic_key(topic)}"] == count
 
 
 def test_both_flow_runs_are_named_after_the_topics(odd_run: dict) -> None:
