@@ -16,6 +16,7 @@ from .context import RunRef, make_tracker
 from .errors import ConfigError, StoreError
 from .home import Home, run_store_for
 from .profiles import config_from_data
+from .rerun import mark_for_rerun, stages_to_rerun
 from .runstore import DONE, STAGES, now_iso
 from .storage import open_store
 from .tracking import check_tracking_uri, flatten_params
@@ -121,7 +122,8 @@ def resume_run(cfg: FactoryConfig, run_id: str, overrides: Mapping[str, Any] | N
 
     The run keeps the topics and config it started with, so finished stages' outputs still
     agree with the rest; ``overrides`` (e.g. the setting that made a stage fail) apply on top
-    and are recorded in run.json.
+    and are recorded in run.json. A stage whose section an override names runs again, with
+    every stage downstream of it (``rerun``).
     """
     run = run_store_for(cfg).open(run_id)
     state = run.state()
@@ -129,7 +131,8 @@ def resume_run(cfg: FactoryConfig, run_id: str, overrides: Mapping[str, Any] | N
         raise StoreError(f"run '{run_id}' never started tracking: start a new run instead")
     saved = config_from_data(state["config"], [dict(overrides or {})], f"run {run_id} with overrides")
     saved = with_current_locations(saved, cfg, state["config"])
-    resumes = state.get("resumes", []) + [{"at": now_iso(), "overrides": dict(overrides or {})}]
+    rerun = mark_for_rerun(run, stages_to_rerun(overrides or {}))  # settings changed: redo those stages
+    resumes = state.get("resumes", []) + [{"at": now_iso(), "overrides": dict(overrides or {}), "rerun": rerun}]
     run.update(config=saved.model_dump(mode="json"), resumes=resumes, status="running", error=None)
     make_tracker(saved).reopen(state["mlflow_parent_run_id"])
     return RunRef(run_id=run_id, parent_run_id=state["mlflow_parent_run_id"], topics=state["topics"],
