@@ -33,7 +33,7 @@ any because before being both but each few more most no not only other over own 
 very just one two three image photo picture view shows showing shown page click enlarge read
 here new like get made make many much"""
 _STOP = frozenset(_STOP_WORDS.split())
-_WORD = re.compile(r"[a-zA-Z][a-zA-Z'-]{2,}")
+_WORD = re.compile(r"[a-zA-Z][a-zA-Z'-]*")
 
 Encode = Callable[[list[str]], np.ndarray]  # texts -> L2-normalised rows
 

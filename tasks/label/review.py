@@ -34,9 +34,10 @@ class Edit:
         return self.caption != " ".join((self.sheet_machine_caption or machine_caption).split())
 
 
-def review_rows(labels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One sheet row per labelled image, in the REVIEW_COLUMNS order."""
-    return [{"item_id": lab["item_id"], "file_name": lab["file_name"], "caption": lab["caption"], "keep": "yes",
+def review_rows(labels: list[dict[str, Any]], keep: str = "yes") -> list[dict[str, Any]]:
+    """One sheet row per labelled image, in the REVIEW_COLUMNS order (``keep``: "no" for the rows
+    a reviewer dropped, so the sheet fed back keeps them dropped)."""
+    return [{"item_id": lab["item_id"], "file_name": lab["file_name"], "caption": lab["caption"], "keep": keep,
              "caption_source": lab["caption_source"], "machine_caption": lab["machine_caption"],
              "license": lab.get("license") or "", "page_url": lab.get("page_url") or ""} for lab in labels]
 

@@ -85,6 +85,7 @@ class LabelResult:
     tag_stats: TagStats
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     notes: list[str] = field(default_factory=list)
+    reviewed_out: list[dict[str, Any]] = field(default_factory=list)  # labels a reviewer set to keep = no
 
     @property
     def dropped(self) -> list[dict[str, Any]]:
@@ -197,20 +198,22 @@ def label_items(items: list[dict[str, Any]], crawl_dir: Path, cfg: LabelConfig, 
         summary, found_traits, _ = summarise(_tag_inputs(ics), [w.text for w in winners], tags, topics or [],
                                              models.tag_chat, cfg, tag_stats)
     traits = [*cfg.traits, *(found_traits if cfg.traits_from_summary else [])]
-    labels = []
+    labels, reviewed_out = [], []
     with _timed(timings, "formatting"):
         for ic, winner, tag in zip(ics, winners, tags, strict=True):
             body = tag_body(tag) if cfg.caption_style == "tags" and tag_body(tag) else winner.text
             formatted = format_caption(body, cfg.trigger_word, cfg.template, cfg.caption_style, budget, traits)
-            label = apply_edit(_label_row(ic, winner, tag, formatted), edits.get(ic.item["item_id"]), cfg, budget)
+            machine = _label_row(ic, winner, tag, formatted)
+            label = apply_edit(machine, edits.get(ic.item["item_id"]), cfg, budget)
             if label is None:
+                reviewed_out.append({**machine, "caption": edits[ic.item["item_id"]].caption or machine["caption"]})
                 decisions.append(decision(ic.item["item_id"], STAGE, False, REVIEW_DROP, detail="keep = no in the review file"))
                 continue
             labels.append(label)
             decisions.append(decision(ic.item["item_id"], STAGE, True, detail=f"caption from {label['caption_source']}"))
     counts = {**tag_stats.as_dict(), **(models.tag_chat.counts() if hasattr(models.tag_chat, 'counts') else {})}
     stats = caption_stats(labels, cfg, token_budget=budget.limit, summary=summary, traits=traits, tagger=counts)
-    return LabelResult(labels, decisions, policy, stats, tag_stats, timings, list(models.notes))
+    return LabelResult(labels, decisions, policy, stats, tag_stats, timings, list(models.notes), reviewed_out)
 
 
 def write_outputs(result: LabelResult, items: dict[str, dict[str, Any]], crawl_dir: Path, out: Path,
@@ -221,7 +224,7 @@ def write_outputs(result: LabelResult, items: dict[str, dict[str, Any]], crawl_d
     LABEL_LABELS.write(out, result.labels)
     LABEL_CAPTION_STATS.write(out, result.stats)
     LABEL_DECISIONS.write(out, result.decisions)
-    LABEL_CAPTIONS.write(out, review_rows(result.labels))
+    LABEL_CAPTIONS.write(out, review_rows(result.labels) + review_rows(result.reviewed_out, keep="no"))
     crawl_stats = CRAWL_STATS.read(crawl_dir) if CRAWL_STATS.exists(crawl_dir) else {}
     LABEL_DATASHEET.write(out, render_datasheet(
         title, result.labels, result.policy, cfg.label, crawl_stats, honour_noai=cfg.crawl.honour_noai,
