@@ -45,14 +45,10 @@ class EndpointError(Exception):
 
 
 @dataclass
-class CallStats:
-    """Counters across threads, logged as the stage's metrics."""
+class Counters:
+    """Counters bumped from several threads; ``as_dict`` for metrics."""
 
-    requests: int = 0  # HTTP requests sent (retries included)
-    cached: int = 0  # answers served from the cache
-    http_retries: int = 0  # 429 / 5xx / timeouts / connection errors retried
-    failures: int = 0  # calls that raised EndpointError
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
         with self._lock:
@@ -60,8 +56,17 @@ class CallStats:
                 setattr(self, k, getattr(self, k) + v)
 
     def as_dict(self) -> dict[str, int]:
-        return {"requests": self.requests, "cached": self.cached, "http_retries": self.http_retries,
-                "failures": self.failures}
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+@dataclass
+class CallStats(Counters):
+    """The client's counters, logged as the stage's metrics."""
+
+    requests: int = 0  # HTTP requests sent (retries included)
+    cached: int = 0  # answers served from the cache
+    http_retries: int = 0  # 429 / 5xx / timeouts / connection errors retried
+    failures: int = 0  # calls that raised EndpointError
 
 
 class RateLimiter:

@@ -19,7 +19,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -27,7 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from lora_factory.config import LabelConfig
 
 from .keywords import KeywordTagger
-from .llm_client import ChatClient, EndpointError, ResponseCache, map_bounded
+from .llm_client import ChatClient, Counters, EndpointError, ResponseCache, map_bounded
 
 Chat = Callable[[list[dict[str, Any]], dict[str, Any] | None], str]
 TAG_FIELDS = ("subject", "style", "movement", "medium", "keywords")
@@ -95,7 +95,7 @@ class TagInput:
 
 
 @dataclass
-class TagStats:
+class TagStats(Counters):
     calls: int = 0  # structured questions asked (a batch, or the summary)
     valid_first_try: int = 0
     retried: int = 0  # questions asked again with the validation error
@@ -103,15 +103,6 @@ class TagStats:
     invalid: int = 0  # still invalid after the retries: fell back
     endpoint_errors: int = 0  # unreachable / refused: fell back
     fallback_images: int = 0  # images tagged by the fallback
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for k, v in counts.items():
-                setattr(self, k, getattr(self, k) + v)
-
-    def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
 class InvalidOutput(Exception):
