@@ -144,8 +144,15 @@ def test_label_items_records_every_candidate_score_and_the_winner(demo: dict) ->
         def caption(self, images, max_new_tokens=30, batch_size=8):
             return ["the model's caption"] * len(images)
 
+    asked: list[str] = []
+
+    def tag_chat(messages, schema):  # records what the tagger is shown, answers out of schema
+        task = next(m["content"] for m in messages if m["role"] == "user")
+        asked.extend([task] if task not in asked else [])
+        return "no JSON here"
+
     cfg = LabelConfig(trigger_word="tok", hallucination_margin=0.5)
-    result = label_items(items, demo["crawl"], cfg, LabelModels(captioner=SameCaption(), clip=clip))
+    result = label_items(items, demo["crawl"], cfg, LabelModels(captioner=SameCaption(), clip=clip, tag_chat=tag_chat))
     by_id = {lab["item_id"]: lab for lab in result.labels}
     first, second = by_id[items[0]["item_id"]], by_id[items[1]["item_id"]]
     assert first["caption_source"] == "alt_text" and first["caption"] == f"tok, {alts[0]}"
@@ -154,6 +161,11 @@ def test_label_items_records_every_candidate_score_and_the_winner(demo: dict) ->
     assert [(c["source"], c["hallucination"]) for c in second["candidates"]] == [("alt_text", True), ("captioner", False)]
     assert result.stats.hallucinations == 3  # image 0's model caption, the alt texts of images 1 and 2
     assert result.stats.sources == {"alt_text": 1, "captioner": 2}
+    # The tagger is not shown likely hallucinations: image 0 without the model caption, image 1
+    # without its alt text.
+    assert alts[0] in asked[0] and "the model's caption" not in asked[0]
+    assert "the model's caption" in asked[1] and alts[1] not in asked[1]
+    assert [lab["tag_source"] for lab in result.labels] == ["none"] * 3  # out of schema, no fallback configured
 
 
 # -- trigger word and token budget ---------------------------------------------------------------

@@ -19,7 +19,7 @@ from .._html import thumbnail_uri
 
 esc = html.escape
 CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px}
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .note{background:#fff4d6;border:1px solid #e0c060;padding:.5em .8em;margin:.4em 0;border-radius:4px}
 .kv td{padding:2px 10px 2px 0}.bars{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:1em}

@@ -169,7 +169,8 @@ def apply_edit(label: dict[str, Any], edit: Edit | None, cfg: LabelConfig, budge
 
 
 def _tag_inputs(ics: list[ItemCandidates]) -> list[TagInput]:
-    return [TagInput(str(i), ic.item.get("topic"), [(c.source, c.text) for c in ic.candidates])
+    """What the tagger reads per image: its candidates, without the likely hallucinations."""
+    return [TagInput(str(i), ic.item.get("topic"), [(c.source, c.text) for c in ic.candidates if not c.hallucination])
             for i, ic in enumerate(ics)]
 
 
