@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog_formats import Embeddings, Folder, Format, Json, Png, Table, Text, Yaml
+from .catalog_formats import Csv, Embeddings, Folder, Format, Json, Png, Table, Text, Toml, Yaml
 from .config import TrainConfig
 from .schemas import (
     DATASET_SCHEMA,
@@ -25,6 +25,7 @@ from .schemas import (
     LABELS_SCHEMA,
     PAGE_SCHEMA,
     REJECTED_SCHEMA,
+    REVIEW_COLUMNS,
     CaptionStats,
 )
 
@@ -99,9 +100,13 @@ CURATE_STATS = _out("curate", "stats", "stats.json", Json(), "dataset statistics
 CURATE_REPORT = _out("curate", "report", "report.html", Text(), "counts, histograms, thumbnails per reason, duplicate groups")
 # label ----------------------------------------------------------------------------------------
 LABEL_DATASET = _out("label", "dataset", "dataset", Folder(), "images with .txt captions and metadata.jsonl: trains here, in sd-scripts and in diffusers")
-LABEL_LABELS = _out("label", "labels", "labels.parquet", Table(LABELS_SCHEMA), "caption per item and its source")
-LABEL_CAPTION_STATS = _out("label", "caption_stats", "caption_stats.json", Json(CaptionStats), "caption coverage, lengths, sources and tag frequency, for the tuner")
-LABEL_DECISIONS = _out("label", "decisions", "decisions.parquet", Table(DECISION_SCHEMA), "keep/drop per item (no caption...)")
+LABEL_KOHYA_TOML = _out("label", "kohya_toml", "dataset/kohya_dataset.toml", Toml(), "sd-scripts --dataset_config for the folder (repeats, buckets, caption extension)")
+LABEL_LABELS = _out("label", "labels", "labels.parquet", Table(LABELS_SCHEMA), "caption per item, its source, the candidates and their CLIP scores, tags, licence")
+LABEL_CAPTION_STATS = _out("label", "caption_stats", "caption_stats.json", Json(CaptionStats), "caption coverage, lengths, sources, tag frequency, concept summary, for the tuner, evaluate and the model card")
+LABEL_DECISIONS = _out("label", "decisions", "decisions.parquet", Table(DECISION_SCHEMA), "keep/drop per item (license, no caption, human review)")
+LABEL_CAPTIONS = _out("label", "captions", "captions.csv", Csv(REVIEW_COLUMNS), "one row per image to review: edit 'caption' (or set keep to no) and pass the file back as label.review_file")
+LABEL_REPORT = _out("label", "report", "report.html", Text(), "every kept image with caption, candidates and scores, tags, licence, source; tag frequency")
+LABEL_DATASHEET = _out("label", "datasheet", "datasheet.md", Text(), "sources, licence counts, opt-outs honoured, authors to attribute: feeds the model card")
 # tune -----------------------------------------------------------------------------------------
 TUNE_TRAIN_CONFIG = _out("tune", "train_config", "train_config.yaml", Yaml(TrainConfig), "the training config chosen for this dataset")
 TUNE_RATIONALE = _out("tune", "rationale", "rationale.md", Text(), "why each value was chosen")
@@ -122,13 +127,14 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec("curate", "quality, text, alignment filters and dedup, a reason per drop",
               reads=(CRAWL_ITEMS, CRAWL_IMAGES),
               writes=(CURATE_DATASET, CURATE_DECISIONS, CURATE_REJECTED, CURATE_EMBEDDINGS, CURATE_STATS, CURATE_REPORT)),
-    StageSpec("label", "captions and the training folder",
-              reads=(CURATE_DATASET, CRAWL_IMAGES),
-              writes=(LABEL_DATASET, LABEL_LABELS, LABEL_CAPTION_STATS, LABEL_DECISIONS)),
+    StageSpec("label", "licence policy, captions chosen by CLIP among candidates, tags, the training folder",
+              reads=(CURATE_DATASET, CRAWL_IMAGES, CRAWL_STATS),
+              writes=(LABEL_DATASET, LABEL_KOHYA_TOML, LABEL_LABELS, LABEL_CAPTION_STATS, LABEL_DECISIONS,
+                      LABEL_CAPTIONS, LABEL_REPORT, LABEL_DATASHEET)),
     StageSpec("tune", "the training config for this dataset, explained",
               reads=(LABEL_LABELS,), writes=(TUNE_TRAIN_CONFIG, TUNE_RATIONALE)),
     StageSpec("train", "the LoRA (diffusers + PEFT)",
-              reads=(LABEL_DATASET, TUNE_TRAIN_CONFIG), writes=(TRAIN_LORA, TRAIN_SAMPLES)),
+              reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG), writes=(TRAIN_LORA, TRAIN_SAMPLES)),
     StageSpec("evaluate", "base vs LoRA on the same seeds",
               reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG), writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES)),
     StageSpec("deploy", "register the LoRA, apply the gate, move aliases",

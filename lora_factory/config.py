@@ -7,6 +7,7 @@ unknown keys; ``lora_factory.profiles`` turns validation errors into one readabl
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -148,10 +149,91 @@ class CurateConfig(Section):
     report_thumbnails_per_reason: int = Field(48, ge=0)
 
 
+class LlmEndpointConfig(Section):
+    """An OpenAI-compatible chat endpoint (vLLM, Ollama, llama.cpp server, OpenAI itself).
+
+    The API key is read from the environment variable *named* by ``api_key_env`` when a request
+    is made; the key itself is never part of the config, so it cannot reach run.json or MLflow.
+    """
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""  # required when the endpoint is used
+    api_key_env: str | None = "LORA_FACTORY_LLM_API_KEY"  # None: no Authorization header
+    timeout_s: float = Field(60.0, gt=0)  # per request
+    max_concurrency: int = Field(8, ge=1)  # requests in flight
+    requests_per_second: float | None = Field(None, gt=0)  # None: no rate limit
+    max_retries: int = Field(4, ge=0)  # 429, 5xx, timeouts, refused connections
+    backoff_s: float = Field(1.0, ge=0)  # first wait; doubles per retry (Retry-After wins)
+    max_backoff_s: float = Field(30.0, ge=0)
+    schema_retries: int = Field(1, ge=0)  # invalid output: ask again with the validation error
+    max_tokens: int = Field(400, ge=16)
+    temperature: float = Field(0.0, ge=0, le=2)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("must be the NAME of an environment variable holding the key, not the key")
+        return v
+
+
+CaptionSource = Literal["alt_text", "figure_caption", "title_text", "captioner", "vlm"]
+
+
 class LabelConfig(Section):
+    """Captions, tags, the licence policy and the review loop (see ``tasks.label``).
+
+    Candidates come from ``caption_sources``; with ``rerank`` the one the CLIP scorer matches
+    best to the image wins. The trigger word goes where ``[trigger]`` stands in ``template``
+    (exactly once) and the caption is trimmed to the base model's text-encoder token budget.
+    """
+
     trigger_word: str = Field("lfstyle", min_length=1)
-    caption_source: Literal["alt_text"] = "alt_text"
-    max_caption_words: int = Field(60, ge=1)
+    template: str = "[trigger], [caption]"  # [trigger] and [caption] exactly once each
+    caption_style: Literal["natural", "tags"] = "natural"  # tags: the tagger's comma-separated tags
+    caption_sources: list[CaptionSource] = Field(
+        default_factory=lambda: ["alt_text", "figure_caption", "title_text", "captioner"], min_length=1)
+    rerank: bool = True  # CLIP picks the caption; false: the first source (in the order above) that has one
+    hallucination_margin: float = Field(0.1, ge=0)  # CLIP score this far below the others': flagged
+    max_caption_words: int = Field(60, ge=1)  # page texts are cut to this many words first
+    max_tokens: int | None = Field(None, ge=1)  # None: the base model's tokenizer budget (77 for CLIP)
+    # Subject LoRAs: intrinsic traits left out of captions, so the trigger word absorbs them.
+    traits: list[str] = Field(default_factory=list)
+    traits_from_summary: bool = False  # add the traits the tagger's concept summary names
+    task_type: Literal["subject", "style", "concept"] | None = None
+    captioner_batch_size: int = Field(8, ge=1)
+    captioner_max_new_tokens: int = Field(30, ge=4)
+    # Tags: core subject, style, movement, medium, keywords; and a one-line concept summary.
+    tagger: Literal["openai", "local", "keywords", "none"] = "local"  # local: models.tagger
+    tag_fallback: Literal["keywords", "none"] = "keywords"  # when the tagger fails or is unreachable
+    tag_batch_size: int = Field(1, ge=1, le=64)  # images per tagger call
+    llm: LlmEndpointConfig = Field(default_factory=LlmEndpointConfig)  # tagger: openai
+    vlm: LlmEndpointConfig = Field(default_factory=LlmEndpointConfig)  # caption source: vlm
+    vlm_prompt: str = Field(
+        "Write one caption for this image as a careful person would for training an image "
+        "generator: what is visible, its style and medium. One sentence, no speculation.", min_length=1)
+    # Data rights: applied before anything is labelled. Families (CC-BY matches CC-BY-4.0) or
+    # exact ids (CC-BY-2.0); spelled as the crawl records them (see spiders.sources.licences).
+    allowed_licenses: list[str] = Field(default_factory=lambda: ["public-domain", "CC0", "CC-BY", "CC-BY-SA"])
+    allow_unknown_license: bool = False
+    # Review: an edited copy of label/captions.csv; its captions win (source "human").
+    review_file: str | None = None
+    report_thumbnail_px: int = Field(160, ge=32, le=1024)
+
+    @field_validator("template")
+    @classmethod
+    def _one_trigger_one_caption(cls, v: str) -> str:
+        if v.count("[trigger]") != 1 or v.count("[caption]") != 1:
+            raise ValueError("must hold [trigger] and [caption] exactly once each, e.g. '[trigger], [caption]'")
+        return v
+
+    @model_validator(mode="after")
+    def _endpoints_have_models(self) -> LabelConfig:
+        if self.tagger == "openai" and not self.llm.model:
+            raise ValueError("label.tagger is 'openai' but label.llm.model is empty: name the model to call")
+        if "vlm" in self.caption_sources and not self.vlm.model:
+            raise ValueError("label.caption_sources has 'vlm' but label.vlm.model is empty: name the model to call")
+        return self
 
 
 class TuneConfig(Section):

@@ -104,15 +104,42 @@ DATASET_SCHEMA = pa.schema(
     list(ITEM_SCHEMA) + [pa.field("pixel_sha256", pa.string())] + CURATE_SCORE_FIELDS
 )
 
-# label/labels.parquet: the caption each labelled image trains with, and where it came from.
+# label/labels.parquet: the caption each labelled image trains with, where it came from, the
+# candidates it was chosen among (with their CLIP image-text scores) and the tagger's tags.
+CANDIDATE_TYPE = pa.struct(
+    [
+        pa.field("source", pa.string()),  # alt_text, figure_caption, title_text, captioner, vlm, topic
+        pa.field("text", pa.string()),
+        pa.field("score", pa.float64()),  # CLIP image-text cosine; null when not re-ranked
+        pa.field("hallucination", pa.bool_()),  # far below the other candidates' scores
+    ]
+)
 LABELS_SCHEMA = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
         pa.field("file_name", pa.string(), nullable=False),
         pa.field("caption", pa.string(), nullable=False),
-        pa.field("caption_source", pa.string(), nullable=False),
+        pa.field("caption_source", pa.string(), nullable=False),  # a candidate source, or "human"
+        pa.field("machine_caption", pa.string()),  # the chosen caption before a review edit
+        pa.field("caption_score", pa.float64()),  # the winner's CLIP score, when re-ranked
+        pa.field("caption_tokens", pa.int32()),  # with the base model's tokenizer
+        pa.field("trimmed", pa.bool_()),  # cut at a tag or clause boundary to fit the budget
+        pa.field("candidates", pa.list_(CANDIDATE_TYPE)),
+        pa.field("subject", pa.list_(pa.string())),  # tags: 1-3 core subjects
+        pa.field("style", pa.string()),
+        pa.field("movement", pa.string()),
+        pa.field("medium", pa.string()),
+        pa.field("keywords", pa.list_(pa.string())),
+        pa.field("tag_source", pa.string()),  # openai, local, keywords (the fallback), none
+        pa.field("license", pa.string()),
+        pa.field("author", pa.string()),
+        pa.field("page_url", pa.string()),
     ]
 )
+
+# label/captions.csv: the review sheet a person edits (the first columns; more are allowed).
+REVIEW_COLUMNS = ("item_id", "file_name", "caption", "keep", "caption_source", "machine_caption",
+                  "license", "page_url")
 
 
 class CaptionStats(BaseModel):
@@ -132,9 +159,18 @@ class CaptionStats(BaseModel):
     words_median: float = Field(ge=0)
     words_max: int = Field(ge=0)
     tokens_max: int | None = Field(None, ge=0)  # with the base model's tokenizer, when known
-    over_token_budget: int = Field(0, ge=0)
+    over_token_budget: int = Field(0, ge=0)  # captions that were over the budget (and were trimmed)
     sources: dict[str, int] = Field(default_factory=dict)  # caption source -> images
     tag_frequency: dict[str, int] = Field(default_factory=dict)  # comma-separated tag -> images
     trigger_word: str
     concept_summary: str | None = None  # one line about the dataset's concept, when known
     task_type: Literal["subject", "style", "concept"] | None = None
+    # Added within version 1 (optional, so version-1 readers of the fields above are unaffected):
+    token_budget: int | None = Field(None, ge=1)  # tokens a caption may use (trigger included)
+    caption_style: Literal["natural", "tags"] | None = None
+    traits: list[str] = Field(default_factory=list)  # left out of captions (the trigger absorbs them)
+    # The tagger's tags per field (subject, style, movement, medium, keywords) -> tag -> images.
+    tag_fields: dict[str, dict[str, int]] = Field(default_factory=dict)
+    tagger: dict[str, int] = Field(default_factory=dict)  # calls: valid, retried, fallback, cached...
+    hallucinations: int = Field(0, ge=0)  # candidates flagged far below the others' CLIP score
+    human_captions: int = Field(0, ge=0)  # captions taken from the review file

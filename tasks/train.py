@@ -14,11 +14,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lora_factory.catalog import LABEL_DATASET, TRAIN_LORA, TRAIN_SAMPLES, TUNE_TRAIN_CONFIG
+from lora_factory.catalog import (
+    LABEL_CAPTION_STATS,
+    LABEL_DATASET,
+    TRAIN_LORA,
+    TRAIN_SAMPLES,
+    TUNE_TRAIN_CONFIG,
+)
 from lora_factory.config import TrainConfig
 from lora_factory.context import RunRef, Stage, run_stage
 from lora_factory.home import home_of
 from training.callbacks import Callback, StepLedger, TrainState
+from training.export_kohya import KOHYA_WEIGHT_NAME, dataset_metadata, stamp_metadata
 from training.launch import run_multiprocess
 from training.trainer import train_lora
 
@@ -64,6 +71,16 @@ def _train(st: Stage, tcfg: TrainConfig, ledger: StepLedger) -> dict[str, Any]:
                             on_sample=lambda step, path: samples.log(step, path))
 
 
+def stamp_dataset_metadata(st: Stage, tcfg: TrainConfig) -> None:
+    """The label stage's trigger word, tag frequency and concept summary into the kohya file's
+    metadata (``ss_tag_frequency``, ``modelspec.trigger_phrase``), so A1111 and ComfyUI show them."""
+    kohya = st.output_path(TRAIN_LORA) / KOHYA_WEIGHT_NAME
+    if kohya.is_file():
+        stats = st.read(LABEL_CAPTION_STATS)
+        stamp_metadata(kohya, dataset_metadata(stats.trigger_word, stats.tag_frequency, stats.num_images,
+                                               tcfg.repeats, stats.concept_summary))
+
+
 @stage_task(STAGE)
 def train_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
@@ -73,6 +90,7 @@ def train_task(ref: RunRef) -> dict[str, Any]:
         ledger = StepLedger(st.scratch / "logged_steps.json",
                             lambda step, metrics: st.log_metrics(metrics, step=step))
         result = _train(st, tcfg, ledger)
+        stamp_dataset_metadata(st, tcfg)
         st.log_metrics({"final_loss": result["final_loss"], "steps": result["steps"],
                         "train_seconds": result["seconds"],
                         "latent_cache_hits": result["cache"]["latents"]["hits"],

@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lora_factory.config import LabelConfig
 from lora_factory.manifest import DECISION_SCHEMA
 from lora_factory.profiles import load_config
 from lora_factory.schemas import DATASET_SCHEMA
@@ -151,5 +150,9 @@ def test_outputs_for_later_stages_and_the_user(curated: dict) -> None:
 
 def test_label_reads_the_curated_dataset(curated: dict) -> None:
     label = curated["tmp"] / "label"
-    result = run_label(curated["out"], curated["crawl"], LabelConfig(trigger_word="tok"), label)
-    assert len(result.labels) == len(curated["result"].kept)
+    cfg = load_config("tiny", {"label.trigger_word": "tok"}, environ={})
+    result = run_label(curated["out"], curated["crawl"], label, cfg)
+    kept = curated["result"].kept
+    refused = [it for it in kept if it["license"] == "all-rights-reserved"]
+    assert refused and len(result.labels) == len(kept) - len(refused)
+    assert {d["item_id"] for d in result.dropped} == {it["item_id"] for it in refused}

@@ -75,7 +75,8 @@ def test_every_stage_wrote_its_outputs(factory_run: dict) -> None:
         "run.json", "manifest.parquet",
         "crawl/items.parquet", "crawl/pages.parquet", "crawl/crawl_stats.json",
         "curate/dataset.parquet", "curate/rejected.parquet", "curate/report.html",
-        "label/labels.parquet", "label/dataset/metadata.jsonl",
+        "label/labels.parquet", "label/dataset/metadata.jsonl", "label/dataset/kohya_dataset.toml",
+        "label/captions.csv", "label/report.html", "label/datasheet.md", "label/caption_stats.json",
         "tune/train_config.yaml", "tune/rationale.md",
         "train/lora/pytorch_lora_weights.safetensors",
         "evaluate/eval.json", "evaluate/grid.png", "evaluate/report.html",
@@ -232,3 +233,44 @@ def test_a_copied_home_lists_resumes_and_opens_its_runs(factory_run: dict) -> No
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     parent = client.get_run(state["mlflow_parent_run_id"])
     assert parent.info.artifact_uri.startswith((home / "mlartifacts").as_uri())
+
+
+def test_an_edited_review_sheet_changes_the_trained_captions(factory_run: dict) -> None:
+    """The review loop through the CLI: edit label/captions.csv, resume with label.review_file;
+    label and every stage after it run again (crawl and curate do not), the edited caption is
+    recorded as human, and the training that follows used it. Runs last: it re-trains the run."""
+    import csv
+
+    from safetensors import safe_open
+
+    run_dir = factory_run["run_dir"]
+    before = json.loads((run_dir / "run.json").read_text())
+    args_before = json.loads((run_dir / "train" / "lora" / "training_args.json").read_text())
+    with (run_dir / "label" / "captions.csv").open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    edited = "lfstyle, a hand-edited caption of a lighthouse at sunset"
+    rows[0]["caption"] = edited
+    sheet = factory_run["tmp"] / "reviewed.csv"
+    with sheet.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    resumed = run_cli("run", "--resume", run_dir.name, "--home", str(factory_run["home"]),
+                      "--set", f"label.review_file={sheet}", cwd=factory_run["tmp"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["resumes"][-1]["rerun"] == ["label", "tune", "train", "evaluate", "deploy"]
+    for stage in ("crawl", "curate"):
+        assert state["stages"][stage]["history"] == before["stages"][stage]["history"]
+    assert [h["status"] for h in state["stages"]["label"]["history"][-3:]] == ["pending", "running", "done"]
+    labels = {r["item_id"]: r for r in pq.read_table(run_dir / "label" / "labels.parquet").to_pylist()}
+    assert labels[rows[0]["item_id"]]["caption"] == edited
+    assert labels[rows[0]["item_id"]]["caption_source"] == "human"
+    args_after = json.loads((run_dir / "train" / "lora" / "training_args.json").read_text())
+    assert args_after["dataset_hash"] != args_before["dataset_hash"]  # the captions trained on changed
+    with safe_open(str(run_dir / "train" / "lora" / "lora_kohya.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    tags = json.loads(meta["ss_tag_frequency"])
+    (folder,) = tags.values()
+    assert folder["a hand-edited caption of a lighthouse at sunset"] == 1 and folder["lfstyle"] == len(labels)
+    assert meta["modelspec.trigger_phrase"] == "lfstyle"

@@ -16,7 +16,8 @@ from lora_factory.errors import StageError
 from lora_factory.manifest import item_id_for, write_items
 from tasks._text import clean_text
 from tasks.curate import curate_items, run_curate
-from tasks.label import caption_for, run_label
+from tasks.label import run_label
+from tasks.label.candidates import page_candidates
 from tasks.tune import run_tune
 from training.tuner import DatasetStats, recommend_from_profile
 
@@ -96,9 +97,9 @@ def test_curate_names_the_filter_when_nothing_survives(crawl_dir, tmp_path: Path
 def test_clean_text_and_captions() -> None:
     assert clean_text("IMG_1234.jpg") == ""
     assert clean_text("  A\u00a0red   fox — click to enlarge ") == "A red fox —"
-    cfg = LabelConfig(trigger_word="tok")
-    assert caption_for({"alt_text": "DSC0042", "figure_caption": "A boat"}, cfg) == ("tok, A boat", "figure_caption")
-    assert caption_for({"alt_text": "", "topic": "cactus"}, cfg) == ("tok, cactus", "topic")
+    sources = LabelConfig().caption_sources
+    (boat,) = page_candidates([{"alt_text": "DSC0042", "figure_caption": "A boat, click to enlarge"}], sources, 60)
+    assert [(c.source, c.text) for c in boat.candidates] == [("figure_caption", "A boat")]
 
 
 def test_label_and_tune_write_a_training_folder(crawl_dir, tmp_path: Path) -> None:
@@ -107,7 +108,9 @@ def test_label_and_tune_write_a_training_folder(crawl_dir, tmp_path: Path) -> No
     curate.mkdir()
     run_curate(crawl, CurateConfig(min_side=64), curate)
     label = tmp_path / "label"
-    result = run_label(curate, crawl, LabelConfig(trigger_word="tok"), label)
+    from lora_factory.profiles import load_config
+
+    result = run_label(curate, crawl, label, load_config("tiny", {"label.trigger_word": "tok"}, environ={}))
     meta = [json.loads(line) for line in (label / "dataset" / "metadata.jsonl").read_text().splitlines()]
     assert sorted(m["text"] for m in meta) == ["tok, A green sailboat", "tok, red lighthouse again"]
     for m in meta:
@@ -117,8 +120,6 @@ def test_label_and_tune_write_a_training_folder(crawl_dir, tmp_path: Path) -> No
     stats = LABEL_CAPTION_STATS.read(label)
     assert (stats.num_images, stats.captioned, stats.coverage, stats.words_max) == (2, 2, 1.0, 3)
     assert stats.trigger_word == "tok" and stats.tag_frequency == {"a green sailboat": 1, "red lighthouse again": 1}
-
-    from lora_factory.profiles import load_config
 
     cfg = load_config("tiny", {"train.batch_size": 8}, environ={})
     tune = tmp_path / "tune"

@@ -71,3 +71,32 @@ def save_kohya(state: dict[str, torch.Tensor], path: Path, family: str, rank: in
                for k, v in peft_to_kohya(state, alpha, family).items()}
     save_file(tensors, str(path), metadata=ss_metadata(family, rank, alpha, info))
     return Path(path)
+
+
+# -- dataset metadata (from the label stage), stamped on after training -------------------------
+def dataset_metadata(trigger_word: str | None, tag_frequency: dict[str, int], num_images: int,
+                     repeats: int = 1, summary: str | None = None) -> dict[str, str]:
+    """The keys A1111 / ComfyUI show for a LoRA's training data: ``ss_tag_frequency`` (per dataset
+    folder, as sd-scripts writes it: the trigger word counts in every caption), ``ss_dataset_dirs``,
+    and ``modelspec.trigger_phrase`` / ``modelspec.description``."""
+    folder = f"{repeats}_{trigger_word or 'dataset'}"
+    tags = ({trigger_word: num_images} if trigger_word else {}) | dict(tag_frequency)
+    meta = {"ss_tag_frequency": json.dumps({folder: tags}, ensure_ascii=False),
+            "ss_dataset_dirs": json.dumps({folder: {"n_repeats": repeats, "img_count": num_images}})}
+    if trigger_word:
+        meta["modelspec.trigger_phrase"] = trigger_word
+    if summary:
+        meta["modelspec.description"] = summary
+    return meta
+
+
+def stamp_metadata(path: Path, extra: dict[str, str]) -> None:
+    """Add (or replace) metadata keys of a safetensors file; the tensors are written back as they were."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    save_file(tensors, str(tmp), metadata={**meta, **extra})
+    tmp.replace(path)

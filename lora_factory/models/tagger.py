@@ -28,21 +28,26 @@ class Tagger:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         return cls(model, AutoTokenizer.from_pretrained(path), device)
 
-    def _encode(self, prompt: str, system: str | None) -> Any:
-        if self.tokenizer.chat_template is None:  # a base model: plain text prompt
-            return self.tokenizer(prompt, return_tensors="pt")
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
+    def _encode(self, messages: list[dict[str, str]]) -> Any:
+        if self.tokenizer.chat_template is None:  # a base model: the messages as plain text
+            return self.tokenizer("\n\n".join(m["content"] for m in messages), return_tensors="pt")
         return self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
 
     def generate(self, prompt: str, max_new_tokens: int = 32, system: str | None = None) -> str:
         """The reply to ``prompt`` (optionally after a ``system`` message), decoded greedily."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        return self.chat(messages, max_new_tokens)
+
+    def chat(self, messages: list[dict[str, str]], max_new_tokens: int = 32) -> str:
+        """The reply to a conversation (``role``/``content`` messages, the last one the user's),
+        decoded greedily: a retry can show the model its previous answer and what was wrong."""
         import torch
 
-        inputs = self._encode(prompt, system).to(self.device)
+        inputs = self._encode(messages).to(self.device)
         config = copy.deepcopy(self.model.generation_config)
         config.do_sample = False
         config.temperature = config.top_p = config.top_k = None  # sampling-only knobs

@@ -37,7 +37,7 @@ TAGGER_CONFIG: dict[str, Any] = {
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "max_position_embeddings": 1024,
+    "max_position_embeddings": 4096,  # prompts carry a JSON schema: >1024 tokens in this vocabulary
     "tie_word_embeddings": True,
     "bos_token_id": _VOCAB_SIZE - 3,  # <|endoftext|>, as in Qwen2.5
     "eos_token_id": _VOCAB_SIZE - 1,  # <|im_end|>

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from lora_factory.config import CurateConfig
+
+from .._html import thumbnail_uri
 
 HISTOGRAMS = (
     ("sharpness", "sharpness (variance of Laplacian, log10)", True),
@@ -28,18 +29,6 @@ HISTOGRAMS = (
     ("clip_image_text", "CLIP image-text cosine", False),
     ("clip_image_topic", "CLIP image-topic cosine", False),
 )
-
-
-def _thumb(path: Path, size: int = 96) -> str:
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, "PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-    except (OSError, UnidentifiedImageError, ValueError):
-        return ""
 
 
 def _histogram(values_kept: np.ndarray, values_dropped: np.ndarray, title: str) -> str:
@@ -70,7 +59,7 @@ def render_report(result: Any, items: list[dict[str, Any]], crawl_dir: Path, cfg
 
     def card(iid: str, note: str) -> str:
         it = by_id[iid]
-        src = _thumb(crawl_dir / it["image_path"])
+        src = thumbnail_uri(crawl_dir / it["image_path"])
         return (f'<figure><img src="{src}" alt=""><figcaption>{esc(iid[:10])}<br>'
                 f'<a href="{esc(it["page_url"])}">page</a> {esc(note)}</figcaption></figure>')
 
