@@ -1,37 +1,45 @@
-"""The promotion gate: a pure decision from evaluation scores.
+"""The promotion gate: a pure decision from an evaluation and the champion's score.
 
 Like a model-promotion pipeline, every trained adapter becomes a ``candidate``; it becomes the
-``champion`` only when its CLIP-T beats the base model's by the configured margin and is not
-below the current champion's.
+``champion`` only when its evaluation passed (every configured threshold held, no error
+finding, the exported files portable) and its overall score beats the current champion's (or
+there is no champion).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
-from lora_factory.config import DeployConfig
+from lora_factory.schemas import EvalResult
 
 
 @dataclass
 class GateDecision:
     promote: bool
     reason: str
-    clip_t_delta: float
-    clip_t_lora: float
-    champion_clip_t: float | None
+    overall_score: float | None
+    champion_score: float | None
+    reasons: list[str] = field(default_factory=list)  # every reason not to promote
 
 
-def gate(eval_result: dict[str, Any], cfg: DeployConfig, champion_clip_t: float | None) -> GateDecision:
-    """Promote if LoRA CLIP-T − base CLIP-T ≥ margin and the LoRA is not below the champion."""
-    delta = float(eval_result["clip_t_delta"])
-    lora = float(eval_result["lora"]["clip_t_mean"])
+def _blockers(result: EvalResult) -> list[str]:
+    reasons = [f"{t.score} {t.value if t.value is None else round(t.value, 4)} fails {t.op} {t.threshold}"
+               for t in result.thresholds if not t.passed]
+    reasons += [f"{f.code}: {f.message}" for f in result.errors()]
+    if result.portability and not result.portability.get("passed", True):
+        reasons.append("portability: the exported files do not load alike")
+    return reasons
 
-    def decide(promote: bool, reason: str) -> GateDecision:
-        return GateDecision(promote, reason, delta, lora, champion_clip_t)
 
-    if delta < cfg.min_clip_t_delta:
-        return decide(False, f"CLIP-T delta {delta:+.4f} < required {cfg.min_clip_t_delta:+.4f}")
-    if champion_clip_t is not None and lora < champion_clip_t:
-        return decide(False, f"CLIP-T {lora:.4f} below the champion's {champion_clip_t:.4f}")
-    return decide(True, f"CLIP-T delta {delta:+.4f} >= {cfg.min_clip_t_delta:+.4f}")
+def gate(result: EvalResult, champion_score: float | None) -> GateDecision:
+    """Promote when the evaluation passed and its overall score beats the champion's."""
+    score = result.scores.get("overall_score")
+    reasons = _blockers(result)
+    if champion_score is not None and (score is None or score <= champion_score):
+        shown = "none" if score is None else f"{score:.4f}"
+        reasons.append(f"overall score {shown} does not beat the champion's {champion_score:.4f}")
+    if reasons:
+        return GateDecision(False, "; ".join(reasons), score, champion_score, reasons)
+    why = "no champion yet" if champion_score is None else f"beats the champion's {champion_score:.4f}"
+    shown = "n/a" if score is None else f"{score:.4f}"
+    return GateDecision(True, f"passed every threshold; overall score {shown}, {why}", score, champion_score)

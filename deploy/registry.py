@@ -8,28 +8,29 @@ from typing import Any
 
 from lora_factory.catalog import TRAIN_LORA
 from lora_factory.config import DeployConfig
+from lora_factory.schemas import EvalResult
 from lora_factory.tracking import Tracker
 
 from .gate import gate
 
-CLIP_T_TAG = "clip_t_lora"
+SCORE_TAG = "overall_score"
 ARTIFACT_PATH = TRAIN_LORA.path  # the adapter's folder: the same name in the run dir and in MLflow
 
 
 def champion_score(tracker: Tracker, cfg: DeployConfig) -> float | None:
-    """The CLIP-T the current champion version was registered with, if there is one."""
+    """The overall score the current champion version was registered with, if there is one."""
     version = tracker.alias_version(cfg.registered_model_name, cfg.champion_alias)
     if version is None:
         return None
-    value = tracker.client.get_model_version(cfg.registered_model_name, version).tags.get(CLIP_T_TAG)
-    return float(value) if value is not None else None
+    value = tracker.client.get_model_version(cfg.registered_model_name, version).tags.get(SCORE_TAG)
+    return float(value) if value not in (None, "", "None") else None
 
 
 def register_lora(
     tracker: Tracker,
     mlflow_run_id: str,
     lora_dir: Path,
-    eval_result: dict[str, Any],
+    eval_result: EvalResult,
     cfg: DeployConfig,
     tags: dict[str, str],
 ) -> dict[str, Any]:
@@ -38,13 +39,13 @@ def register_lora(
     Returns the record written to ``deploy/decision.json``.
     """
     tracker.log_artifacts(mlflow_run_id, lora_dir, ARTIFACT_PATH)
-    decision = gate(eval_result, cfg, champion_score(tracker, cfg))
+    decision = gate(eval_result, champion_score(tracker, cfg))
+    scores = {k: f"{v:.6f}" for k, v in eval_result.scores.items() if v is not None}
     version = tracker.register(
         cfg.registered_model_name,
         mlflow_run_id,
         ARTIFACT_PATH,
-        tags={**tags, CLIP_T_TAG: f"{decision.clip_t_lora:.6f}",
-              "clip_t_delta": f"{decision.clip_t_delta:.6f}"},
+        tags={**tags, **scores, "verdict": eval_result.verdict},
         description=f"LoRA for {tags.get('topics', '?')}: {decision.reason}",
     )
     tracker.set_alias(cfg.registered_model_name, cfg.candidate_alias, version)

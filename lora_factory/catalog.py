@@ -27,6 +27,7 @@ from .schemas import (
     REJECTED_SCHEMA,
     REVIEW_COLUMNS,
     CaptionStats,
+    EvalResult,
 )
 
 
@@ -114,7 +115,7 @@ TUNE_RATIONALE = _out("tune", "rationale", "rationale.md", Text(), "why each val
 TRAIN_LORA = _out("train", "lora", "lora", Folder(), "the adapter: diffusers and kohya safetensors, model card, training args")
 TRAIN_SAMPLES = _out("train", "samples", "samples", Folder(), "sample grids during training", required=False)
 # evaluate -------------------------------------------------------------------------------------
-EVAL_RESULT = _out("evaluate", "result", "eval.json", Json(), "every metric, base vs LoRA, per prompt")
+EVAL_RESULT = _out("evaluate", "result", "eval.json", Json(EvalResult), "every metric and score, base vs LoRA, thresholds, findings, verdict")
 EVAL_GRID = _out("evaluate", "grid", "grid.png", Png(), "prompts x (base | LoRA)")
 EVAL_REPORT = _out("evaluate", "report", "report.html", Text(), "grid, metric table and findings")
 EVAL_IMAGES = _out("evaluate", "images", "images", Folder(), "every generated image")

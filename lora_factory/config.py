@@ -324,12 +324,23 @@ class EvaluateConfig(Section):
     guidance_scale: float = Field(7.5, ge=0)
     resolution: int | None = Field(None, ge=8)  # None: the training resolution
     seed: int = 1234
+    # Pass/fail per score (lora_factory.schemas.SCORE_KEYS): a score must be >= its min and <= its
+    # max; the gate promotes only a LoRA that passes every one. A score that was not measured fails.
+    min_scores: dict[str, float] = Field(default_factory=lambda: {"adherence_delta": 0.0})
+    max_scores: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_scores(self) -> EvaluateConfig:
+        from .schemas import SCORE_KEYS
+
+        unknown = sorted((set(self.min_scores) | set(self.max_scores)) - set(SCORE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown scores {unknown} in min_scores/max_scores (known: {', '.join(SCORE_KEYS)})")
+        return self
 
 
 class DeployConfig(Section):
     registered_model_name: str = Field("lora-factory", min_length=1)
-    # The gate: promote to the "champion" alias when LoRA CLIP-T minus base CLIP-T >= this.
-    min_clip_t_delta: float = 0.0
     candidate_alias: str = "candidate"
     champion_alias: str = "champion"
 

@@ -7,7 +7,7 @@ this module says what is in it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -174,3 +174,73 @@ class CaptionStats(BaseModel):
     tagger: dict[str, int] = Field(default_factory=dict)  # calls: valid, retried, fallback, cached...
     hallucinations: int = Field(0, ge=0)  # candidates flagged far below the others' CLIP score
     human_captions: int = Field(0, ge=0)  # captions taken from the review file
+
+
+# evaluate/eval.json: the contract between the evaluate stage and the gate, the registry, the
+# tuner's history and the model card. Evaluate may add detail (``extra="allow"``: per-prompt
+# tables, grids ...); the fields below keep their meaning within a schema version.
+SCORE_KEYS = {
+    "overall_score": "the documented weighted score the gate compares with the champion's",
+    "fidelity_gain": "LoRA minus base similarity to the training images (CLIP-I / DINO / pixel embeddings)",
+    "adherence_delta": "LoRA minus base CLIP-T on the same prompts and seeds (prompt adherence)",
+    "diversity": "mean pairwise distance of the LoRA images' embeddings (low: mode collapse)",
+    "copy_risk": "share of LoRA images nearer than the near-copy threshold to a training image",
+    "leakage": "how far the LoRA moves images of the class prompt without the trigger word",
+}
+
+
+class MetricPair(BaseModel):
+    """One metric for base and LoRA, on the same prompts, seeds and scheduler."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: float | None = None
+    lora: float | None = None
+
+    @property
+    def gain(self) -> float | None:
+        return None if self.base is None or self.lora is None else self.lora - self.base
+
+
+class Finding(BaseModel):
+    """A named problem (``black_images``, ``zero_lora``, ``identical_to_base``, ``flat_loss``,
+    ``portability``, ``random_scorer`` ...); an ``error`` blocks promotion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1)
+    severity: Literal["error", "warning", "info"]
+    message: str
+    items: list[str] = Field(default_factory=list)  # the prompts, images or keys concerned
+
+
+class ThresholdCheck(BaseModel):
+    """One configured threshold applied to one score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: str
+    op: Literal[">=", "<="]
+    threshold: float
+    value: float | None
+    passed: bool
+
+
+class EvalResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: Literal[2] = 2
+    base_ref: str
+    family: str
+    lora_path: str
+    scorers: dict[str, str] = Field(default_factory=dict)  # role -> model reference
+    random_scorers: list[str] = Field(default_factory=list)  # roles whose numbers mean nothing
+    metrics: dict[str, MetricPair] = Field(default_factory=dict)  # clip_t, clip_i, dino, ...
+    scores: dict[str, float | None] = Field(default_factory=dict)  # SCORE_KEYS
+    thresholds: list[ThresholdCheck] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list)
+    portability: dict[str, Any] = Field(default_factory=dict)  # {"passed": bool, ...}
+    verdict: Literal["pass", "fail"]
+
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]

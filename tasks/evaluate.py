@@ -37,6 +37,8 @@ from lora_factory.config import EvaluateConfig
 from lora_factory.context import RunRef, run_stage
 from lora_factory.errors import StageError
 from lora_factory.home import home_of
+from lora_factory.models.refs import is_random_ref
+from lora_factory.schemas import EvalResult, Finding, MetricPair, ThresholdCheck
 from training.lora import LORA_WEIGHT_NAME
 
 from ._prefect import stage_task
@@ -211,7 +213,7 @@ def evaluate_lora(
     if not all(math.isfinite(s) for s in base_scores + lora_scores):
         raise StageError("CLIP-T scores are not finite; the generated images or the scorer are broken")
 
-    result: dict[str, Any] = {
+    detail: dict[str, Any] = {
         "prompts": list(prompts),
         "base": _summary(base_scores),
         "lora": _summary(lora_scores),
@@ -219,15 +221,46 @@ def evaluate_lora(
         "steps": cfg.num_inference_steps,
         "guidance_scale": cfg.guidance_scale,
         "resolution": resolution,
-        "base_ref": base_ref,
         "clip_ref": clip_ref,
     }
-    result["clip_t_delta"] = result["lora"]["clip_t_mean"] - result["base"]["clip_t_mean"]
+    clip_t = MetricPair(base=detail["base"]["clip_t_mean"], lora=detail["lora"]["clip_t_mean"])
+    detail["clip_t_delta"] = clip_t.gain
+    result = judge(
+        EvalResult(base_ref=base_ref, family=family, lora_path=str(lora_dir), scorers={"clip": clip_ref},
+                   random_scorers=["clip"] if is_random_ref(clip_ref) else [], metrics={"clip_t": clip_t},
+                   scores={"adherence_delta": clip_t.gain, "overall_score": clip_t.lora}, verdict="fail",
+                   **detail),
+        cfg)
 
     grid = make_grid(base_images, lora_images, prompts)
     EVAL_GRID.write(out_dir, grid)
     EVAL_RESULT.write(out_dir, result)
-    EVAL_REPORT.write(out_dir, render_report(result, grid))
+    data = result.model_dump(mode="json")
+    EVAL_REPORT.write(out_dir, render_report(data, grid))
+    return data
+
+
+def check_thresholds(scores: dict[str, float | None], cfg: EvaluateConfig) -> list[ThresholdCheck]:
+    """Every configured threshold against its score; a score that was not measured fails."""
+    checks = []
+    for op, limits in ((">=", cfg.min_scores), ("<=", cfg.max_scores)):
+        for name, limit in sorted(limits.items()):
+            value = scores.get(name)
+            ok = value is not None and math.isfinite(value) and (value >= limit if op == ">=" else value <= limit)
+            checks.append(ThresholdCheck(score=name, op=op, threshold=limit, value=value, passed=ok))
+    return checks
+
+
+def judge(result: EvalResult, cfg: EvaluateConfig) -> EvalResult:
+    """Apply the thresholds, name a random scorer, and set the verdict."""
+    result.thresholds = check_thresholds(result.scores, cfg)
+    if result.random_scorers:
+        result.findings.append(Finding(
+            code="random_scorer", severity="warning",
+            message=f"the {', '.join(result.random_scorers)} scorer is a random tiny model: its scores carry no meaning",
+            items=[result.scorers[r] for r in result.random_scorers if r in result.scorers]))
+    ok = all(t.passed for t in result.thresholds) and not result.errors()
+    result.verdict = "pass" if ok else "fail"
     return result
 
 
@@ -251,7 +284,8 @@ def evaluate_task(ref: RunRef) -> dict[str, Any]:
         )
         st.log_metrics({"clip_t_base": result["base"]["clip_t_mean"],
                         "clip_t_lora": result["lora"]["clip_t_mean"],
-                        "clip_t_delta": result["clip_t_delta"]})
+                        "clip_t_delta": result["clip_t_delta"],
+                        **{f"score_{k}": v for k, v in result["scores"].items() if v is not None}})
         for output in (EVAL_RESULT, EVAL_GRID, EVAL_REPORT):
             st.log_artifact(st.output_path(output))
     return {"clip_t_delta": result["clip_t_delta"]}

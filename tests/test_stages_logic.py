@@ -11,11 +11,13 @@ from PIL import Image
 
 from deploy.gate import gate
 from lora_factory.catalog import LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG
-from lora_factory.config import CurateConfig, DeployConfig, LabelConfig, TrainConfig
+from lora_factory.config import CurateConfig, EvaluateConfig, LabelConfig, TrainConfig
 from lora_factory.errors import StageError
 from lora_factory.manifest import item_id_for, write_items
+from lora_factory.schemas import EvalResult, Finding
 from tasks._text import clean_text
 from tasks.curate import curate_items, run_curate
+from tasks.evaluate import judge
 from tasks.label import run_label
 from tasks.label.candidates import page_candidates
 from tasks.tune import run_tune
@@ -135,9 +137,32 @@ def test_tuner_keeps_a_feasible_profile() -> None:
     assert rec.config == TrainConfig(batch_size=2) and rec.rationale == []
 
 
-def test_gate() -> None:
-    ev = {"clip_t_delta": 0.02, "lora": {"clip_t_mean": 0.30}}
-    assert gate(ev, DeployConfig(min_clip_t_delta=0.0), None).promote
-    assert not gate(ev, DeployConfig(min_clip_t_delta=0.05), None).promote
-    blocked = gate(ev, DeployConfig(), champion_clip_t=0.31)
-    assert not blocked.promote and "below the champion" in blocked.reason
+def _evaluated(adherence: float, overall: float, cfg: EvaluateConfig, **extra) -> EvalResult:
+    result = EvalResult(base_ref="b", family="sd15", lora_path="l", verdict="fail",
+                        scores={"adherence_delta": adherence, "overall_score": overall}, **extra)
+    return judge(result, cfg)
+
+
+def test_gate_truth_table() -> None:
+    cfg = EvaluateConfig(min_scores={"adherence_delta": 0.0}, max_scores={"copy_risk": 0.2})
+    passing = _evaluated(0.02, 0.30, EvaluateConfig())
+    assert passing.verdict == "pass" and gate(passing, None).promote
+    assert gate(passing, champion_score=0.29).promote
+    beaten = gate(passing, champion_score=0.31)
+    assert not beaten.promote and "does not beat the champion's 0.3100" in beaten.reason
+    worse = gate(_evaluated(-0.01, 0.5, EvaluateConfig()), None)
+    assert not worse.promote and "adherence_delta -0.01 fails >= 0.0" in worse.reason
+    unmeasured = _evaluated(0.02, 0.3, cfg)  # copy_risk has a threshold but no value: fails
+    assert unmeasured.verdict == "fail" and "copy_risk None fails <= 0.2" in gate(unmeasured, None).reason
+    broken = _evaluated(0.02, 0.3, EvaluateConfig(), findings=[
+        Finding(code="black_images", severity="error", message="3 of 4 LoRA images are black")])
+    assert broken.verdict == "fail" and "black_images" in gate(broken, None).reason
+    warned = _evaluated(0.02, 0.3, EvaluateConfig(), findings=[Finding(code="x", severity="warning", message="m")])
+    assert gate(warned, None).promote
+    not_portable = _evaluated(0.02, 0.3, EvaluateConfig(), portability={"passed": False})
+    assert not gate(not_portable, None).promote
+
+
+def test_unknown_score_thresholds_are_config_errors() -> None:
+    with pytest.raises(ValueError, match="unknown scores"):
+        EvaluateConfig(min_scores={"clip_t_typo": 0.1})

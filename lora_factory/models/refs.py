@@ -56,6 +56,11 @@ def parse_ref(ref: str) -> ModelRef:
     return ModelRef(ref, "hub", text)
 
 
+def is_random_ref(ref: str) -> bool:
+    """A ``tiny:`` reference is random-init: scores it gives carry no meaning."""
+    return ref.strip().startswith(TINY_PREFIX)
+
+
 def tiny_names() -> list[str]:
     """Every accepted ``tiny:`` name, aliases included."""
     return [*TINY_MODELS, *ALIASES]
