@@ -239,3 +239,21 @@ def test_bf16_mixed_precision_trains_on_cpu_and_saves_fp32(dataset_dir: Path, mo
                                  tmp_path, model_cache))
     assert all(math.isfinite(v) for v in result.losses)
     assert {t.dtype for t in lora_tensors(tmp_path).values()} == {torch.float32}
+
+
+def test_costly_metrics_are_computed_only_on_logging_steps(dataset_dir: Path, model_cache: Path,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.trainer as trainer
+
+    real, norms = trainer.weights_norm, []
+
+    def counted(params: list[torch.nn.Parameter]) -> float:
+        norms.append(real(params))
+        return norms[-1]
+
+    monkeypatch.setattr(trainer, "weights_norm", counted)
+    logged: list[tuple[int, float]] = []
+    train_lora(tiny_job(dataset_dir, small_cfg(max_steps=6, batch_size=2, log_every=3), tmp_path, model_cache),
+               on_step=lambda step, m: logged.append((step, m["lora_norm"])))
+    assert [step for step, _ in logged] == [3, 6]
+    assert [norm for _, norm in logged] == norms and all(n > 0 for n in norms)

@@ -71,3 +71,20 @@ def test_accelerate_launch_runs_the_same_entry(model_cache: Path, tmp_path: Path
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "lora" / "training_args.json").read_text())["world_size"] == 2
     assert json.loads((tmp_path / "work" / "result.json").read_text())["steps"] == 2
+
+
+def test_a_job_spec_round_trips_and_a_bad_one_is_a_one_line_error(tmp_path: Path) -> None:
+    from lora_factory.errors import StageError
+    from training.job import TrainJob
+
+    job = tiny_job(tmp_path / "ds", small_cfg(num_processes=2, sample_prompts=["a"]), tmp_path / "lora",
+                   tmp_path / "models", seed=7, checkpoint_dir=tmp_path / "ckpt",
+                   card={"trigger_word": "lfstyle"})
+    path = job.write(tmp_path / SPEC_FILE)
+    assert TrainJob.read(path) == job
+    spec = json.loads(path.read_text())
+    spec["train"]["rnak"] = 4
+    path.write_text(json.dumps(spec))
+    with pytest.raises(StageError, match=r"train\.rnak") as info:
+        TrainJob.read(path)
+    assert "\n" not in str(info.value)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .export_kohya import KOHYA_WEIGHT_NAME, save_kohya
-from .job import TrainJob
+from .job import TrainJob, TrainResult
 from .lora import LORA_WEIGHT_NAME, lora_state, save_lora
 from .model_card import render_model_card
 from .samples import render_samples
@@ -30,11 +30,19 @@ def write_training_args(out_dir: Path, args: dict[str, Any]) -> None:
     (out_dir / TRAINING_ARGS_NAME).write_text(json.dumps(args, indent=2, default=str) + "\n")
 
 
-def save_adapter(pipe: Any, job: TrainJob, data: TrainData, info: dict[str, Any], result: dict[str, Any],
-                 sample_prompts: list[str], device: torch.device) -> None:
-    """Write the adapter folder. ``info`` is the run's facts (``training_args.json``, the kohya
-    metadata); ``result`` the model card's summary of how it went."""
+def save_adapter(pipe: Any, job: TrainJob, data: TrainData, result: TrainResult, device: torch.device,
+                 world_size: int, sample_prompts: list[str]) -> None:
+    """Write the adapter folder: the weights in both formats, the run's facts
+    (``training_args.json``, also the kohya file's metadata), a sample grid and the model card."""
     cfg, out_dir = job.train, job.out_dir
+    info = {"base_ref": job.base_ref, "family": job.family, "dataset_dir": str(job.dataset_dir),
+            "seed": job.seed, "num_images": len(data.train),
+            "num_validation_images": len(data.validation or []), "device": str(device),
+            "steps": result.steps, "final_loss": result.final_loss, "resolution": cfg.resolution,
+            "learning_rate": cfg.learning_rate, "dataset_hash": data.dataset_hash,
+            "resumed_from": result.resumed_from, "stopped_early": result.stopped_early,
+            "best_step": result.best_step, "val_loss": result.val_loss, "buckets": result.buckets,
+            "cache": result.cache, "world_size": world_size, "train": cfg.model_dump()}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_lora(pipe, out_dir)
     files = {"diffusers": LORA_WEIGHT_NAME}
@@ -55,5 +63,8 @@ def save_adapter(pipe: Any, job: TrainJob, data: TrainData, info: dict[str, Any]
         train_config=cfg.model_dump(),
         dataset={"images": len(data.records), "train_images": len(data.train),
                  "validation_images": len(data.validation or []), "dataset_hash": data.dataset_hash,
-                 "buckets": data.bucket_counts(), **card.dataset},
-        result=result, eval_scores=card.eval_scores, sample_grid=grid_name, files=files), encoding="utf-8")
+                 "buckets": result.buckets, **card.dataset},
+        result={"steps": result.steps, "final_loss": round(result.final_loss, 6),
+                "val_loss": None if result.val_loss is None else round(result.val_loss, 6),
+                "stopped_early": result.stopped_early, "seed": job.seed},
+        eval_scores=card.eval_scores, sample_grid=grid_name, files=files), encoding="utf-8")

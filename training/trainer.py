@@ -90,25 +90,14 @@ def train_lora(job: TrainJob, *, on_step: OnStep | None = None,
     stop = loop.run()
     _end(stop, job, state, loop.view)
 
-    result = {"steps": state.step, "final_loss": round(state.losses[-1], 6),
-              "val_loss": None if state.val_loss is None else round(state.val_loss, 6),
-              "stopped_early": stop.reason if stop else None, "seed": job.seed}
-    info = {"base_ref": job.base_ref, "family": job.family, "dataset_dir": str(job.dataset_dir),
-            "seed": job.seed, "num_images": len(data.train),
-            "num_validation_images": len(data.validation or []), "device": str(device),
-            "steps": state.step, "final_loss": state.losses[-1], "resolution": cfg.resolution,
-            "learning_rate": cfg.learning_rate, "dataset_hash": data.dataset_hash,
-            "resumed_from": resumed_from, "stopped_early": result["stopped_early"],
-            "best_step": state.best_step, "val_loss": state.val_loss, "buckets": data.bucket_counts(),
-            "cache": cond.report(), "world_size": world.size, "train": cfg.model_dump()}
+    result = TrainResult(lora_dir=job.out_dir, steps=state.step, final_loss=state.losses[-1],
+                         losses=state.losses, resumed_from=resumed_from,
+                         stopped_early=stop.reason if stop else None, best_step=state.best_step,
+                         val_loss=state.val_loss, buckets=data.bucket_counts(), cache=cond.report())
     if world.is_main:  # one writer; the other ranks hold identical weights
-        save_adapter(pipe, job, data, info, result, loop.sample_prompts, device)
+        save_adapter(pipe, job, data, result, device, world.size, loop.sample_prompts)
     barrier(world)
-    return TrainResult(lora_dir=job.out_dir, steps=state.step, final_loss=state.losses[-1],
-                       losses=state.losses, seconds=time.perf_counter() - started,
-                       resumed_from=resumed_from, stopped_early=result["stopped_early"],
-                       best_step=state.best_step, val_loss=state.val_loss, buckets=info["buckets"],
-                       cache=info["cache"])
+    return result.model_copy(update={"seconds": time.perf_counter() - started})
 
 
 def _end(stop: Stop | None, job: TrainJob, state: LoopState, view: TrainState) -> None:
