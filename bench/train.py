@@ -19,6 +19,7 @@ Overhead: three loops train the same LoRA (rank 4, to_q/k/v/out) with the same b
 Each loop runs ``STEPS`` optimizer steps; the first is a warm-up and is not timed; the loops
 alternate ``OVERHEAD_REPEATS`` times so none gains from running last on a shared machine, and the
 medians are compared. Targets: ours ≤ 3 % over ``bare_in_memory``, and faster than ``bare``.
+The figures carry the load average: on a shared machine, read them with it.
 
 Latent cache: one epoch of the mid-size model over photo-sized JPEGs (768x512, the decode and
 resize are part of what the cache saves): once cold (filling the cache), then with the cache off
@@ -59,6 +60,10 @@ LOG_EVERY = 5
 REPEATS = 3  # alternations of the latent-cache epochs
 OVERHEAD_REPEATS = 5  # alternations of the three loops
 CPU = torch.device("cpu")
+# One torch thread unless told: on a shared machine a multi-threaded op waits for its descheduled
+# threads, and a small model's step time then swings tenfold between runs. The loop's overhead is
+# per-step host work; BENCH_THREADS=N measures with N threads.
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 
 def build_midsize(cache: Path, out: Path) -> Path:
@@ -254,7 +259,7 @@ def overhead_figures(name: str, ref: str, res: int, cache: Path, dataset_dir: Pa
 
 
 def main() -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(THREADS)
     figures: dict[str, object] = {"torch_threads": torch.get_num_threads(), "steps_timed": STEPS - 1,
                                   "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory(prefix="lf-bench-") as tmp:
