@@ -10,7 +10,6 @@ to MLflow while they run.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from lora_factory.context import RunRef, Stage, run_stage
 from lora_factory.home import home_of
 from training.callbacks import Callback, StepLedger, TrainState
 from training.export_kohya import KOHYA_WEIGHT_NAME, dataset_metadata, stamp_metadata
+from training.job import TrainJob, TrainResult
 from training.launch import run_multiprocess
 from training.trainer import train_lora
 
@@ -50,25 +50,19 @@ class MlflowSamples(Callback):
             self.st.tracker.client.log_image(self.st.mlflow_run_id, im.copy(), key="samples", step=step)
 
 
-def _train(st: Stage, tcfg: TrainConfig, ledger: StepLedger) -> dict[str, Any]:
+def _train(st: Stage, tcfg: TrainConfig, ledger: StepLedger) -> TrainResult:
     """One process, or ``train.num_processes`` data-parallel ones; the same files either way."""
     cfg = st.config
-    kwargs: dict[str, Any] = {
-        "checkpoint_dir": st.scratch / "checkpoints",
-        "feature_cache_dir": home_of(cfg).train_cache,
-        "samples_dir": st.output_path(TRAIN_SAMPLES),
-        "card": {"trigger_word": cfg.label.trigger_word},
-    }
-    args = (cfg.models.base, cfg.models.base_family, st.input_path(LABEL_DATASET), tcfg, st.output_path(TRAIN_LORA),
-            home_of(cfg).models, cfg.seed)
-    if tcfg.num_processes == 1:
-        result = train_lora(*args, on_step=ledger, callbacks=[MlflowSamples(st)], **kwargs)
-        return asdict(result)
-    names = ("base_ref", "family", "dataset_dir", "train", "out_dir", "cache_dir", "seed")
-    spec = {**dict(zip(names, args, strict=True)), "train": tcfg.model_dump(), **kwargs}
+    home = home_of(cfg)
+    job = TrainJob(base_ref=cfg.models.base, family=cfg.models.base_family,
+                   dataset_dir=st.input_path(LABEL_DATASET), train=tcfg, out_dir=st.output_path(TRAIN_LORA),
+                   cache_dir=home.models, seed=cfg.seed, checkpoint_dir=st.scratch / "checkpoints",
+                   feature_cache_dir=home.train_cache, samples_dir=st.output_path(TRAIN_SAMPLES),
+                   card={"trigger_word": cfg.label.trigger_word})
     samples = MlflowSamples(st)
-    return run_multiprocess(spec, tcfg.num_processes, st.scratch / "multiprocess", on_step=ledger,
-                            on_sample=lambda step, path: samples.log(step, path))
+    if tcfg.num_processes == 1:
+        return train_lora(job, on_step=ledger, callbacks=[samples])
+    return run_multiprocess(job, st.scratch / "multiprocess", on_step=ledger, on_sample=samples.log)
 
 
 def stamp_dataset_metadata(st: Stage, tcfg: TrainConfig) -> None:
@@ -91,10 +85,10 @@ def train_task(ref: RunRef) -> dict[str, Any]:
                             lambda step, metrics: st.log_metrics(metrics, step=step))
         result = _train(st, tcfg, ledger)
         stamp_dataset_metadata(st, tcfg)
-        st.log_metrics({"final_loss": result["final_loss"], "steps": result["steps"],
-                        "train_seconds": result["seconds"],
-                        "latent_cache_hits": result["cache"]["latents"]["hits"],
-                        "latent_cache_misses": result["cache"]["latents"]["misses"]})
+        st.log_metrics({"final_loss": result.final_loss, "steps": result.steps,
+                        "train_seconds": result.seconds,
+                        "latent_cache_hits": result.cache["latents"]["hits"],
+                        "latent_cache_misses": result.cache["latents"]["misses"]})
         st.log_artifacts(st.output_path(TRAIN_LORA), TRAIN_LORA.path)
-    return {"steps": result["steps"], "final_loss": result["final_loss"],
-            "resumed_from": result["resumed_from"], "stopped_early": result["stopped_early"]}
+    return {"steps": result.steps, "final_loss": result.final_loss,
+            "resumed_from": result.resumed_from, "stopped_early": result.stopped_early}

@@ -19,7 +19,7 @@ from lora_factory.errors import StageError
 from tasks.evaluate import HEADER_H, LABEL_W, cell_size, evaluate_lora, grid_size
 from training.trainer import train_lora
 
-from .test_training import write_dataset
+from .training_helpers import tiny_job, write_dataset
 
 RES = 64
 PROMPTS = ["lfstyle, a yellow ellipse", "a <b>bold</b> & long prompt about a yellow rectangle at dusk, lfstyle"]
@@ -31,7 +31,7 @@ def lora_dir(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     data = write_dataset(tmp_path_factory.mktemp("dataset"), [(64, 64), (80, 64), (64, 96), (72, 72)])
     cfg = TrainConfig(resolution=RES, rank=4, learning_rate=3e-2, batch_size=4, max_steps=8, device="cpu")
     out = tmp_path_factory.mktemp("lora")
-    train_lora("tiny:sd", "sd15", data, cfg, out, model_cache, seed=0)
+    train_lora(tiny_job(data, cfg, out, model_cache))
     return out
 
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.test_training import small_cfg, write_dataset
+from tests.training_helpers import small_cfg, tiny_job, write_dataset
 from training.export_kohya import KOHYA_WEIGHT_NAME, peft_to_kohya
+from training.lora import LORA_WEIGHT_NAME
 from training.model_card import read_front_matter
-from training.trainer import LORA_WEIGHT_NAME, MODEL_CARD_NAME, SAMPLE_GRID_NAME, train_lora
+from training.save import MODEL_CARD_NAME, SAMPLE_GRID_NAME
+from training.trainer import train_lora
 
 
 @pytest.mark.parametrize("family,ref", [("sd15", "tiny:sd"), ("sdxl", "tiny:sdxl")])
@@ -26,7 +28,8 @@ def test_kohya_and_diffusers_files_give_the_same_unet_output(
     cfg = small_cfg(max_steps=2, batch_size=2, rank=4, alpha=8.0, learning_rate=5e-2,
                     sample_every=2, sample_steps=2, sample_prompts=["lfstyle a", "lfstyle b"])
     out = tmp_path / "lora"
-    train_lora(ref, family, dataset, cfg, out, model_cache, seed=0, card={"trigger_word": "lfstyle"})
+    train_lora(tiny_job(dataset, cfg, out, model_cache, base_ref=ref, family=family,
+                        card={"trigger_word": "lfstyle"}))
 
     with safe_open(str(out / KOHYA_WEIGHT_NAME), "pt") as f:
         keys, meta = list(f.keys()), f.metadata()

@@ -9,49 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
-from safetensors.torch import load_file
+from PIL import Image
 
-from lora_factory.config import TrainConfig
 from lora_factory.errors import StageError
+from tests.training_helpers import RES, draw_image, lora_tensors, small_cfg, tiny_job, write_dataset
 from training.dataset import CaptionedImageDataset, collate, read_records
-from training.trainer import LORA_WEIGHT_NAME, TRAINING_ARGS_NAME, TrainResult, train_lora
-
-RES = 64
-SHAPES = ("ellipse", "rectangle", "ellipse", "rectangle")
-
-
-def draw_image(i: int, size: tuple[int, int]) -> Image.Image:
-    """A flat background with one coloured shape: distinct per ``i``, no randomness."""
-    w, h = size
-    im = Image.new("RGB", size, ((20 + 50 * i) % 251, 90, (200 - 40 * i) % 251))
-    box = (w // 6 + 3 * i, h // 5, w // 2 + 6 * i, h // 2 + 4 * i)
-    getattr(ImageDraw.Draw(im), SHAPES[i % len(SHAPES)])(box, fill=(250, (220 - 30 * i) % 251, (40 * i) % 251))
-    return im
-
-
-def write_dataset(folder: Path, sizes: list[tuple[int, int]]) -> Path:
-    """A label-stage style folder: images, ``.txt`` sidecars and ``metadata.jsonl``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, size in enumerate(sizes):
-        name = f"{i:04d}.png"
-        caption = f"lfstyle, a yellow {SHAPES[i % len(SHAPES)]} on a plain background"
-        draw_image(i, size).save(folder / name)
-        (folder / f"{i:04d}.txt").write_text(caption)
-        lines.append(json.dumps({"file_name": name, "text": caption, "item_id": f"{i:064x}"}))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
-
-def small_cfg(**overrides: object) -> TrainConfig:
-    base: dict[str, object] = {"resolution": RES, "rank": 4, "learning_rate": 1e-2, "batch_size": 4,
-                               "max_steps": 30, "device": "cpu"}
-    return TrainConfig(**{**base, **overrides})
-
-
-def lora_tensors(lora_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(lora_dir / LORA_WEIGHT_NAME))
+from training.job import TrainResult
+from training.lora import LORA_WEIGHT_NAME
+from training.save import TRAINING_ARGS_NAME
+from training.trainer import train_lora
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +29,8 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(dataset_dir: Path, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
             ) -> tuple[TrainResult, list[tuple[int, dict[str, float]]]]:
     calls: list[tuple[int, dict[str, float]]] = []
-    result = train_lora("tiny:sd", "sd15", dataset_dir, small_cfg(), tmp_path_factory.mktemp("lora"),
-                        model_cache, seed=0, on_step=lambda step, m: calls.append((step, m)))
+    job = tiny_job(dataset_dir, small_cfg(), tmp_path_factory.mktemp("lora"), model_cache)
+    result = train_lora(job, on_step=lambda step, m: calls.append((step, m)))
     return result, calls
 
 
@@ -154,7 +120,7 @@ def test_overfitting_eight_images_lowers_the_loss(model_cache: Path, tmp_path: P
     sizes = [(64, 64), (80, 64), (64, 80), (96, 96), (72, 64), (64, 72), (128, 96), (96, 128)]
     dataset = write_dataset(tmp_path / "eight", sizes)
     cfg = small_cfg(max_steps=40, batch_size=4, learning_rate=1e-2)
-    result = train_lora("tiny:sd", "sd15", dataset, cfg, tmp_path / "o", model_cache, seed=0)
+    result = train_lora(tiny_job(dataset, cfg, tmp_path / "o", model_cache))
     assert np.mean(result.losses[-8:]) < np.mean(result.losses[:8]) - 0.05
 
 
@@ -200,7 +166,7 @@ def test_same_seed_gives_identical_weights(dataset_dir: Path, model_cache: Path,
     runs = []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         steps: list[int] = []
-        train_lora("tiny:sd", "sd15", dataset_dir, cfg, tmp_path / name, model_cache, seed=seed,
+        train_lora(tiny_job(dataset_dir, cfg, tmp_path / name, model_cache, seed=seed),
                    on_step=lambda step, _m, steps=steps: steps.append(step))
         assert steps == [2, 4]
         runs.append(lora_tensors(tmp_path / name))
@@ -214,8 +180,7 @@ def test_alpha_is_kept_in_the_saved_file(dataset_dir: Path, model_cache: Path, t
     """Without the PEFT config in the file, diffusers would load alpha == rank (scale 1)."""
     from lora_factory.models import load_pipeline
 
-    train_lora("tiny:sd", "sd15", dataset_dir, small_cfg(max_steps=1, rank=4, alpha=8.0), tmp_path,
-               model_cache, seed=0)
+    train_lora(tiny_job(dataset_dir, small_cfg(max_steps=1, rank=4, alpha=8.0), tmp_path, model_cache))
     pipe = load_pipeline("tiny:sd", "sd15", model_cache)
     pipe.load_lora_weights(str(tmp_path))
     scales = {s for m in pipe.unet.modules() for s in getattr(m, "scaling", {}).values()}
@@ -226,8 +191,8 @@ def test_a_diverging_loss_stops_with_a_stage_error_naming_the_step(
     dataset_dir: Path, model_cache: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(StageError, match=r"diverged at step \d+") as info:
-        train_lora("tiny:sd", "sd15", dataset_dir, small_cfg(learning_rate=1e30, max_steps=5),
-                   tmp_path / "lora", model_cache, seed=0)
+        train_lora(tiny_job(dataset_dir, small_cfg(learning_rate=1e30, max_steps=5),
+                            tmp_path / "lora", model_cache))
     assert "\n" not in str(info.value)
     assert not (tmp_path / "lora" / LORA_WEIGHT_NAME).exists()
 
@@ -235,8 +200,8 @@ def test_a_diverging_loss_stops_with_a_stage_error_naming_the_step(
 def test_sdxl_lora_trains_saves_and_loads(dataset_dir: Path, model_cache: Path, tmp_path: Path) -> None:
     from lora_factory.models import load_pipeline
 
-    result = train_lora("tiny:sdxl", "sdxl", dataset_dir, small_cfg(max_steps=3, learning_rate=3e-2),
-                        tmp_path, model_cache, seed=0)
+    result = train_lora(tiny_job(dataset_dir, small_cfg(max_steps=3, learning_rate=3e-2), tmp_path,
+                                 model_cache, base_ref="tiny:sdxl", family="sdxl"))
     assert result.steps == 3 and all(math.isfinite(v) for v in result.losses)
     assert all(k.startswith("unet.") for k in lora_tensors(tmp_path))
 
@@ -255,24 +220,40 @@ def test_sdxl_lora_trains_saves_and_loads(dataset_dir: Path, model_cache: Path, 
 def test_unknown_family_and_missing_cuda_are_stage_errors(dataset_dir: Path, model_cache: Path,
                                                           tmp_path: Path) -> None:
     with pytest.raises(StageError, match="family"):
-        train_lora("tiny:sd", "sd3", dataset_dir, small_cfg(), tmp_path, model_cache, seed=0)
+        train_lora(tiny_job(dataset_dir, small_cfg(), tmp_path, model_cache, family="sd3"))
     if not torch.cuda.is_available():
         with pytest.raises(StageError, match="CUDA"):
-            train_lora("tiny:sd", "sd15", dataset_dir, small_cfg(device="cuda"), tmp_path, model_cache,
-                       seed=0)
+            train_lora(tiny_job(dataset_dir, small_cfg(device="cuda"), tmp_path, model_cache))
 
 
 def test_target_modules_that_match_nothing_are_a_stage_error(dataset_dir: Path, model_cache: Path,
                                                               tmp_path: Path) -> None:
     with pytest.raises(StageError, match="target_modules") as info:
-        train_lora("tiny:sd", "sd15", dataset_dir, small_cfg(target_modules=["no_such_layer"]),
-                   tmp_path, model_cache, seed=0)
+        train_lora(tiny_job(dataset_dir, small_cfg(target_modules=["no_such_layer"]), tmp_path, model_cache))
     assert "\n" not in str(info.value)
 
 
 def test_bf16_mixed_precision_trains_on_cpu_and_saves_fp32(dataset_dir: Path, model_cache: Path,
                                                            tmp_path: Path) -> None:
-    result = train_lora("tiny:sd", "sd15", dataset_dir, small_cfg(max_steps=2, mixed_precision="bf16"),
-                        tmp_path, model_cache, seed=0)
+    result = train_lora(tiny_job(dataset_dir, small_cfg(max_steps=2, mixed_precision="bf16"),
+                                 tmp_path, model_cache))
     assert all(math.isfinite(v) for v in result.losses)
     assert {t.dtype for t in lora_tensors(tmp_path).values()} == {torch.float32}
+
+
+def test_costly_metrics_are_computed_only_on_logging_steps(dataset_dir: Path, model_cache: Path,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.trainer as trainer
+
+    real, norms = trainer.weights_norm, []
+
+    def counted(params: list[torch.nn.Parameter]) -> float:
+        norms.append(real(params))
+        return norms[-1]
+
+    monkeypatch.setattr(trainer, "weights_norm", counted)
+    logged: list[tuple[int, float]] = []
+    train_lora(tiny_job(dataset_dir, small_cfg(max_steps=6, batch_size=2, log_every=3), tmp_path, model_cache),
+               on_step=lambda step, m: logged.append((step, m["lora_norm"])))
+    assert [step for step, _ in logged] == [3, 6]
+    assert [norm for _, norm in logged] == norms and all(n > 0 for n in norms)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from lora_factory.errors import StageError
-from tests.test_training import draw_image
+from tests.training_helpers import draw_image
 from training.buckets import Bucket, assign_bucket, bucket_grid, bucket_score, crop_fraction
 from training.captions import augment_caption
 from training.dataset import (
@@ -152,7 +152,7 @@ def test_exif_rotation_is_applied_before_bucketing(tmp_path: Path) -> None:
 
 
 def test_sdxl_time_ids_carry_the_real_size_crop_and_bucket(mixed_folder: Path) -> None:
-    from training.conditioning import sdxl_time_ids
+    from training.families.sdxl import time_ids as sdxl_time_ids
 
     ds = CaptionedImageDataset(mixed_folder, 64, grid=bucket_grid(64, 16))
     plain, flipped = ds.sample(0), ds.sample(0, flip=True)

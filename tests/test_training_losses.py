@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from tests.test_training import lora_tensors, small_cfg, write_dataset
+from tests.training_helpers import lora_tensors, small_cfg, tiny_job, write_dataset
 from training.losses import diffusion_loss, sample_noise, training_target
 from training.trainer import train_lora
 
@@ -59,8 +59,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_adamw_8bit_trains_on_the_cpu(dataset: Path, model_cache: Path, tmp_path: Path) -> None:
-    result = train_lora("tiny:sd", "sd15", dataset, small_cfg(max_steps=3, optimizer="adamw8bit"),
-                        tmp_path / "o", model_cache, seed=0)
+    result = train_lora(tiny_job(dataset, small_cfg(max_steps=3, optimizer="adamw8bit"),
+                                 tmp_path / "o", model_cache))
     ups = [v for k, v in lora_tensors(tmp_path / "o").items() if "lora_B" in k or "lora.up" in k]
     assert all(torch.isfinite(torch.tensor(result.losses))) and any(float(v.abs().max()) > 0 for v in ups)
 
@@ -73,8 +73,9 @@ def test_a_v_prediction_model_trains_with_min_snr_and_noise_offset(dataset: Path
     pipe.scheduler.register_to_config(prediction_type="v_prediction")
     pipe.save_pretrained(tmp_path / "vpred", safe_serialization=True)
     cfg = small_cfg(max_steps=3, snr_gamma=5.0, noise_offset=0.05)
-    result = train_lora(str(tmp_path / "vpred"), "sd15", dataset, cfg, tmp_path / "v", model_cache, seed=0)
-    train_lora("tiny:sd", "sd15", dataset, cfg, tmp_path / "e", model_cache, seed=0)
+    result = train_lora(tiny_job(dataset, cfg, tmp_path / "v", model_cache,
+                                 base_ref=str(tmp_path / "vpred"), family="sd15"))
+    train_lora(tiny_job(dataset, cfg, tmp_path / "e", model_cache))
     assert all(torch.isfinite(torch.tensor(result.losses)))
     v, e = lora_tensors(tmp_path / "v"), lora_tensors(tmp_path / "e")
     assert not all(torch.equal(v[k], e[k]) for k in v)  # the target changed what was learnt

@@ -18,50 +18,13 @@ import torch
 from safetensors.torch import load_file
 
 from lora_factory.errors import StageError
-from tests.test_training import lora_tensors, small_cfg, write_dataset
+from tests.training_helpers import lora_tensors, small_cfg, tiny_job, write_dataset
 from training import checkpoints as ckpt
 from training.callbacks import Callback, EarlyStopping, PlateauLR, StepLedger, Stop, TrainState
-from training.trainer import LORA_WEIGHT_NAME, train_lora
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# Run in a child process: resume-friendly training whose on_step goes through a StepLedger into a
-# JSONL file (like the train task into MLflow). argv: dataset cache ckpt out log kill_at threads
-CHILD = r"""
-import json, os, signal, sys
-from pathlib import Path
-import torch
-from tests.test_training import small_cfg
-from training.callbacks import StepLedger
+from training.lora import LORA_WEIGHT_NAME
 from training.trainer import train_lora
 
-dataset, cache, ckpt_dir, out, log, kill_at, threads = sys.argv[1:8]
-torch.set_num_threads(int(threads))
-cfg = small_cfg(max_steps=8, batch_size=3, checkpoint_every=3, lr_scheduler="cosine", lr_warmup_steps=2,
-                random_flip=True, shuffle_tags=True, caption_dropout=0.2, repeats=2)
-
-def append(step, metrics):
-    with open(log, "a") as f:
-        f.write(json.dumps({"step": step, **metrics}) + "\n")
-
-ledger = StepLedger(Path(ckpt_dir) / "ledger.json", append)
-def on_step(step, metrics):
-    ledger(step, metrics)
-    if step == int(kill_at):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-# The killed and the resumed run share a feature cache (cold, then half-filled); the reference
-# runs without one: equal weights prove neither the kill nor the cache changes the result.
-r = train_lora("tiny:sd", "sd15", Path(dataset), cfg, Path(out), Path(cache), seed=3,
-               on_step=on_step, checkpoint_dir=Path(ckpt_dir),
-               feature_cache_dir=Path(ckpt_dir).parent / "features")
-print(json.dumps({"resumed_from": r.resumed_from, "steps": r.steps}))
-if len(sys.argv) > 8:  # the uninterrupted reference, in the same process (same threads, same libs)
-    ref = {}
-    train_lora("tiny:sd", "sd15", Path(dataset), cfg, Path(sys.argv[8]), Path(cache), seed=3,
-               on_step=lambda s, m: ref.setdefault(s, m["loss"]))
-    print(json.dumps(ref))
-"""
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +34,7 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _child(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", CHILD, *args], cwd=ROOT, env=env, text=True,
+    return subprocess.run([sys.executable, "-m", "tests.resume_child", *args], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=300)
 
 
@@ -120,8 +83,8 @@ def test_sigterm_checkpoints_and_a_changed_dataset_or_config_refuses_to_resume(
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(StageError, match="stopped by SIGTERM at step 2") as info:
-        train_lora("tiny:sd", "sd15", dataset_dir, cfg, tmp_path / "a", model_cache, 0,
-                   on_step=term_at_2, checkpoint_dir=ckpt_dir)
+        train_lora(tiny_job(dataset_dir, cfg, tmp_path / "a", model_cache, checkpoint_dir=ckpt_dir),
+                   on_step=term_at_2)
     assert "\n" not in str(info.value) and "step-000002" in str(info.value)
     assert ckpt.latest_checkpoint(ckpt_dir) == ckpt.step_dir(ckpt_dir, 2)
 
@@ -129,16 +92,16 @@ def test_sigterm_checkpoints_and_a_changed_dataset_or_config_refuses_to_resume(
     shutil.copytree(dataset_dir, changed)
     (changed / "metadata.jsonl").write_text((changed / "metadata.jsonl").read_text().replace("yellow", "red"))
     with pytest.raises(StageError, match=r"the dataset changed.*force_resume") as info:
-        train_lora("tiny:sd", "sd15", changed, cfg, tmp_path / "b", model_cache, 0, checkpoint_dir=ckpt_dir)
+        train_lora(tiny_job(changed, cfg, tmp_path / "b", model_cache, checkpoint_dir=ckpt_dir))
     assert "\n" not in str(info.value)
     with pytest.raises(StageError, match="the training config changed"):
-        train_lora("tiny:sd", "sd15", dataset_dir, small_cfg(max_steps=4, batch_size=2, rank=8),
-                   tmp_path / "c", model_cache, 0, checkpoint_dir=ckpt_dir)
+        train_lora(tiny_job(dataset_dir, small_cfg(max_steps=4, batch_size=2, rank=8),
+                            tmp_path / "c", model_cache, checkpoint_dir=ckpt_dir))
 
     steps: list[int] = []
-    forced = train_lora("tiny:sd", "sd15", changed, small_cfg(max_steps=4, batch_size=2, force_resume=True),
-                        tmp_path / "d", model_cache, 0, on_step=lambda s, _m: steps.append(s),
-                        checkpoint_dir=ckpt_dir)
+    forced = train_lora(tiny_job(changed, small_cfg(max_steps=4, batch_size=2, force_resume=True),
+                                 tmp_path / "d", model_cache, checkpoint_dir=ckpt_dir),
+                        on_step=lambda s, _m: steps.append(s))
     assert forced.resumed_from == 2 and forced.steps == 4 and steps == [3, 4]
     assert len(forced.losses) == 4  # the losses of the first attempt travel in the checkpoint
 
@@ -164,9 +127,8 @@ def test_validation_keeps_the_best_and_last_k_and_a_stop_restores_the_best(
     cfg = small_cfg(max_steps=8, batch_size=2, validation_split=0.25, validation_every=1,
                     checkpoint_every=1, keep_checkpoints=2, learning_rate=3e-2)
     ckpt_dir = tmp_path / "ckpt"
-    result = train_lora("tiny:sd", "sd15", dataset_dir, cfg, tmp_path / "lora", model_cache, 0,
-                        on_step=lambda s, m: metrics.setdefault(s, {}).update(m),
-                        checkpoint_dir=ckpt_dir, callbacks=[stopper])
+    result = train_lora(tiny_job(dataset_dir, cfg, tmp_path / "lora", model_cache, checkpoint_dir=ckpt_dir),
+                        on_step=lambda s, m: metrics.setdefault(s, {}).update(m), callbacks=[stopper])
     assert result.steps == 5 and result.stopped_early == "enough"
     assert stopper.events[:2] == ["val1", "step-000001"]
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best", "step-000004", "step-000005"]
@@ -188,9 +150,9 @@ def test_validation_keeps_the_best_and_last_k_and_a_stop_restores_the_best(
 def test_nan_guard_skips_a_bad_step_lowers_the_lr_and_stops_after_n_in_a_row(
     dataset_dir: Path, model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.trainer as trainer
+    import training.families.unet as unet_family
 
-    real = trainer.diffusion_loss
+    real = unet_family.diffusion_loss
     bad_steps: set[int] = set()
     calls = {"n": 0}
 
@@ -199,12 +161,11 @@ def test_nan_guard_skips_a_bad_step_lowers_the_lr_and_stops_after_n_in_a_row(
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] in bad_steps else loss
 
-    monkeypatch.setattr(trainer, "diffusion_loss", injected)
+    monkeypatch.setattr(unet_family, "diffusion_loss", injected)
     bad_steps.update({3})
     metrics: dict[int, dict[str, float]] = {}
-    result = train_lora("tiny:sd", "sd15", dataset_dir, small_cfg(max_steps=5, batch_size=2),
-                        tmp_path / "once", model_cache, 0,
-                        on_step=lambda s, m: metrics.__setitem__(s, m))
+    result = train_lora(tiny_job(dataset_dir, small_cfg(max_steps=5, batch_size=2), tmp_path / "once",
+                                 model_cache), on_step=lambda s, m: metrics.__setitem__(s, m))
     assert result.steps == 5 and len(result.losses) == 4
     assert metrics[3]["skipped"] == 1.0 and math.isnan(metrics[3]["loss"])
     assert metrics[4]["skipped"] == 0.0 and metrics[4]["lr"] == pytest.approx(metrics[2]["lr"] / 2)
@@ -215,9 +176,9 @@ def test_nan_guard_skips_a_bad_step_lowers_the_lr_and_stops_after_n_in_a_row(
     bad_steps.update(range(3, 100))
     ckpt_dir = tmp_path / "ckpt"
     with pytest.raises(StageError, match=r"diverged at step 4: .* 2 steps in a row") as info:
-        train_lora("tiny:sd", "sd15", dataset_dir,
-                   small_cfg(max_steps=8, batch_size=2, checkpoint_every=2, nan_max_consecutive=2),
-                   tmp_path / "always", model_cache, 0, checkpoint_dir=ckpt_dir)
+        train_lora(tiny_job(dataset_dir, small_cfg(max_steps=8, batch_size=2, checkpoint_every=2,
+                                                   nan_max_consecutive=2),
+                            tmp_path / "always", model_cache, checkpoint_dir=ckpt_dir))
     assert "\n" not in str(info.value) and "step-000002" in str(info.value)
     assert ckpt.latest_checkpoint(ckpt_dir) == ckpt.step_dir(ckpt_dir, 2)
     assert not (tmp_path / "always" / LORA_WEIGHT_NAME).exists()

@@ -9,6 +9,7 @@ Hooks, all optional::
 
     on_train_start(state)            after a fresh start or a resume (state.step is where it continues)
     on_step(state, metrics)          every optimizer step: loss, loss_smoothed, lr, grad_norm, ...
+                                     (each metric is computed when first read: read them in the hook)
     on_validation(state, val_loss)   after each validation pass
     on_checkpoint(state, path)       after a checkpoint folder is written
     on_sample(state, path)           after a sample grid image is written
@@ -32,6 +33,21 @@ class Stop:
 
     reason: str
     restore_best: bool = True
+
+
+@dataclass(frozen=True)
+class Preempted(Stop):
+    """SIGTERM (a preempted pod, a cancelled flow run): the loop checkpoints and the run ends
+    with an error that says how to resume."""
+
+    restore_best: bool = False
+
+
+@dataclass(frozen=True)
+class Diverged(Stop):
+    """The NaN guard gave up: too many non-finite steps in a row. Nothing is saved."""
+
+    restore_best: bool = False
 
 
 @dataclass

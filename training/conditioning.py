@@ -1,58 +1,31 @@
-"""What the UNet is conditioned on: latents from the VAE and text embeddings from the text
-encoder(s), computed the way the pipelines compute them at inference, read from the feature cache
-when the encoders are frozen.
-
-SD1.5 uses the text encoder's last hidden state; SDXL concatenates both encoders' penultimate
-hidden states, takes the pooled projection from the second and adds the size/crop ``time_ids``
-(original size, crop corner, target size = the sample's bucket).
-"""
+"""What the denoiser is conditioned on: latents from the VAE and the prompt tensors from the
+family's text encoder(s), computed the way the pipelines compute them at inference, read from the
+feature cache when the encoders are frozen."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from lora_factory.config import TrainConfig
+
 from .dataset import Sample, load_pixels
-from .feature_cache import FeatureCache, text_key
-
-
-def _tokenize(tokenizer: Any, encoder: Any, captions: list[str], device: torch.device) -> torch.Tensor:
-    # A tokenizer saved without model_max_length reports 1e30; the encoder's positions are the cap.
-    max_length = min(int(tokenizer.model_max_length), encoder.config.max_position_embeddings)
-    return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True,
-                     return_tensors="pt").input_ids.to(device)
-
-
-def encode_text(pipe: Any, family: str, captions: list[str],
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(hidden states, pooled or None) for ``captions``, with gradients if the encoders train."""
-    if family == "sd15":
-        ids = _tokenize(pipe.tokenizer, pipe.text_encoder, captions, device)
-        return pipe.text_encoder(ids, return_dict=False)[0], None
-    hidden, pooled = [], None
-    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-        out = encoder(_tokenize(tokenizer, encoder, captions, device), output_hidden_states=True)
-        pooled = out[0]  # the last encoder's (CLIPTextModelWithProjection) text_embeds
-        hidden.append(out.hidden_states[-2])
-    return torch.cat(hidden, dim=-1), pooled
-
-
-def sdxl_time_ids(samples: list[Sample]) -> torch.Tensor:
-    """(B, 6): original (h, w), crop (top, left), target (h, w) — SDXL's micro-conditioning."""
-    return torch.tensor([[*s.original_size, *s.crop_top_left, s.bucket.height, s.bucket.width]
-                         for s in samples], dtype=torch.long)
+from .families import ModelFamily, Prompt
+from .feature_cache import FeatureCache, module_fingerprint, text_key
+from .lora import text_encoders
 
 
 class Conditioner:
-    """Latents and text conditioning for batches of ``Sample``s.
+    """Latents and prompt tensors for batches of ``Sample``s.
 
     Each image and (frozen-encoder) caption is encoded on its own, then cached: a value never
     depends on which other items were encoded with it, so a run trains bit-for-bit the same
     whether its cache was off, cold, warm or half-filled by a killed run.
     """
 
-    def __init__(self, pipe: Any, family: str, device: torch.device,
+    def __init__(self, pipe: Any, family: ModelFamily, device: torch.device,
                  weight_dtype: torch.dtype, latent_cache: FeatureCache, text_cache: FeatureCache,
                  text_trainable: bool) -> None:
         self.pipe, self.family = pipe, family
@@ -89,27 +62,41 @@ class Conditioner:
         latents = dist.sample(generator=generator) if generator is not None else dist.mode()
         return (latents * self.pipe.vae.config.scaling_factor).to(self.weight_dtype)
 
-    # Text ---------------------------------------------------------------------------------------
-    def _text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # Prompts ------------------------------------------------------------------------------------
+    def prompt(self, samples: list[Sample]) -> Prompt:
+        """The family's prompt tensors for the batch's captions (cached per caption when frozen)."""
+        captions = [s.caption for s in samples]
         if self.text_trainable:
-            return encode_text(self.pipe, self.family, captions, self.device)
-        hidden, pooled = [], []
+            return self.family.encode_prompt(self.pipe, captions, self.device)
+        hits = []
         for caption in captions:
             hit = self.text_cache.get(text_key(caption))
             if hit is None:
                 with torch.no_grad():
-                    h, p = encode_text(self.pipe, self.family, [caption], self.device)
-                hit = {"hidden": h[0].cpu()} | ({"pooled": p[0].cpu()} if p is not None else {})
+                    encoded = self.family.encode_prompt(self.pipe, [caption], self.device)
+                hit = {name: value[0].cpu() for name, value in encoded.items()}
                 self.text_cache.put(text_key(caption), hit)
-            hidden.append(hit["hidden"])
-            pooled.append(hit.get("pooled"))
-        stacked_pooled = torch.stack(pooled).to(self.device) if pooled[0] is not None else None
-        return torch.stack(hidden).to(self.device), stacked_pooled
+            hits.append(hit)
+        return {name: torch.stack([h[name] for h in hits]).to(self.device) for name in hits[0]}
 
-    def text(self, samples: list[Sample]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """``encoder_hidden_states`` and, for SDXL, ``added_cond_kwargs``."""
-        hidden, pooled = self._text([s.caption for s in samples])
-        if self.family == "sd15":
-            return hidden, None
-        time_ids = sdxl_time_ids(samples).to(self.device, dtype=hidden.dtype)
-        return hidden, {"text_embeds": pooled, "time_ids": time_ids}
+    def report(self) -> dict[str, Any]:
+        return {"latents": self.latent_cache.stats(), "text": self.text_cache.stats(),
+                "vae_encodes": self.vae_encodes}
+
+
+def make_conditioner(pipe: Any, family: ModelFamily, cfg: TrainConfig, device: torch.device,
+                     weight_dtype: torch.dtype, cache_dir: Path | None) -> Conditioner:
+    """A ``Conditioner`` whose caches live under ``cache_dir`` in a folder per encoder
+    fingerprint (so another base model never reads this one's latents)."""
+    latent_root = cache_dir if cache_dir is not None and cfg.cache_latents else None
+    # Shuffled tags make a new caption almost every step: caching those would fill the disk
+    # with entries that are never read again (kohya refuses the combination for the same reason).
+    text_root = (cache_dir if cache_dir is not None and cfg.cache_text_embeddings
+                 and not cfg.train_text_encoder and not cfg.shuffle_tags else None)
+    latent_ns = f"latents/{module_fingerprint(pipe.vae)}" if latent_root else ""
+    text_ns = ""
+    if text_root:
+        encoders = [getattr(pipe, n) for n in text_encoders(pipe)]
+        text_ns = (f"text/{module_fingerprint(encoders[0], family.name, *map(module_fingerprint, encoders[1:]))}")
+    return Conditioner(pipe, family, device, weight_dtype, FeatureCache(latent_root, latent_ns),
+                       FeatureCache(text_root, text_ns), text_trainable=cfg.train_text_encoder)

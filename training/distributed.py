@@ -71,13 +71,14 @@ def average_gradients(params: list[torch.nn.Parameter], world: World) -> None:
         offset += n
 
 
-def mean_across(value: float, world: World) -> float:
-    """The mean of a scalar over ranks (NaN on any rank makes it NaN on all)."""
+def sum_across(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The sum of a tensor over ranks, on the device (no host sync); NaN on any rank makes it
+    NaN on all."""
     if not world.active:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=world.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t[0]) / world.size
+    total = value.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
 
 
 def any_across(flag: bool, world: World) -> bool:

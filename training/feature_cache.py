@@ -11,6 +11,9 @@ model or a fine-tuned one gets a different namespace) / the input's content key 
 sha256 with its bucket and flip, or the caption's sha256). Values are safetensors files written
 to a temporary name and renamed, so a killed run never leaves half a file behind. A file that
 does not load (disk trouble, a foreign file) is treated as a miss and rewritten.
+
+Within a run, entries also stay in memory (up to a budget): a small dataset's latents are read
+from disk once, not once per epoch, so a warm-cache step costs the model's work and little else.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from safetensors.torch import load_file, save_file
 
 # Elements hashed per weight tensor: enough to tell fine-tunes apart, cheap for SDXL's 3.5 GB.
 _FINGERPRINT_ELEMENTS = 4096
+# Bytes of entries a cache keeps in memory (SDXL latents at 1024 px: ~0.5 MB an image and flip).
+MEMORY_BUDGET = 512 * 2**20
 
 
 def module_fingerprint(module: torch.nn.Module, *extra: str) -> str:
@@ -48,12 +53,14 @@ def module_fingerprint(module: torch.nn.Module, *extra: str) -> str:
 
 class FeatureCache:
     """Tensors by key under ``root/namespace``; ``root=None`` disables it (every lookup misses,
-    nothing is written). Counts hits and misses for the run's report."""
+    nothing is written). Counts hits and misses for the run's report; a hit from memory is a hit."""
 
-    def __init__(self, root: Path | None, namespace: str) -> None:
+    def __init__(self, root: Path | None, namespace: str, memory_budget: int = MEMORY_BUDGET) -> None:
         self.folder = Path(root) / namespace if root is not None else None
         self.hits = 0
         self.misses = 0
+        self._memory: dict[str, dict[str, torch.Tensor]] = {}
+        self._memory_left = memory_budget
 
     def _path(self, key: str) -> Path:
         assert self.folder is not None
@@ -62,12 +69,14 @@ class FeatureCache:
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
         if self.folder is None:
             return None
-        path = self._path(key)
-        try:
-            tensors = load_file(str(path))
-        except (FileNotFoundError, SafetensorError, OSError):
-            self.misses += 1
-            return None
+        tensors = self._memory.get(key)
+        if tensors is None:
+            try:
+                tensors = load_file(str(self._path(key)))
+            except (FileNotFoundError, SafetensorError, OSError):
+                self.misses += 1
+                return None
+            self._remember(key, tensors)
         self.hits += 1
         return tensors
 
@@ -77,8 +86,16 @@ class FeatureCache:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
+        stored = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(stored, str(tmp))
         tmp.replace(path)
+        self._remember(key, stored)
+
+    def _remember(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if size <= self._memory_left:
+            self._memory[key] = tensors
+            self._memory_left -= size
 
     def stats(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses}

@@ -2,9 +2,9 @@
 
 Each process runs ``python -m training.launch SPEC.json`` under a launcher that sets the
 distributed environment — ``torchrun --nproc_per_node N`` (what the train task uses) or
-``accelerate launch --multi_gpu --num_processes N -m training.launch SPEC.json``. The spec
-holds ``train_lora``'s arguments; rank 0 appends each step's metrics to ``metrics.jsonl`` and
-writes ``result.json``. The parent follows both files while the processes run, so metrics and
+``accelerate launch --multi_gpu --num_processes N -m training.launch SPEC.json``. The spec is a
+``TrainJob`` written with ``TrainJob.write``; rank 0 appends each step's metrics to
+``metrics.jsonl`` and writes its ``TrainResult`` to ``result.json``. The parent follows both files while the processes run, so metrics and
 sample grids reach MLflow live, as in a single-process run.
 """
 
@@ -15,12 +15,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from lora_factory.config import TrainConfig
 from lora_factory.errors import StageError
+
+from .job import TrainJob, TrainResult
 
 METRICS_FILE = "metrics.jsonl"
 RESULT_FILE = "result.json"
@@ -38,21 +37,13 @@ def main(argv: list[str]) -> int:
     from .trainer import train_lora
 
     spec_path = Path(argv[0])
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
     work = spec_path.parent
-    result = train_lora(
-        spec["base_ref"], spec["family"], Path(spec["dataset_dir"]), TrainConfig(**spec["train"]),
-        Path(spec["out_dir"]), Path(spec["cache_dir"]), int(spec["seed"]),
-        on_step=lambda step, metrics: _append_metrics(work / METRICS_FILE, step, metrics),
-        checkpoint_dir=Path(spec["checkpoint_dir"]) if spec.get("checkpoint_dir") else None,
-        feature_cache_dir=Path(spec["feature_cache_dir"]) if spec.get("feature_cache_dir") else None,
-        samples_dir=Path(spec["samples_dir"]) if spec.get("samples_dir") else None,
-        card=spec.get("card"),
-    )
+    result = train_lora(TrainJob.read(spec_path),
+                        on_step=lambda step, metrics: _append_metrics(work / METRICS_FILE, step, metrics))
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
-        (work / RESULT_FILE).write_text(json.dumps(asdict(result), default=str), encoding="utf-8")
+        result.write(work / RESULT_FILE)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
@@ -82,20 +73,19 @@ class _Follower:
                     on_sample(int(grid.stem.split("-")[1]), grid)
 
 
-def run_multiprocess(spec: dict[str, Any], num_processes: int, work: Path,
-                     on_step: Callable[[int, dict[str, float]], None] | None = None,
-                     on_sample: Callable[[int, Path], None] | None = None) -> dict[str, Any]:
-    """Start ``num_processes`` training processes with torchrun on this machine, forward their
-    metrics and sample grids while they run, and return rank 0's ``TrainResult`` as a dict."""
+def run_multiprocess(job: TrainJob, work: Path, on_step: Callable[[int, dict[str, float]], None] | None = None,
+                     on_sample: Callable[[int, Path], None] | None = None) -> TrainResult:
+    """Start ``job.train.num_processes`` training processes with torchrun on this machine,
+    forward their metrics and sample grids while they run, and return rank 0's result."""
+    num_processes = job.train.num_processes
     work.mkdir(parents=True, exist_ok=True)
     for stale in (METRICS_FILE, RESULT_FILE):
         (work / stale).unlink(missing_ok=True)
-    (work / SPEC_FILE).write_text(json.dumps(spec, default=str), encoding="utf-8")
+    job.write(work / SPEC_FILE)
     log_path = work / "processes.log"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={num_processes}", "-m", "training.launch", str(work / SPEC_FILE)]
-    samples_dir = Path(spec["samples_dir"]) if spec.get("samples_dir") else None
-    follower = _Follower(work, samples_dir)
+    follower = _Follower(work, job.samples_dir or job.out_dir / "samples")
     with log_path.open("w", encoding="utf-8") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
         try:
@@ -110,7 +100,7 @@ def run_multiprocess(spec: dict[str, Any], num_processes: int, work: Path,
     if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
         raise StageError(f"multi-process training ({num_processes} processes) failed with exit code "
                          f"{proc.returncode}: {_last_error(log_path)}; full log: {log_path}")
-    return json.loads((work / RESULT_FILE).read_text(encoding="utf-8"))
+    return TrainResult.read(work / RESULT_FILE)
 
 
 def _last_error(log_path: Path) -> str:

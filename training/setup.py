@@ -1,0 +1,189 @@
+"""Everything a run builds before its first step: the device, the frozen models with their
+LoRAs, the data, and the loop's state (fresh, or restored from the latest checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_factory.config import TrainConfig
+from lora_factory.errors import StageError
+
+from . import checkpoints as ckpt
+from .buckets import Bucket, bucket_grid
+from .callbacks import Callback, CallbackList, EarlyStopping, MetricsSink, PlateauLR
+from .dataset import CaptionedImageDataset, DataOrder, Record, read_records, split_records
+from .distributed import World, barrier, init_world
+from .families import ModelFamily
+from .feature_cache import module_fingerprint
+from .job import TrainJob
+from .lora import add_loras, text_encoders
+from .optim import make_lr_scheduler, make_optimizer
+from .prior import class_image_dir, ensure_class_images
+from .state import LoopState
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; an explicit ``cuda`` without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StageError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def weight_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the frozen weights. fp16 on CPU is refused: it is slow and overflows."""
+    if mixed_precision == "fp16":
+        if device.type != "cuda":
+            raise StageError("train.mixed_precision 'fp16' needs a CUDA device; use 'no' or 'bf16'")
+        return torch.float16
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    return torch.float32
+
+
+def placement(cfg: TrainConfig) -> tuple[torch.device, World, torch.dtype]:
+    """Where this process trains: its device, its place among the launched processes (a
+    ``World()`` of one without a launcher), and the dtype of the frozen weights."""
+    device = resolve_device(cfg.device)
+    world = init_world(device.type)
+    if world.active and device.type == "cuda":
+        device = torch.device(world.device)
+    return device, world, weight_dtype_for(cfg.mixed_precision, device)
+
+
+def load_frozen_pipeline(job: TrainJob, device: torch.device, weight_dtype: torch.dtype) -> Any:
+    """The base pipeline with every weight frozen and in eval mode. The VAE stays fp32: SDXL's
+    VAE overflows in fp16, and it only encodes (no activations kept)."""
+    from lora_factory.models import load_pipeline
+
+    pipe = load_pipeline(job.base_ref, job.family, job.cache_dir, device=str(device), dtype=weight_dtype)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+            module.eval()
+    if pipe.vae.dtype != torch.float32:
+        pipe.vae.to(torch.float32)
+    return pipe
+
+
+def add_trainable_loras(pipe: Any, cfg: TrainConfig, seed: int) -> dict[str, torch.nn.Parameter]:
+    """The LoRAs (UNet, optionally the text encoders): the only trainable weights."""
+    named = add_loras(pipe, cfg, seed)
+    if cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            for name in text_encoders(pipe):
+                getattr(pipe, name).gradient_checkpointing_enable()
+    pipe.unet.train()
+    return named
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The run's examples: the training set, the held-out set, the class images (prior
+    preservation) and the dataset's hash for the resume check."""
+
+    records: list[Record]
+    train: CaptionedImageDataset
+    validation: CaptionedImageDataset | None
+    class_images: CaptionedImageDataset | None
+    dataset_hash: str
+
+    def bucket_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(str(b) for b in self.train.buckets).items()))
+
+
+def bucket_grid_for(cfg: TrainConfig, multiple: int) -> list[Bucket]:
+    step = cfg.bucket_step or multiple
+    if step % multiple:
+        raise StageError(f"train.bucket_step {step} is not a multiple of {multiple}, the base model's "
+                         f"latent grid in pixels; use {multiple} or a multiple of it")
+    return bucket_grid(cfg.resolution, step, cfg.min_bucket_side, cfg.max_bucket_side)
+
+
+def build_data(job: TrainJob, pipe: Any, family: ModelFamily, world: World, device: torch.device) -> TrainData:
+    """Buckets on the model's latent grid, a seeded held-out split, and (prior preservation)
+    class images made by the base model before the LoRA exists."""
+    cfg = job.train
+    records = read_records(job.dataset_dir)
+    train_records, val_records = split_records(records, cfg.validation_split, job.seed)
+    grid = bucket_grid_for(cfg, family.latent_grid(pipe)) if cfg.aspect_buckets else None
+    train = CaptionedImageDataset(job.dataset_dir, cfg.resolution, records=train_records, grid=grid)
+    validation = (CaptionedImageDataset(job.dataset_dir, cfg.resolution, records=val_records, grid=grid)
+                  if val_records else None)
+    if train.upscaled:
+        log.warning("%d of %d training images are smaller than %d px and were upscaled "
+                    "(train.aspect_buckets is off)", train.upscaled, len(train), cfg.resolution)
+    class_images = None
+    if cfg.prior_preservation:
+        folder = class_image_dir(job.feature_cache_dir or job.out_dir / "class_images",
+                                 module_fingerprint(pipe.unet), cfg, job.seed)
+        if world.is_main:
+            ensure_class_images(pipe, cfg, folder, job.seed, device)
+        barrier(world)
+        class_images = CaptionedImageDataset(folder, cfg.resolution, grid=None)
+    data_hash = ckpt.dataset_hash([(r.path, r.caption, r.sha256) for r in records])
+    return TrainData(records, train, validation, class_images, data_hash)
+
+
+def builtin_callbacks(cfg: TrainConfig, on_step: Any) -> list[Callback]:
+    cbs: list[Callback] = []
+    if cfg.early_stopping_window:
+        cbs.append(EarlyStopping(cfg.early_stopping_window))
+    if cfg.plateau_patience:
+        cbs.append(PlateauLR(cfg.plateau_patience, cfg.plateau_factor))
+    if on_step is not None:
+        cbs.append(MetricsSink(on_step, cfg.log_every))
+    return cbs
+
+
+def fresh_state(job: TrainJob, named: dict[str, torch.nn.Parameter], data: TrainData, world: World,
+                device: torch.device, weight_dtype: torch.dtype, callbacks: list[Callback]) -> LoopState:
+    """The loop's state at step 0. Each rank draws its own noise; rank 0's draws are a
+    single-process run's."""
+    cfg = job.train
+    optimizer = make_optimizer(cfg, named)
+    return LoopState(
+        weights=named, optimizer=optimizer, lr_scheduler=make_lr_scheduler(cfg, optimizer),
+        scaler=torch.amp.GradScaler(device.type, enabled=weight_dtype == torch.float16),
+        generator=torch.Generator(device).manual_seed(job.seed + 1_000_003 * world.rank),
+        order=DataOrder(data.train.buckets, cfg.batch_size, job.seed, repeats=cfg.repeats),
+        callbacks=CallbackList(callbacks), dataset_hash=data.dataset_hash,
+        config_hash=ckpt.config_hash(cfg, base_ref=job.base_ref, family=job.family, seed=job.seed,
+                                     world_size=world.size))
+
+
+def resume(state: LoopState, job: TrainJob, world: World) -> int | None:
+    """Continue from the latest checkpoint (weights, optimizer, schedule, random states, data
+    position), after checking it was made from this dataset and these settings; returns its
+    step, or ``None`` for a fresh start."""
+    cfg = job.train
+    latest = ckpt.latest_checkpoint(job.checkpoint_dir) if job.checkpoint_dir and cfg.resume else None
+    if latest is None:
+        return None
+    weights, saved = ckpt.load_checkpoint(latest)
+    ckpt.check_compatible(latest, saved, state.dataset_hash, state.config_hash, cfg.force_resume)
+    state.load_weights(weights)
+    state.load_state_dict(saved, world)
+    log.info("resuming from %s (step %d of %d)", latest, state.step, cfg.max_steps)
+    return state.step
+
+
+def restore_best(state: LoopState, checkpoint_dir: Path | None) -> None:
+    """Load the best checkpoint's weights (and its validation loss), when there is one."""
+    best = Path(checkpoint_dir) / ckpt.BEST if checkpoint_dir else None
+    if best is None or not (best / ckpt.STATE).is_file():
+        return
+    weights, saved = ckpt.load_checkpoint(best)
+    state.load_weights(weights)
+    state.val_loss = saved["val_loss"]
+    log.warning("restored the best checkpoint (step %s)", saved["best_step"])
