@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dag, look, run, settings
+from . import dag, look, run, settings, tune
 
 app = typer.Typer(
     add_completion=False,
@@ -19,6 +19,7 @@ app.command()(look.ui)
 app.command()(settings.config)
 app.command()(settings.profiles)
 app.command()(dag.dag)
+app.command()(tune.tune)
 
 
 def main() -> None:  # pragma: no cover - console entry point
