@@ -58,11 +58,22 @@ def past_runs(cfg: FactoryConfig, exclude_parent: str | None) -> list[PastRun]:
     return load_history(cfg.tracking.uri, cfg.tracking.experiment, family.name, exclude_parent)
 
 
-def tracked_params(rec: Recommendation) -> dict[str, Any]:
-    """What later runs' history reads back: family, task, strategy and every chosen value."""
-    return {"strategy": rec.strategy, "family": rec.request.family.name, "task_type": rec.task or "",
-            "pinned": ",".join(sorted(rec.request.pinned)),
-            **{f"{VALUE_PREFIX}{k}": v for k, v in rec.config.model_dump().items()}}
+# The values logged as params (the whole config is the run's train_config.yaml artifact and the
+# train stage's params); few, so reading 1,000 past runs back stays fast.
+HEADLINE = ("rank", "alpha", "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps",
+            "resolution", "optimizer", "mixed_precision", "gradient_checkpointing")
+
+
+def tracking_record(rec: Recommendation, history_runs: int = 0) -> tuple[dict[str, Any], dict[str, float]]:
+    """(params, metrics) of the tune run: what later runs' history reads back (family, task, the
+    headline values, the dataset's features) and the memory estimate."""
+    params = {"strategy": rec.strategy, "family": rec.request.family.name, "task_type": rec.task or "",
+              "pinned": ",".join(sorted(rec.request.pinned)),
+              **{f"{VALUE_PREFIX}{k}": getattr(rec.config, k) for k in HEADLINE}}
+    metrics = {**{f"{FEATURE_PREFIX}{k}": v for k, v in rec.request.stats.features().items()},
+               "memory_estimate_gib": rec.memory.gib(), "history_runs": float(history_runs),
+               "history_neighbours": float(len(rec.shift.evidence) if rec.shift else 0)}
+    return params, metrics
 
 
 @stage_task(STAGE)
@@ -72,11 +83,9 @@ def tune_task(ref: RunRef) -> dict[str, object]:
         history = past_runs(cfg, ref.parent_run_id)
         rec = run_tune(st.read(CURATE_STATS), st.read(LABEL_CAPTION_STATS), cfg, st.out, history)
         st.log.info("tune: %s", headline(rec))
-        st.log_params(tracked_params(rec))
-        features = {f"{FEATURE_PREFIX}{k}": v for k, v in rec.request.stats.features().items()}
-        neighbours = len(rec.shift.evidence) if rec.shift else 0
-        st.log_metrics({**features, "memory_estimate_gib": rec.memory.gib(), "history_runs": len(history),
-                        "history_neighbours": neighbours})
+        params, metrics = tracking_record(rec, len(history))
+        st.log_params(params)
+        st.log_metrics(metrics)
         st.log_artifact(st.output_path(TUNE_TRAIN_CONFIG))
         st.log_artifact(st.output_path(TUNE_RATIONALE))
     return rec.config.model_dump()

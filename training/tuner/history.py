@@ -18,6 +18,7 @@ weights: one close run moves a value half-way, many close runs nearly all the wa
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -134,27 +135,21 @@ def _all_runs(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
             return runs
 
 
-def _past_run(tune: Any, score: float) -> PastRun | None:
-    params, metrics = tune.data.params, tune.data.metrics
+def _past_run(run_id: str, parent: str, params: Mapping[str, str], metrics: Mapping[str, float],
+              score: float) -> PastRun | None:
     try:
         values = {key: float(params[VALUE_PREFIX + key]) for key in SHIFTED}
     except (KeyError, ValueError):
         return None
-    features = {k[len(FEATURE_PREFIX):]: v for k, v in metrics.items() if k.startswith(FEATURE_PREFIX)}
-    return PastRun(run_id=tune.data.tags.get(RUN_TAG, tune.data.tags.get(PARENT_TAG, "")),
-                   mlflow_run_id=tune.data.tags.get(PARENT_TAG, ""), task_type=params.get("task_type"),
+    features = {k[len(FEATURE_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(FEATURE_PREFIX)}
+    return PastRun(run_id=run_id or parent, mlflow_run_id=parent, task_type=params.get("task_type") or None,
                    features=features, values=values, score=score)
 
 
-def load_history(tracking_uri: str, experiment: str, family: str, exclude_parent: str | None = None) -> list[PastRun]:
-    """Scored past runs of ``family`` in the tracking store (an empty list when there are none)."""
+def _client_history(tracking_uri: str, experiment: str, family: str) -> list[tuple[str, str, dict, dict, float]]:
+    """(factory run id, parent, params, metrics, score) through the MLflow API (any store)."""
     from mlflow.tracking import MlflowClient
 
-    from lora_factory.tracking import sqlite_path
-
-    db = sqlite_path(tracking_uri)
-    if db is not None and not db.is_file():
-        return []  # no store yet: nothing to learn from (and no empty database left behind)
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -164,11 +159,71 @@ def load_history(tracking_uri: str, experiment: str, family: str, exclude_parent
     scores = {e.data.tags.get(PARENT_TAG): e.data.metrics[SCORE_METRIC] for e in evals
               if SCORE_METRIC in e.data.metrics}
     tunes = _all_runs(client, exp.experiment_id, f"tags.`{STAGE_TAG}` = 'tune' and params.family = '{family}'")
-    out = []
-    for tune in tunes:
-        parent = tune.data.tags.get(PARENT_TAG)
-        if parent in scores and parent != exclude_parent:
-            run = _past_run(tune, scores[parent])
-            if run is not None:
-                out.append(run)
-    return sorted(out, key=lambda r: r.run_id)
+    return [(t.data.tags.get(RUN_TAG, ""), t.data.tags[PARENT_TAG], t.data.params, t.data.metrics,
+             scores[t.data.tags[PARENT_TAG]]) for t in tunes if t.data.tags.get(PARENT_TAG) in scores]
+
+
+# The same question asked of a SQLite store's tables directly: MLflow's API builds an ORM object
+# per param, metric and tag of every run, which takes seconds for 1,000 runs; three queries take
+# milliseconds. tests/test_tuner_history.py checks both paths agree.
+_SQL_TUNES = """
+    SELECT r.run_uuid, par.value, COALESCE(rid.value, '') FROM runs r
+    JOIN experiments e ON e.experiment_id = r.experiment_id AND e.name = :experiment
+    JOIN tags st ON st.run_uuid = r.run_uuid AND st.key = :stage_tag AND st.value = 'tune'
+    JOIN params fam ON fam.run_uuid = r.run_uuid AND fam.key = 'family' AND fam.value = :family
+    JOIN tags par ON par.run_uuid = r.run_uuid AND par.key = :parent_tag
+    LEFT JOIN tags rid ON rid.run_uuid = r.run_uuid AND rid.key = :run_tag
+    WHERE r.lifecycle_stage = 'active'"""
+_SQL_SCORES = """
+    SELECT par.value, m.value FROM runs r
+    JOIN experiments e ON e.experiment_id = r.experiment_id AND e.name = :experiment
+    JOIN tags st ON st.run_uuid = r.run_uuid AND st.key = :stage_tag AND st.value = 'evaluate'
+    JOIN tags par ON par.run_uuid = r.run_uuid AND par.key = :parent_tag
+    JOIN latest_metrics m ON m.run_uuid = r.run_uuid AND m.key = :score
+    WHERE r.lifecycle_stage = 'active' AND r.status = 'FINISHED'"""
+
+
+def _sqlite_history(db: Any, experiment: str, family: str) -> list[tuple[str, str, dict, dict, float]]:
+    import contextlib
+    import sqlite3
+
+    args = {"experiment": experiment, "family": family, "stage_tag": STAGE_TAG, "parent_tag": PARENT_TAG,
+            "run_tag": RUN_TAG, "score": SCORE_METRIC}
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        tunes = con.execute(_SQL_TUNES, args).fetchall()
+        scores = dict(con.execute(_SQL_SCORES, args).fetchall())
+        params: dict[str, dict[str, str]] = {}
+        metrics: dict[str, dict[str, float]] = {}
+        ids = {**args, "ids": json.dumps([run for run, _, _ in tunes])}
+        for run, key, value in con.execute(
+                "SELECT run_uuid, key, value FROM params WHERE run_uuid IN (SELECT value FROM json_each(:ids)) "
+                "AND (key = 'task_type' OR key LIKE 'recommended.%')", ids):
+            params.setdefault(run, {})[key] = value
+        for run, key, value in con.execute(
+                "SELECT run_uuid, key, value FROM latest_metrics WHERE run_uuid IN "
+                "(SELECT value FROM json_each(:ids)) AND key LIKE 'feature.%'", ids):
+            metrics.setdefault(run, {})[key] = value
+    return [(rid, parent, params.get(run, {}), metrics.get(run, {}), scores[parent])
+            for run, parent, rid in tunes if parent in scores]
+
+
+def load_history(tracking_uri: str, experiment: str, family: str, exclude_parent: str | None = None) -> list[PastRun]:
+    """Scored past runs of ``family`` in the tracking store (an empty list when there are none)."""
+    from lora_factory.tracking import sqlite_path
+
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
+        return []  # no store yet: nothing to learn from (and no empty database left behind)
+    rows = None
+    if db is not None:
+        import sqlite3
+
+        try:
+            rows = _sqlite_history(db, experiment, family)
+        except sqlite3.Error:
+            rows = None  # a schema this code does not know: ask through MLflow's API instead
+    if rows is None:
+        rows = _client_history(tracking_uri, experiment, family)
+    runs = [_past_run(rid, parent, params, metrics, score) for rid, parent, params, metrics, score in rows
+            if parent != exclude_parent]
+    return sorted((r for r in runs if r is not None), key=lambda r: (r.run_id, r.mlflow_run_id))

@@ -17,12 +17,16 @@ from lora_factory.errors import ConfigError
 
 from .families import GIB, MIB, FamilyRow
 
-# Optimizer state bytes per trainable (fp32) parameter.
+# Optimizer state bytes per trainable (fp32) parameter: AdamW two fp32 moments; bitsandbytes'
+# 8-bit AdamW two uint8 moments (tensors under 4096 elements stay 32-bit, plus a 2 KiB map per
+# tensor: more for tiny LoRAs); Prodigy four fp32 states (a bound: its copy of the initial
+# weights skips some). tests/test_tuner_memory.py measures all three.
 OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}
-# The runtime's own working memory for a training step. CPU: measured (bench/tune.py: the
-# intercept of peak against activations, tiny and mid-size UNets). CUDA: the context, kernels
-# and cuBLAS workspace, plus the caching allocator's slack; an assumption, not measured here.
-RUNTIME_BYTES = {"cpu": 28 * MIB, "cuda": 600 * MIB}
+# The runtime's own working memory for a training step. CPU: measured (bench/tune.py: what a
+# tiny UNet's step holds beyond its tensors). CUDA: the context, kernels and cuBLAS workspace,
+# plus the caching allocator's slack; an assumption (no GPU here), checked only against the
+# published figures in the README.
+RUNTIME_BYTES = {"cpu": 6 * MIB, "cuda": 600 * MIB}
 CUDA_ALLOCATOR_SLACK = 0.10
 
 

@@ -71,7 +71,7 @@ def fused_attention() -> Iterator[None]:
         F.scaled_dot_product_attention = original
 
 
-def _unet_inputs(config: dict[str, Any], resolution: int, batch: int, dtype: torch.dtype,
+def unet_inputs(config: dict[str, Any], resolution: int, batch: int, dtype: torch.dtype,
                  device: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     side = resolution // 8  # the VAE's 8x downsampling
     x = torch.zeros(batch, config.get("in_channels", 4), side, side, device=device, dtype=dtype)
@@ -104,8 +104,9 @@ def build_unet(config: dict[str, Any], rank: int, target_modules: list[str], dty
 
 
 def saved_bytes(unet: torch.nn.Module, config: dict[str, Any], resolution: int, batch: int,
-                dtype: torch.dtype, device: str = "meta") -> tuple[int, int]:
-    """(bytes autograd keeps for backward, bytes of the largest checkpoint unit) of one forward."""
+                dtype: torch.dtype, device: str = "meta", fused: bool = True) -> tuple[int, int]:
+    """(bytes autograd keeps for backward, bytes of the largest checkpoint unit) of one forward.
+    ``fused=False`` keeps PyTorch's own attention (for a real CPU trace to compare with)."""
     params = {p.untyped_storage()._cdata for p in unet.parameters()}
     seen: dict[int, int] = {}
     per_unit: dict[int, int] = {}
@@ -130,14 +131,28 @@ def saved_bytes(unet: torch.nn.Module, config: dict[str, Any], resolution: int, 
     for module in unet.modules():
         if type(module).__name__ in CHECKPOINT_UNITS:
             handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
-    args, kwargs = _unet_inputs(config, resolution, batch, dtype, device)
+    args, kwargs = unet_inputs(config, resolution, batch, dtype, device)
     try:
-        with fused_attention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        attention = fused_attention() if fused else contextlib.nullcontext()
+        with attention, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             unet(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
     return sum(seen.values()), max(per_unit.values(), default=0)
+
+
+def lora_parameters_per_rank(unet: torch.nn.Module, target: str) -> int:
+    """LoRA parameters per unit of rank on the modules PEFT would match for ``target`` (a name or
+    a dotted suffix): ``in + out`` for each Linear or 1x1 Conv. Works on the meta device."""
+    total = 0
+    for name, module in unet.named_modules():
+        if name == target or name.endswith("." + target):
+            if isinstance(module, torch.nn.Linear):
+                total += module.in_features + module.out_features
+            elif isinstance(module, torch.nn.Conv2d):
+                total += module.in_channels * module.kernel_size[0] * module.kernel_size[1] + module.out_channels
+    return total
 
 
 def trace_unet(config: dict[str, Any], resolution: int, dtype: torch.dtype = torch.float16,
@@ -152,6 +167,37 @@ def trace_unet(config: dict[str, Any], resolution: int, dtype: torch.dtype = tor
     total = sum(p.numel() for p in unet.parameters())
     lora = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     return Trace(total - lora, lora / rank, plain, boundaries + largest_unit)
+
+
+# SD1.5's UNet block layout at a fifth of its width: a mid-size model the CPU trains in seconds.
+MIDSIZE_UNET: dict[str, Any] = {
+    "sample_size": 16, "layers_per_block": 2, "block_out_channels": (64, 128, 256, 256),
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, "cross_attention_dim": 32,
+    "attention_head_dim": 8, "norm_num_groups": 32,
+}
+
+
+def row_for_unet(config: dict[str, Any], resolution: int, name: str = "unet", activations: bool = True) -> Any:
+    """A family row for a bare UNet: its own parameter counts and (``activations``) traced
+    activations, no text encoder or VAE (what the tests and bench/tune.py measure on the CPU)."""
+    from dataclasses import replace
+
+    from diffusers import UNet2DConditionModel
+
+    from .families import family_row
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    like = family_row("tiny-sd15")
+    traced = {}
+    for precision, dtype in (("half", torch.float16), ("full", torch.float32)) if activations else ():
+        t = trace_unet(config, resolution, dtype)
+        traced[(precision, False)], traced[(precision, True)] = t.saved_bytes, t.saved_bytes_checkpointed
+    return replace(like, name=name, architecture=name, resolution=resolution, denoiser_params=sum(
+        p.numel() for p in unet.parameters()), text_encoder_params=0, vae_params=0, vae_first_channels=0,
+        lora_per_rank={t: lora_parameters_per_rank(unet, t) for t in like.lora_per_rank},
+        activations=traced or {(p, c): 0 for p in ("half", "full") for c in (False, True)})
 
 
 def main(argv: list[str]) -> None:  # pragma: no cover - a maintainer's tool
