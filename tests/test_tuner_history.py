@@ -151,3 +151,15 @@ def test_the_sqlite_fast_path_and_the_mlflow_api_agree(store: dict) -> None:
                 [client.get_run(store["parents"]["good"]).info.experiment_id],
                 f"tags.`mlflow.parentRunId` = '{store['parents']['good']}'", run_view_type=3)]:
             client.restore_run(run)
+
+
+def test_prodigy_runs_do_not_vote_on_an_adamw_learning_rate() -> None:
+    from training.tuner import PastRun
+
+    prodigy = PastRun("run-prodigy", "p1", "subject", TARGET.features(),
+                      {"rank": 32, "learning_rate": 1.0, "max_steps": 1500}, score=0.05, optimizer="prodigy")
+    adamw = PastRun("run-adamw", "p2", "subject", TARGET.features(),
+                    {"rank": 16, "learning_rate": 1e-4, "max_steps": 750}, score=0.01, optimizer="adamw8bit")
+    rec = recommend(TuneRequest(TARGET, family_row("sd15"), history=[prodigy, adamw]))
+    assert rec.config.optimizer == "adamw8bit" and rec.config.learning_rate == 1e-4  # only the AdamW run votes
+    assert rec.config.rank == 32  # rank and steps still learn from the Prodigy run

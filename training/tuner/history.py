@@ -52,6 +52,7 @@ class PastRun:
     features: Mapping[str, float]
     values: Mapping[str, float]  # rank, learning_rate, max_steps it trained with
     score: float
+    optimizer: str | None = None  # Prodigy's learning rate is a multiplier: not comparable
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,11 @@ def shift(values: Mapping[str, float], near: list[tuple[PastRun, float]], consid
     strength = sum(kernel) / (sum(kernel) + 1)
     out = dict(values)
     for key in SHIFTED:
-        if key not in values:
+        votes = [(r, w) for (r, _), w in zip(near, weights, strict=True)
+                 if key != "learning_rate" or r.optimizer != "prodigy"]
+        if key not in values or sum(w for _, w in votes) <= 0:
             continue
-        target = sum(w * math.log(r.values[key]) for (r, _), w in zip(near, weights, strict=True)) / total
+        target = sum(w * math.log(r.values[key]) for r, w in votes) / sum(w for _, w in votes)
         out[key] = math.exp(math.log(values[key]) + strength * (target - math.log(values[key])))
     return Shift(out, evidence, strength, considered)
 
@@ -143,7 +146,8 @@ def _past_run(run_id: str, parent: str, params: Mapping[str, str], metrics: Mapp
         return None
     features = {k[len(FEATURE_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(FEATURE_PREFIX)}
     return PastRun(run_id=run_id or parent, mlflow_run_id=parent, task_type=params.get("task_type") or None,
-                   features=features, values=values, score=score)
+                   features=features, values=values, score=score,
+                   optimizer=params.get(VALUE_PREFIX + "optimizer"))
 
 
 def _client_history(tracking_uri: str, experiment: str, family: str) -> list[tuple[str, str, dict, dict, float]]:

@@ -180,7 +180,9 @@ def _history(d: Draft, p: Prior, req: TuneRequest, task: str) -> Shift | None:
     if not req.history:
         return None
     near = nearest(req.stats.features(), task, req.history, req.history_neighbours)
-    values = {k: float(d[k]) for k in SHIFTED if k not in req.pinned}
+    # Prodigy's rate is a multiplier of its own estimate: past runs' rates say nothing about it.
+    values = {k: float(d[k]) for k in SHIFTED if k not in req.pinned
+              and not (k == "learning_rate" and d["optimizer"] == "prodigy")}
     moved = shift(values, near, len(req.history))
     if moved.strength == 0:
         return moved
