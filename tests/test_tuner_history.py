@@ -109,6 +109,7 @@ def test_a_lone_bad_run_or_no_similar_run_leaves_the_prior(store: dict) -> None:
     prior = recommend(TuneRequest(TARGET, family_row("sd15"))).config
     alone = recommend(TuneRequest(TARGET, family_row("sd15"), history=worst))
     assert alone.config == prior and alone.shift.strength == 0
+    assert "give no reason to change" in markdown(alone) and "| run-worst |" in markdown(alone)
     elsewhere = replace(TARGET, num_images=3, text_diversity=0.1, visual_diversity=0.05)
     none_near = recommend(TuneRequest(elsewhere, family_row("sd15"), history=history))
     assert none_near.shift.evidence == [] and "none had a similar dataset" in markdown(none_near)

@@ -52,8 +52,13 @@ def _history(rec: Recommendation) -> list[str]:
     if not moved.evidence:
         return lines + [f"{moved.considered} scored past runs of {rec.request.family.name}; none had a similar "
                         "dataset: the prior stands.", ""]
-    lines += [f"{moved.considered} scored past runs; the nearest {len(moved.evidence)} moved rank, learning rate "
-              f"and steps {moved.strength:.0%} of the way towards the best-scoring ones.", "",
+    if moved.strength > 0:
+        head = (f"{moved.considered} scored past runs; the nearest {len(moved.evidence)} moved rank, learning "
+                f"rate and steps {moved.strength:.0%} of the way towards the best-scoring ones.")
+    else:
+        head = (f"{moved.considered} scored past runs; the {len(moved.evidence)} similar ones give no reason to "
+                "change (a lone or tied run counts only with a positive score): the prior stands.")
+    lines += [head, "",
               "| run | MLflow run | distance | clip_t_delta | rank | learning rate | steps | weight |",
               "|---|---|---|---|---|---|---|---|"]
     for e in moved.evidence:
