@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,6 @@ class TuneStats:
     non_square_share: float = 0.0
     domain: str | None = None
     task_type: str | None = None  # from the labels' concept summary, when label knew it
-    sources: dict[str, str] = field(default_factory=dict)
 
     def features(self) -> dict[str, float]:
         """The numbers past runs are compared on (logged with every tune run)."""
@@ -55,9 +54,6 @@ class TuneStats:
             if value is not None and math.isfinite(value):
                 out[name] = float(value)
         return out
-
-    def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "sources" and v is not None}
 
 
 def _non_square(histogram: dict[str, int]) -> float:

@@ -161,8 +161,3 @@ def _last_value_per_key(changes: list[tuple[str, Any, str]]) -> list[tuple[str, 
     last = {key: (key, value, why) for key, value, why in changes}
     return [last[key] for key in dict.fromkeys(k for k, _, _ in changes)]
 
-
-def smallest_budget(cfg: TrainConfig, row: FamilyRow, pinned: set[str]) -> float:
-    """GiB the last rung of the ladder needs (what ``fit_to_budget`` would suggest)."""
-    rungs = _ladder(cfg, row, pinned)
-    return estimate(rungs[-1][0] if rungs else cfg, row).gib()
