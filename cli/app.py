@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dag, look, run, server, settings
+from . import dag, look, run, server, settings, tune
 
 app = typer.Typer(
     add_completion=False,
@@ -20,6 +20,7 @@ app.command()(settings.config)
 app.command()(settings.profiles)
 app.command()(dag.dag)
 app.command()(server.server)
+app.command()(tune.tune)
 
 
 def main() -> None:  # pragma: no cover - console entry point

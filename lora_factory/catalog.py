@@ -27,6 +27,7 @@ from .schemas import (
     REJECTED_SCHEMA,
     REVIEW_COLUMNS,
     CaptionStats,
+    CurateStats,
     EvalResult,
 )
 
@@ -97,7 +98,7 @@ CURATE_DATASET = _out("curate", "dataset", "dataset.parquet", Table(DATASET_SCHE
 CURATE_DECISIONS = _out("curate", "decisions", "decisions.parquet", Table(DECISION_SCHEMA), "keep/drop per item with reason, score, dup_of")
 CURATE_REJECTED = _out("curate", "rejected", "rejected.parquet", Table(DECISION_SCHEMA), "the dropped items' decisions")
 CURATE_EMBEDDINGS = _out("curate", "embeddings", "embeddings", Embeddings(), "text and CLIP embeddings of the items, with the models that made them")
-CURATE_STATS = _out("curate", "stats", "stats.json", Json(), "dataset statistics for the tuner")
+CURATE_STATS = _out("curate", "stats", "stats.json", Json(CurateStats), "dataset statistics for the tuner (size, diversity, captions, aspect, domain)")
 CURATE_REPORT = _out("curate", "report", "report.html", Text(), "counts, histograms, thumbnails per reason, duplicate groups")
 # label ----------------------------------------------------------------------------------------
 LABEL_DATASET = _out("label", "dataset", "dataset", Folder(), "images with .txt captions and metadata.jsonl: trains here, in sd-scripts and in diffusers")
@@ -133,7 +134,7 @@ SPECS: tuple[StageSpec, ...] = (
               writes=(LABEL_DATASET, LABEL_KOHYA_TOML, LABEL_LABELS, LABEL_CAPTION_STATS, LABEL_DECISIONS,
                       LABEL_CAPTIONS, LABEL_REPORT, LABEL_DATASHEET)),
     StageSpec("tune", "the training config for this dataset, explained",
-              reads=(LABEL_LABELS,), writes=(TUNE_TRAIN_CONFIG, TUNE_RATIONALE)),
+              reads=(CURATE_STATS, LABEL_CAPTION_STATS), writes=(TUNE_TRAIN_CONFIG, TUNE_RATIONALE)),
     StageSpec("train", "the LoRA (diffusers + PEFT)",
               reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG), writes=(TRAIN_LORA, TRAIN_SAMPLES)),
     StageSpec("evaluate", "base vs LoRA on the same seeds",

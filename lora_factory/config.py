@@ -237,7 +237,31 @@ class LabelConfig(Section):
 
 
 class TuneConfig(Section):
-    strategy: Literal["profile"] = "profile"
+    """How the tuner (``training.tuner``) picks the training config; see the README's Tuner section.
+
+    ``auto`` derives every training value from the dataset statistics, the model family, the GPU
+    budget and past runs; ``profile`` keeps the profile's ``train`` section as it is (only a batch
+    larger than the dataset is lowered). ``pin`` lists ``train`` keys the tuner must keep as set:
+    every ``--set train.KEY=...`` (or ``LORA_FACTORY_TRAIN__KEY``) is added to it when the config
+    is loaded, and a profile may list its own.
+    """
+
+    strategy: Literal["auto", "profile"] = "auto"
+    gpu_gb: float | None = Field(None, gt=0)  # GPU memory budget in GiB; None: not bounded
+    time_budget_h: float | None = Field(None, gt=0)  # wall-clock budget of the train stage
+    seconds_per_step: float | None = Field(None, gt=0)  # measured s/step at the family's resolution, batch 1
+    task_type: Literal["subject", "style", "concept"] | None = None  # None: from the labels or the domain
+    history: bool = True  # learn from past runs in the tracking store
+    history_neighbours: int = Field(5, ge=1, le=50)  # similar past runs that may shift a value
+    pin: list[str] = Field(default_factory=list)  # train keys kept as set
+
+    @field_validator("pin")
+    @classmethod
+    def _pins_are_train_keys(cls, v: list[str]) -> list[str]:
+        unknown = [k for k in v if k not in TrainConfig.model_fields]
+        if unknown:
+            raise ValueError(f"{unknown} are not train keys (e.g. rank, learning_rate, max_steps)")
+        return sorted(set(v))
 
 
 class TrainConfig(Section):

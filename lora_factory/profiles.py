@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .config import FactoryConfig
+from .config import FactoryConfig, TrainConfig
 from .errors import ConfigError
 from .home import Home
 from .textfiles import parse_user_yaml, read_user_text
@@ -166,11 +166,37 @@ def config_from_data(
     for layer in layers:
         for dotted, value in layer.items():
             _set_dotted(data, dotted, value)
+    _record_pins(data, layers)
     try:
         cfg = FactoryConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
     return finalize(cfg)
+
+
+def pinned_train_keys(layers: list[Mapping[str, Any]]) -> set[str]:
+    """The ``train`` keys a layer of overrides sets explicitly (``train.rank`` -> ``rank``)."""
+    keys: set[str] = set()
+    for layer in layers:
+        for dotted, value in layer.items():
+            parts = [p for p in dotted.split(".") if p]
+            if parts[:1] == ["train"]:
+                if len(parts) > 1:
+                    keys.add(parts[1])
+                elif isinstance(value, dict):
+                    keys.update(value)
+    return keys
+
+
+def _record_pins(data: dict[str, Any], layers: list[Mapping[str, Any]]) -> None:
+    """Add the explicitly overridden train keys to ``tune.pin``, so the tuner keeps them (the
+    profile's own train values stay the tuner's to change). Unknown keys and a malformed ``tune``
+    section are left for validation to report."""
+    pins = pinned_train_keys(layers) & set(TrainConfig.model_fields)
+    tune = data.setdefault("tune", {})
+    if pins and isinstance(tune, dict):
+        existing = tune.get("pin") or []
+        tune["pin"] = sorted(set(existing if isinstance(existing, list) else []) | pins)
 
 
 def finalize(cfg: FactoryConfig) -> FactoryConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # crawl/items.parquet: one row per image kept by the crawl, with its provenance.
 ITEM_SCHEMA = pa.schema(
@@ -244,3 +244,63 @@ class EvalResult(BaseModel):
 
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]
+
+
+class Diversity(BaseModel):
+    """How spread out a set of embeddings is (see ``tasks/curate/stats.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mean_pairwise_distance: float | None = None  # mean 1 - cosine over all pairs
+    effective_rank: float | None = None  # exp of the covariance spectrum's entropy
+    pca_entropy: float | None = None  # that entropy over its maximum, 0..1
+
+
+class EstimatedDomain(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str | None = None  # the most likely of curate.domain_prompts
+    probabilities: dict[str, float] = Field(default_factory=dict)
+
+
+CURATE_STATS_VERSION = 1
+
+
+class CurateStats(BaseModel):
+    """curate/stats.json: the kept set's size, diversity, captions, aspect ratios and domain.
+
+    ``schema_version`` rises when a field changes meaning; a file of another version is refused
+    with one line (re-run curate) instead of being guessed at.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int
+    num_images: int = Field(ge=0)
+    num_candidates: int | None = Field(None, ge=0)
+    caption_coverage: float = Field(ge=0, le=1)
+    caption_words_mean: float = Field(ge=0)
+    caption_words_median: float = Field(ge=0)
+    resolution_short_side_median: float = Field(ge=0)
+    aspect_histogram: dict[str, int] = Field(default_factory=dict)
+    models: dict[str, str | None] = Field(default_factory=dict)
+    text_diversity: Diversity | None = None
+    visual_diversity: Diversity | None = None
+    visual_variance: float | None = None
+    estimated_domain: EstimatedDomain | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unversioned_is_version_0(cls, data: Any) -> Any:
+        """Files written before the schema was versioned have no ``schema_version``."""
+        if isinstance(data, dict) and "schema_version" not in data:
+            return {**data, "schema_version": 0}
+        return data
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != CURATE_STATS_VERSION:
+            age = "older" if v < CURATE_STATS_VERSION else "newer"
+            raise ValueError(f"schema_version {v} is {age} than the {CURATE_STATS_VERSION} this version reads")
+        return v

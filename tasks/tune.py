@@ -1,41 +1,91 @@
-"""Tune: pick the training config for this dataset (LoRATuner) and say why."""
+"""Tune: the training config for this dataset, its model family and the GPU budget (LoRATuner),
+with the reason for every value.
+
+Reads curate's ``stats.json`` and label's ``caption_stats.json`` through the catalog, asks the
+tracking store for similar past runs (``tune.history``), writes ``train_config.yaml`` and
+``rationale.md``, and logs the dataset's features, the family and the chosen values so later
+runs can learn from this one (``training.tuner.history``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from lora_factory.catalog import LABEL_LABELS, TUNE_RATIONALE, TUNE_TRAIN_CONFIG
+from lora_factory.catalog import (
+    CURATE_STATS,
+    LABEL_CAPTION_STATS,
+    TUNE_RATIONALE,
+    TUNE_TRAIN_CONFIG,
+)
 from lora_factory.config import FactoryConfig
 from lora_factory.context import RunRef, run_stage
-from training.tuner import DatasetStats, Recommendation, recommend
+from lora_factory.schemas import CaptionStats, CurateStats
+from training.tuner import (
+    PastRun,
+    Recommendation,
+    family_for,
+    headline,
+    load_history,
+    markdown,
+    recommend,
+    request_for,
+    stats_from,
+)
+from training.tuner.history import FEATURE_PREFIX, VALUE_PREFIX
 
 from ._prefect import stage_task
 
 STAGE = "tune"
 
 
-def dataset_stats(label_dir: Path) -> DatasetStats:
-    labels = LABEL_LABELS.read(label_dir).to_pylist()
-    words = [len(lab["caption"].split()) for lab in labels]
-    return DatasetStats(num_images=len(labels), mean_caption_words=sum(words) / max(1, len(words)))
-
-
-def run_tune(label_dir: Path, cfg: FactoryConfig, out: Path) -> tuple[Recommendation, DatasetStats]:
-    """Write the chosen TrainConfig and its rationale."""
-    stats = dataset_stats(label_dir)
-    rec = recommend(cfg.tune.strategy, cfg.train, stats)
+def run_tune(curate_stats: CurateStats, caption_stats: CaptionStats, cfg: FactoryConfig, out: Path,
+             history: list[PastRun] | None = None) -> Recommendation:
+    """Recommend and write ``train_config.yaml`` and ``rationale.md`` into ``out``."""
+    family = family_for(cfg.models.base_family, cfg.models.base)
+    request = request_for(cfg, stats_from(curate_stats, caption_stats), family, history or [])
+    rec = recommend(request, cfg.tune.strategy)
     TUNE_TRAIN_CONFIG.write(out, rec.config)
-    TUNE_RATIONALE.write(out, rec.markdown(stats, cfg.tune.strategy))
-    return rec, stats
+    TUNE_RATIONALE.write(out, markdown(rec))
+    return rec
+
+
+def past_runs(cfg: FactoryConfig, exclude_parent: str | None) -> list[PastRun]:
+    """Scored past runs of this run's family, when history is on and the strategy uses it."""
+    if not cfg.tune.history or cfg.tune.strategy != "auto":
+        return []
+    family = family_for(cfg.models.base_family, cfg.models.base)
+    return load_history(cfg.tracking.uri, cfg.tracking.experiment, family.name, exclude_parent)
+
+
+# The values logged as params (the whole config is the run's train_config.yaml artifact and the
+# train stage's params); few, so reading 1,000 past runs back stays fast.
+HEADLINE = ("rank", "alpha", "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps",
+            "resolution", "optimizer", "mixed_precision", "gradient_checkpointing")
+
+
+def tracking_record(rec: Recommendation, history_runs: int = 0) -> tuple[dict[str, Any], dict[str, float]]:
+    """(params, metrics) of the tune run: what later runs' history reads back (family, task, the
+    headline values, the dataset's features) and the memory estimate."""
+    params = {"strategy": rec.strategy, "family": rec.request.family.name, "task_type": rec.task or "",
+              "pinned": ",".join(sorted(rec.request.pinned)),
+              **{f"{VALUE_PREFIX}{k}": getattr(rec.config, k) for k in HEADLINE}}
+    metrics = {**{f"{FEATURE_PREFIX}{k}": v for k, v in rec.request.stats.features().items()},
+               "memory_estimate_gib": rec.memory.gib(), "history_runs": float(history_runs),
+               "history_neighbours": float(len(rec.shift.evidence) if rec.shift else 0)}
+    return params, metrics
 
 
 @stage_task(STAGE)
 def tune_task(ref: RunRef) -> dict[str, object]:
     with run_stage(ref, STAGE) as st:
-        st.log_params({"strategy": st.config.tune.strategy})
-        rec, stats = run_tune(st.input_dir(LABEL_LABELS), st.config, st.out)
-        st.log_params({f"recommended.{k}": v for k, v in rec.config.model_dump().items()})
-        st.log_metrics({"num_images": stats.num_images, "mean_caption_words": stats.mean_caption_words})
+        cfg = st.config
+        history = past_runs(cfg, ref.parent_run_id)
+        rec = run_tune(st.read(CURATE_STATS), st.read(LABEL_CAPTION_STATS), cfg, st.out, history)
+        st.log.info("tune: %s", headline(rec))
+        params, metrics = tracking_record(rec, len(history))
+        st.log_params(params)
+        st.log_metrics(metrics)
         st.log_artifact(st.output_path(TUNE_TRAIN_CONFIG))
         st.log_artifact(st.output_path(TUNE_RATIONALE))
     return rec.config.model_dump()

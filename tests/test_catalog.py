@@ -19,7 +19,8 @@ from lora_factory import catalog
 from lora_factory.catalog import (
     CRAWL_ITEMS,
     CURATE_DATASET,
-    LABEL_LABELS,
+    CURATE_STATS,
+    LABEL_CAPTION_STATS,
     TUNE_RATIONALE,
     TUNE_TRAIN_CONFIG,
     CatalogError,
@@ -33,6 +34,7 @@ from lora_factory.errors import StageError
 from lora_factory.home import run_store_for
 from lora_factory.profiles import load_config
 from lora_factory.runstore import DONE, FAILED, PENDING
+from lora_factory.schemas import CaptionStats
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "lora-factory"
@@ -186,19 +188,24 @@ def test_a_stage_whose_input_is_missing_stops_with_one_line(run_ref: RunRef) -> 
         pytest.fail("the stage body must not run")
 
 
-def _done_label_stage(run_ref: RunRef) -> None:
+def _done_tune_inputs(run_ref: RunRef) -> None:
+    """curate and label done, with the statistics the tune stage reads."""
     run = run_ref.run_dir()
-    folder = Path(run.store.local_path(f"{run.key}/label"))
-    LABEL_LABELS.write(folder, [{"item_id": "a" * 64, "file_name": "a.png", "caption": "tok, fox",
-                                 "caption_source": "alt_text"}])
+    CURATE_STATS.write(Path(run.store.local_path(f"{run.key}/curate")),
+                       {"schema_version": 1, "num_images": 1, "caption_coverage": 1.0, "caption_words_mean": 1.0,
+                        "caption_words_median": 1.0, "resolution_short_side_median": 64.0})
+    LABEL_CAPTION_STATS.write(Path(run.store.local_path(f"{run.key}/label")),
+                              CaptionStats(num_images=1, captioned=1, coverage=1.0, words_mean=1.0,
+                                           words_median=1.0, words_max=1, trigger_word="tok"))
+    run.set_stage("curate", DONE)
     run.set_stage("label", DONE)
 
 
 def test_a_stage_must_write_what_it_declares_and_only_that(run_ref: RunRef) -> None:
-    _done_label_stage(run_ref)
+    _done_tune_inputs(run_ref)
     with pytest.raises(StageContractError, match=r"stage 'tune' did not write tune/rationale.md"), \
             run_stage(run_ref, "tune") as st:
-        assert st.read(LABEL_LABELS).num_rows == 1
+        assert st.read(LABEL_CAPTION_STATS).num_images == 1 and st.read(CURATE_STATS).schema_version == 1
         st.write(TUNE_TRAIN_CONFIG, TrainConfig())
     run = run_ref.run_dir()
     assert run.stage_status("tune") == FAILED

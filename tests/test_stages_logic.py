@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from deploy.gate import gate
-from lora_factory.catalog import LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG
+from lora_factory.catalog import CURATE_STATS, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG
 from lora_factory.config import CurateConfig, EvaluateConfig, LabelConfig, TrainConfig
 from lora_factory.errors import StageError
 from lora_factory.manifest import item_id_for, write_items
@@ -21,7 +21,7 @@ from tasks.evaluate import judge
 from tasks.label import run_label
 from tasks.label.candidates import page_candidates
 from tasks.tune import run_tune
-from training.tuner import DatasetStats, recommend_from_profile
+from training.tuner import TuneRequest, TuneStats, family_row, recommend
 
 
 def _save(crawl: Path, img: Image.Image, fmt: str, **item) -> dict:
@@ -123,18 +123,20 @@ def test_label_and_tune_write_a_training_folder(crawl_dir, tmp_path: Path) -> No
     assert (stats.num_images, stats.captioned, stats.coverage, stats.words_max) == (2, 2, 1.0, 3)
     assert stats.trigger_word == "tok" and stats.tag_frequency == {"a green sailboat": 1, "red lighthouse again": 1}
 
-    cfg = load_config("tiny", {"train.batch_size": 8}, environ={})
+    cfg = load_config("tiny", {"train.batch_size": 8, "tune.strategy": "profile"}, environ={})
     tune = tmp_path / "tune"
     tune.mkdir()
-    rec, stats = run_tune(label, cfg, tune)
-    assert stats.num_images == 2 and rec.config.batch_size == 2
+    rec = run_tune(CURATE_STATS.read(curate), LABEL_CAPTION_STATS.read(label), cfg, tune)
+    assert rec.request.stats.num_images == 2 and rec.config.batch_size == 2
     assert TUNE_TRAIN_CONFIG.read(tune) == rec.config
     assert "lowered from 8 to 2" in (tune / "rationale.md").read_text()
 
 
 def test_tuner_keeps_a_feasible_profile() -> None:
-    rec = recommend_from_profile(TrainConfig(batch_size=2), DatasetStats(num_images=10))
-    assert rec.config == TrainConfig(batch_size=2) and rec.rationale == []
+    rec = recommend(TuneRequest(TuneStats(num_images=10), family_row("sd15"), base=TrainConfig(batch_size=2)),
+                    "profile")
+    assert rec.config == TrainConfig(batch_size=2)
+    assert {c.source for c in rec.choices.values()} == {"profile"}
 
 
 def _evaluated(adherence: float, overall: float, cfg: EvaluateConfig, **extra) -> EvalResult:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from lora_factory.schemas import CURATE_STATS_VERSION
+
 ASPECT_BINS = (0.0, 0.6, 0.8, 0.95, 1.05, 1.25, 1.7, np.inf)  # width / height
 ASPECT_LABELS = ("tall_under_0.6", "0.6-0.8", "0.8-0.95", "square", "1.05-1.25", "1.25-1.7", "wide_over_1.7")
 
@@ -77,6 +79,7 @@ def dataset_stats(
     words = np.array([len(c.split()) for c in captions], dtype=np.float64)
     has = words > 0
     stats: dict[str, Any] = {
+        "schema_version": CURATE_STATS_VERSION,
         "num_images": len(captions),
         "caption_coverage": float(has.mean()) if len(has) else 0.0,
         "caption_words_mean": float(words[has].mean()) if has.any() else 0.0,
@@ -106,6 +109,8 @@ def flat_metrics(stats: Mapping[str, Any], prefix: str = "stats_") -> dict[str, 
 
     def walk(d: Mapping[str, Any], key: str) -> None:
         for k, v in d.items():
+            if k == "schema_version":
+                continue
             name = f"{key}{k}"
             if isinstance(v, Mapping):
                 walk(v, name + "_")

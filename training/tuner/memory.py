@@ -1,0 +1,163 @@
+"""Peak memory of a training config on a model family, and the fit to a budget.
+
+The estimate adds what a step holds at its peak: the frozen weights in their dtype (the VAE
+stays fp32, as the trainer keeps it), the LoRA parameters, their gradients and optimizer
+states (fp32), the larger of the denoiser's activations kept for backward and the VAE's
+transient while it encodes a batch, and the runtime's own working memory. What is measured and
+what is assumed is said in the README's Tuner section.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lora_factory.config import TrainConfig
+from lora_factory.errors import ConfigError
+
+from .families import GIB, MIB, FamilyRow
+
+# Optimizer state bytes per trainable (fp32) parameter: AdamW two fp32 moments; bitsandbytes'
+# 8-bit AdamW two uint8 moments (tensors under 4096 elements stay 32-bit, plus a 2 KiB map per
+# tensor: more for tiny LoRAs); Prodigy four fp32 states (a bound: its copy of the initial
+# weights skips some). tests/test_tuner_memory.py measures all three.
+OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}
+# The runtime's own working memory for a training step. CPU: measured (bench/tune.py: what a
+# tiny UNet's step holds beyond its tensors). CUDA: the context, kernels and cuBLAS workspace,
+# plus the caching allocator's slack; an assumption (no GPU here), checked only against the
+# published figures in the README.
+RUNTIME_BYTES = {"cpu": 6 * MIB, "cuda": 600 * MIB}
+CUDA_ALLOCATOR_SLACK = 0.10
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes at a training step's peak, by part."""
+
+    weights: int
+    lora: int
+    gradients: int
+    optimizer: int
+    activations: int
+    runtime: int
+    activations_from: str  # "denoiser" or "vae" (whichever step holds more)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.lora + self.gradients + self.optimizer + self.activations + self.runtime
+
+    @property
+    def parameters_and_optimizer(self) -> int:
+        return self.weights + self.lora + self.gradients + self.optimizer
+
+    def gib(self) -> float:
+        return self.total / GIB
+
+    def table(self) -> list[tuple[str, float]]:
+        """(part, GiB) rows for the rationale."""
+        return [("frozen weights", self.weights / GIB), ("LoRA parameters", self.lora / GIB),
+                ("gradients", self.gradients / GIB), ("optimizer states", self.optimizer / GIB),
+                (f"activations ({self.activations_from})", self.activations / GIB),
+                ("runtime", self.runtime / GIB), ("total", self.total / GIB)]
+
+
+def precision_of(cfg: TrainConfig) -> str:
+    return "full" if cfg.mixed_precision == "no" else "half"
+
+
+def lora_parameters(cfg: TrainConfig, row: FamilyRow) -> int:
+    """Trainable LoRA parameters: per target module name from the family's table (a name the
+    table lacks counts as the largest known one, so the estimate errs high)."""
+    largest = max(row.lora_per_rank.values())
+    unet = sum(row.lora_per_rank.get(name, largest) for name in cfg.target_modules) * cfg.rank
+    text = row.text_encoder_lora_per_rank * cfg.rank if cfg.train_text_encoder else 0
+    return unet + text
+
+
+def on_cuda(cfg: TrainConfig) -> bool:
+    return cfg.device != "cpu"
+
+
+def estimate(cfg: TrainConfig, row: FamilyRow) -> MemoryEstimate:
+    """The peak of one training step of ``cfg`` on ``row`` (bytes, by part)."""
+    weight_bytes = 4 if precision_of(cfg) == "full" else 2
+    weights = (row.denoiser_params + row.text_encoder_params) * weight_bytes + row.vae_params * 4
+    lora = lora_parameters(cfg, row)
+    samples = cfg.batch_size * (2 if cfg.prior_preservation else 1)
+    denoiser = row.activation_bytes(precision_of(cfg), cfg.gradient_checkpointing, cfg.resolution, samples)
+    vae = row.vae_encode_bytes(cfg.resolution, cfg.batch_size)
+    activations, source = (denoiser, "denoiser") if denoiser >= vae else (vae, "VAE encoding a batch")
+    parts = {"weights": weights, "lora": lora * 4, "gradients": lora * 4,
+             "optimizer": lora * OPTIMIZER_BYTES[cfg.optimizer], "activations": activations}
+    runtime = RUNTIME_BYTES["cuda" if on_cuda(cfg) else "cpu"]
+    if on_cuda(cfg):
+        runtime += int(CUDA_ALLOCATOR_SLACK * sum(parts.values()))
+    return MemoryEstimate(**parts, runtime=runtime, activations_from=source)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The config that fits, its estimate, and each change made to get there."""
+
+    config: TrainConfig
+    estimate: MemoryEstimate
+    changes: list[tuple[str, Any, str]]  # (key, new value, why)
+
+
+def _ladder(cfg: TrainConfig, row: FamilyRow, pinned: set[str]) -> list[tuple[TrainConfig, tuple[str, Any, str]]]:
+    """Ever smaller configs, each one change away from the previous: 8-bit AdamW (CUDA only),
+    gradient checkpointing, halving the batch (accumulation keeps the effective batch), then
+    lowering the resolution by bucket steps. Every rung needs no more memory than the one
+    before, so a smaller budget never gets a larger estimate."""
+    rungs: list[tuple[TrainConfig, tuple[str, Any, str]]] = []
+    cur = cfg
+    if cur.optimizer == "adamw" and on_cuda(cur) and "optimizer" not in pinned:
+        cur = cur.model_copy(update={"optimizer": "adamw8bit"})
+        rungs.append((cur, ("optimizer", "adamw8bit", "8-bit AdamW states take a quarter of the memory")))
+    if not cur.gradient_checkpointing and "gradient_checkpointing" not in pinned:
+        cur = cur.model_copy(update={"gradient_checkpointing": True})
+        rungs.append((cur, ("gradient_checkpointing", True, "recomputes activations in backward (~30% slower)")))
+    while cur.batch_size > 1 and "batch_size" not in pinned:
+        effective = cur.batch_size * cur.gradient_accumulation_steps
+        batch = cur.batch_size // 2
+        accum = cur.gradient_accumulation_steps if "gradient_accumulation_steps" in pinned else -(-effective // batch)
+        cur = cur.model_copy(update={"batch_size": batch, "gradient_accumulation_steps": accum})
+        rungs.append((cur, ("batch_size", batch, f"halved; {accum} accumulation steps keep the effective batch")))
+    while cur.resolution - row.bucket_step >= row.min_resolution and "resolution" not in pinned:
+        cur = cur.model_copy(update={"resolution": cur.resolution - row.bucket_step})
+        rungs.append((cur, ("resolution", cur.resolution, f"lowered one bucket step ({row.bucket_step} px)")))
+    return rungs
+
+
+def fit_to_budget(cfg: TrainConfig, row: FamilyRow, budget_gib: float | None, pinned: set[str]) -> Fit:
+    """The first config on the ladder whose estimate fits ``budget_gib``; one line naming the
+    smallest budget that works when none does."""
+    first = estimate(cfg, row)
+    if budget_gib is None or first.gib() <= budget_gib:
+        return Fit(cfg, first, [])
+    changes: list[tuple[str, Any, str]] = []
+    est, last = first, cfg
+    for last, change in _ladder(cfg, row, pinned):
+        est = estimate(last, row)
+        changes.append(change)
+        if est.gib() <= budget_gib:
+            return Fit(last, est, _last_value_per_key(changes))
+    smallest = -(-est.total * 2 // GIB) / 2  # rounded up to half a GiB
+    kept = sorted(pinned & {"optimizer", "gradient_checkpointing", "batch_size", "resolution", "rank"})
+    because = f" with your pinned {', '.join(kept)}" if kept else ""
+    raise ConfigError(
+        f"tune.gpu_gb {budget_gib:g} is too small for any {row.name} config{because}: the smallest "
+        f"(rank {cfg.rank}, {describe(last)}) needs {est.gib():.1f} GiB; "
+        f"set tune.gpu_gb (--gpu-gb) to {smallest:g} or more")
+
+
+def describe(cfg: TrainConfig) -> str:
+    return (f"{cfg.resolution} px, batch {cfg.batch_size}, "
+            f"{'with' if cfg.gradient_checkpointing else 'without'} gradient checkpointing, {cfg.optimizer}")
+
+
+def _last_value_per_key(changes: list[tuple[str, Any, str]]) -> list[tuple[str, Any, str]]:
+    """One entry per key (its final value), in the order the keys were first changed."""
+    last = {key: (key, value, why) for key, value, why in changes}
+    return [last[key] for key in dict.fromkeys(k for k, _, _ in changes)]
+
