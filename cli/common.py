@@ -10,11 +10,11 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from lora_factory.errors import ConfigError, FactoryError
+from lora_factory.errors import FactoryError
 from lora_factory.profiles import parse_set_args
 from lora_factory.secrets import redact_text
 from lora_factory.seeds import load_seed_file
-from lora_factory.textfiles import parse_user_yaml, read_user_text
+from lora_factory.textfiles import read_topics_file
 
 DEMO_TOPICS_FILE = Path(__file__).resolve().parent.parent / "configs" / "topics" / "demo.yaml"
 
@@ -54,16 +54,7 @@ def read_topics(topics: list[str] | None, topics_file: Path | None) -> list[str]
     for t in topics or []:
         out += t.split(",")
     if topics_file is not None:
-        if not topics_file.exists():
-            raise ConfigError(f"topics file {topics_file} does not exist")
-        text = read_user_text(topics_file, "topics file")
-        yaml_file = topics_file.suffix.lower() in (".yaml", ".yml")
-        data: Any = parse_user_yaml(text, f"topics file {topics_file}") if yaml_file else text.splitlines()
-        if isinstance(data, dict):
-            data = data.get("topics")
-        if not isinstance(data, list):
-            raise ConfigError(f"{topics_file} must be a list of topics or a mapping with 'topics:'")
-        out += [str(t) for t in data]
+        out += read_topics_file(topics_file)
     return out
 
 

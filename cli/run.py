@@ -136,12 +136,17 @@ def run(
     store: StoreOpt = None,
     home: HomeOpt = None,
     tracking_uri: TrackingOpt = None,
-    resume: Annotated[str | None, typer.Option(help="Continue this run id from its first unfinished stage.")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Re-run this run id: stages whose inputs, settings and code are unchanged are skipped.")] = None,
+    concept: Annotated[str | None, typer.Option(
+        help="The concept the LoRA is registered and competes under (deploy.registered_model_name).")] = None,
 ) -> None:
     """Run the whole factory for TOPICS."""
     try:
         all_topics = read_topics(topics, topics_file)
         ov = overrides(sets, store, home, tracking_uri, seeds, max_pages, max_images)
+        if concept is not None:
+            ov["deploy.registered_model_name"] = concept
         result = _run(all_topics, profile, ov, resume)
     except FactoryError as e:
         fail(e)

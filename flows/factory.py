@@ -3,21 +3,24 @@
 Each stage is a task that reads and writes the run directory. The order and the edges come
 from the stage catalog's declarations (``lora_factory.catalog``): each task waits for the tasks
 whose outputs it reads, so Prefect's run graph shows the real DAG, and the run attaches the DAG
-as a markdown artifact. The flow only decides which stages still have to run (so
-``resume_run_id`` continues a crashed run from its first unfinished stage) and records how the
-run ended.
+as a markdown artifact. The flow only decides which stages have to run (a stage whose inputs,
+settings and code are those of its finished result is a cache hit, ``lora_factory.stage_keys``,
+so ``resume_run_id`` continues a crashed run and re-runs only what a changed setting reaches)
+and records how the run ended.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import Field
 
 from lora_factory import catalog
-from lora_factory.context import RunRef, get_logger
+from lora_factory.context import RunRef, check_cache, get_logger
 from lora_factory.dag import render_markdown
 from lora_factory.errors import FactoryError
 from lora_factory.home import run_store_for
@@ -32,6 +35,7 @@ from lora_factory.lifecycle import (
 from lora_factory.names import run_label
 from lora_factory.profiles import load_config
 from lora_factory.run_summary import render_summary, stage_rows
+from lora_factory.textfiles import read_topics_file
 from tasks.crawl import crawl_task
 from tasks.curate import curate_task
 from tasks.deploy import deploy_task
@@ -51,12 +55,15 @@ STAGE_TASKS = {
 }
 
 
-def run_stages(ref: RunRef, todo: list[str]) -> dict[str, Any]:
-    """Run ``todo`` in catalog order; each task waits for the upstream tasks of this flow run
-    (stages done in an earlier attempt have no task here: their outputs are already there)."""
+def run_stages(ref: RunRef) -> dict[str, Any]:
+    """Run, in catalog order, every stage that is not a cache hit (``check_cache``: done, with
+    the same inputs, settings and code); each task waits for the upstream tasks of this flow run
+    (skipped stages have no task here: their outputs are already there)."""
     states: dict[str, Any] = {}
     results: dict[str, Any] = {}
-    for stage in todo:
+    for stage in catalog.STAGES:
+        if check_cache(ref, stage).hit:
+            continue
         upstream = [states[s] for s in catalog.spec(stage).upstream() if s in states]
         state = STAGE_TASKS[stage](ref, wait_for=upstream, return_state=True)
         results[stage] = state.result()  # re-raises the stage's error
@@ -85,13 +92,16 @@ def _attach_summary(ref: RunRef) -> None:
 
 
 def build_overrides(
-    max_pages: int | None, max_images: int | None, overrides: dict[str, Any] | None
+    max_pages: int | None, max_images: int | None, overrides: dict[str, Any] | None, concept: str | None = None
 ) -> dict[str, Any]:
+    """The flow's typed parameters as config overrides (on top of the free-form ``overrides``)."""
     out = dict(overrides or {})
     if max_pages is not None:
         out["crawl.max_pages"] = max_pages
     if max_images is not None:
         out["crawl.max_images"] = max_images
+    if concept is not None:
+        out["deploy.registered_model_name"] = concept
     return out
 
 
@@ -105,7 +115,7 @@ def run_name(params: Mapping[str, Any]) -> str:
     if resume:
         try:
             cfg = load_config(profile, build_overrides(params.get("max_pages"), params.get("max_images"),
-                                                       params.get("overrides")))
+                                                       params.get("overrides"), params.get("concept")))
             topics = [str(t) for t in run_store_for(cfg).open(resume).state()["topics"]]
         except FactoryError:
             topics = []
@@ -119,29 +129,39 @@ def _flow_run_name() -> str:
     return run_name(flow_run.parameters)
 
 
-@flow(name="lora-factory", flow_run_name=_flow_run_name)
+Topic = Annotated[str, Field(min_length=1, max_length=10_000)]
+
+
+@flow(name="lora-factory", flow_run_name=_flow_run_name, validate_parameters=True)
 def lora_factory(
-    topics: list[str],
-    profile: str = "tiny",
-    max_pages: int | None = None,
-    max_images: int | None = None,
+    topics: list[Topic] | None = None,
+    profile: Annotated[str, Field(min_length=1)] = "tiny",
+    concept: Annotated[str | None, Field(min_length=1, max_length=200)] = None,
+    max_pages: Annotated[int | None, Field(ge=1)] = None,
+    max_images: Annotated[int | None, Field(ge=1)] = None,
+    topics_file: str | None = None,
     overrides: dict[str, Any] | None = None,
     resume_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run every stage that is not done yet; returns where the results are."""
+    """Run every stage whose result is not cached; returns where the results are.
+
+    ``topics`` (or ``topics_file``: one per line, or YAML, on the worker's disk) for a new run;
+    ``concept`` names the registered model the LoRA competes in (``deploy.registered_model_name``);
+    ``max_pages``/``max_images`` bound the crawl; ``overrides`` are ``--set``-style settings.
+    Prefect validates each before the run starts."""
     log = get_logger()
-    extra = build_overrides(max_pages, max_images, overrides)
+    extra = build_overrides(max_pages, max_images, overrides, concept)
     cfg = load_config(profile, extra)
     if resume_run_id:
         check_services(cfg)
         ref = resume_run(cfg, resume_run_id, extra)  # the run's own topics and config
     else:
-        ref = start_run(cfg, preflight(cfg, topics))
+        wanted = list(topics or []) + (read_topics_file(Path(topics_file)) if topics_file else [])
+        ref = start_run(cfg, preflight(cfg, wanted))
     try:  # from here on, finish_run records the end and releases the run's lock
-        todo = pending_stages(ref)
-        log.info("run %s: stages to run: %s", ref.run_id, ", ".join(todo) or "none")
+        log.info("run %s: stages not done yet: %s", ref.run_id, ", ".join(pending_stages(ref)) or "none")
         _attach_dag(ref)
-        results = run_stages(ref, todo)
+        results = run_stages(ref)
     except FactoryError as e:
         finish_run(ref, ok=False, error=str(e))
         _attach_summary(ref)

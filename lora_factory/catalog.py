@@ -76,6 +76,10 @@ class StageSpec:
     doc: str
     reads: tuple[Output, ...] = ()
     writes: tuple[Output, ...] = field(default_factory=tuple)
+    # What else its results depend on (``stage_keys``): the config sections or dotted settings it
+    # reads, and the modules whose source is its code.
+    settings: tuple[str, ...] = ()
+    code: tuple[str, ...] = ()
 
     def upstream(self) -> list[str]:
         """The stages whose outputs this one reads, in first-read order."""
@@ -125,22 +129,31 @@ DEPLOY_DECISION = _out("deploy", "decision", "decision.json", Json(), "registere
 
 SPECS: tuple[StageSpec, ...] = (
     StageSpec("crawl", "topics -> candidate images with provenance (Scrapy)",
-              reads=(), writes=(CRAWL_ITEMS, CRAWL_IMAGES, CRAWL_PAGES, CRAWL_REJECTED, CRAWL_STATS, CRAWL_CONFIG)),
+              reads=(), writes=(CRAWL_ITEMS, CRAWL_IMAGES, CRAWL_PAGES, CRAWL_REJECTED, CRAWL_STATS, CRAWL_CONFIG),
+              settings=("crawl",), code=("tasks.crawl", "spiders")),
     StageSpec("curate", "quality, text, alignment filters and dedup, a reason per drop",
               reads=(CRAWL_ITEMS, CRAWL_IMAGES),
-              writes=(CURATE_DATASET, CURATE_DECISIONS, CURATE_REJECTED, CURATE_EMBEDDINGS, CURATE_STATS, CURATE_REPORT)),
+              writes=(CURATE_DATASET, CURATE_DECISIONS, CURATE_REJECTED, CURATE_EMBEDDINGS, CURATE_STATS, CURATE_REPORT),
+              settings=("curate", "models.text_embedder", "models.clip_scorer", "seed"), code=("tasks.curate",)),
     StageSpec("label", "licence policy, captions chosen by CLIP among candidates, tags, the training folder",
               reads=(CURATE_DATASET, CRAWL_IMAGES, CRAWL_STATS),
               writes=(LABEL_DATASET, LABEL_KOHYA_TOML, LABEL_LABELS, LABEL_CAPTION_STATS, LABEL_DECISIONS,
-                      LABEL_CAPTIONS, LABEL_REPORT, LABEL_DATASHEET)),
+                      LABEL_CAPTIONS, LABEL_REPORT, LABEL_DATASHEET),
+              settings=("label", "models.captioner", "models.tagger", "models.clip_scorer", "seed"),
+              code=("tasks.label",)),
     StageSpec("tune", "the training config for this dataset, explained",
-              reads=(CURATE_STATS, LABEL_CAPTION_STATS), writes=(TUNE_TRAIN_CONFIG, TUNE_RATIONALE)),
+              reads=(CURATE_STATS, LABEL_CAPTION_STATS), writes=(TUNE_TRAIN_CONFIG, TUNE_RATIONALE),
+              settings=("tune", "train", "models.base", "models.base_family"), code=("tasks.tune", "training.tuner")),
     StageSpec("train", "the LoRA (diffusers + PEFT)",
-              reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG), writes=(TRAIN_LORA, TRAIN_SAMPLES)),
+              reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG), writes=(TRAIN_LORA, TRAIN_SAMPLES),
+              settings=("train", "models.base", "models.base_family", "seed"), code=("tasks.train", "training")),
     StageSpec("evaluate", "base vs LoRA on the same seeds",
-              reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG), writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES)),
+              reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG), writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES),
+              settings=("evaluate", "models.base", "models.base_family", "models.clip_scorer", "seed"),
+              code=("tasks.evaluate",)),
     StageSpec("deploy", "register the LoRA, apply the gate, move aliases",
-              reads=(EVAL_RESULT, TRAIN_LORA), writes=(DEPLOY_DECISION,)),
+              reads=(EVAL_RESULT, TRAIN_LORA), writes=(DEPLOY_DECISION,),
+              settings=("deploy",), code=("tasks.deploy", "deploy")),
 )
 
 

@@ -27,6 +27,7 @@ from .errors import FactoryError, StageError
 from .home import home_of, run_store_for
 from .manifest import refresh_run_manifest
 from .runstore import DONE, FAILED, RUNNING, STAGES, RunDir
+from .stage_keys import CacheDecision, decide, key_of, key_parts, output_digests
 from .tracking import Tracker
 
 
@@ -162,7 +163,9 @@ def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
         raise StageError(line)
     tracker = ref.tracker()
     log = get_logger()
-    previous = run.state()["stages"].get(name, {})
+    state = run.state()
+    parts = key_parts(state, name, ref.config.model_dump(mode="json"), run.stage_path)
+    previous = state["stages"].get(name, {})
     if previous.get("status") in (FAILED, RUNNING) and previous.get("mlflow_run_id"):
         # A resumed stage logs into the run of its failed attempt, so step axes continue.
         mlflow_run_id = previous["mlflow_run_id"]
@@ -183,6 +186,7 @@ def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
                 if unwritten:
                     raise StageContractError(
                         f"stage '{name}' did not write {', '.join(unwritten)}, which it declares")
+                digests = output_digests(spec, out)
             except BaseException:
                 _keep_partial_outputs(tracker, mlflow_run_id, out)
                 raise
@@ -198,10 +202,25 @@ def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
     seconds = round(time.monotonic() - started, 2)
     tracker.log_metrics(mlflow_run_id, {"stage_seconds": seconds})
     tracker.end(mlflow_run_id)
-    run.set_stage(name, DONE, seconds=seconds, summary=_jsonable(stage.summary))
+    run.set_stage(name, DONE, seconds=seconds, summary=_jsonable(stage.summary),
+                  key=key_of(parts), key_parts=parts, outputs=digests)
     run.clear_scratch(name)
     refresh_run_manifest(run, STAGES)
     log.info("%s: done in %.1fs", name, seconds)
+
+
+def check_cache(ref: RunRef, name: str) -> CacheDecision:
+    """Whether stage ``name`` of the run can be skipped (``stage_keys``), recorded in run.json
+    (``stages.<name>.cache``) and as the ``cache.<name>`` tag of the run's MLflow parent run."""
+    run = ref.run_dir()
+    state = run.state()
+    decision = decide(state, name, ref.config.model_dump(mode="json"), run.stage_path)
+    state["stages"].setdefault(name, {})["cache"] = decision.as_record()
+    run.write_state(state)
+    ref.tracker().set_tags(ref.parent_run_id, {f"cache.{name}": "hit" if decision.hit else "miss",
+                                               f"cache.{name}.reason": decision.reason})
+    get_logger().info("%s: cache %s (%s)", name, "hit" if decision.hit else "miss", decision.reason)
+    return decision
 
 
 def _keep_partial_outputs(tracker: Tracker, mlflow_run_id: str, out: Path) -> None:

@@ -19,7 +19,6 @@ from .firstrun import ensure_tracking_store
 from .home import Home, run_store_for
 from .names import control_characters, run_label
 from .profiles import config_from_data, env_var
-from .rerun import mark_for_rerun, stages_to_rerun
 from .runstore import DONE, STAGES, RunDir, now_iso
 from .secrets import restore_secrets
 from .services import check_redis
@@ -188,8 +187,8 @@ def resume_run(cfg: FactoryConfig, run_id: str, overrides: Mapping[str, Any] | N
     The run keeps the topics and config it started with, so finished stages' outputs still
     agree with the rest; ``overrides`` (e.g. the setting that made a stage fail) apply on top
     and are recorded in run.json. This process locks the run (``runlock``) and clears what
-    killed stages left in staging. A stage whose section an override names runs again, with
-    every stage downstream of it (``rerun``).
+    killed stages left in staging. Which finished stages run again is the flow's cache decision
+    (``stage_keys``): those whose inputs, settings or code changed.
     """
     run = run_store_for(cfg).open(run_id)
     runlock.hold(run)
@@ -199,8 +198,7 @@ def resume_run(cfg: FactoryConfig, run_id: str, overrides: Mapping[str, Any] | N
             raise StoreError(f"run '{run_id}' never started tracking: start a new run instead")
         saved = with_current_locations(resume_config(cfg, state, overrides), cfg, state["config"])
         run.clear_staging()
-        rerun = mark_for_rerun(run, stages_to_rerun(overrides or {}, state["config"]))  # changed settings: redo
-        resumes = state.get("resumes", []) + [{"at": now_iso(), "overrides": dict(overrides or {}), "rerun": rerun}]
+        resumes = state.get("resumes", []) + [{"at": now_iso(), "overrides": dict(overrides or {})}]
         run.update(config=saved.model_dump(mode="json"), resumes=resumes, status="running", error=None)
         ensure_tracking_store(saved)
         make_tracker(saved).reopen(state["mlflow_parent_run_id"])

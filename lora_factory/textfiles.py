@@ -44,3 +44,17 @@ def parse_user_yaml(text: str, where: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where} is not valid YAML ({yaml_problem(exc)})") from None
+
+
+def read_topics_file(path: Path) -> list[str]:
+    """Topics from a text file (one per line) or a YAML list / mapping with ``topics:``."""
+    if not path.exists():
+        raise ConfigError(f"topics file {path} does not exist")
+    text = read_user_text(path, "topics file")
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    data: Any = parse_user_yaml(text, f"topics file {path}") if yaml_file else text.splitlines()
+    if isinstance(data, dict):
+        data = data.get("topics")
+    if not isinstance(data, list):
+        raise ConfigError(f"{path} must be a list of topics or a mapping with 'topics:'")
+    return [str(t) for t in data]

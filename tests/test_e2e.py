@@ -67,6 +67,9 @@ def test_resume_finishes_without_recrawling(factory_run: dict) -> None:
     assert crawl_history == ["running", "done"]  # the crawl ran once
     assert state["config"]["curate"]["min_side"] == 64
     assert state["resumes"][0]["overrides"]["curate.min_side"] == 64
+    assert state["stages"]["crawl"]["cache"]["decision"] == "hit"
+    assert state["stages"]["curate"]["cache"]["decision"] == "miss"
+    assert state["stages"]["curate"]["cache"]["reason"].startswith("was failed")
 
 
 def test_every_stage_wrote_its_outputs(factory_run: dict) -> None:
@@ -230,14 +233,18 @@ def test_a_copied_home_lists_resumes_and_opens_its_runs(factory_run: dict) -> No
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"run directory {home / 'runs' / run_id}" in resumed.stdout
     state = json.loads((home / "runs" / run_id / "run.json").read_text())
+    # nothing changed: every stage is a cache hit and nothing ran again
+    assert {s: state["stages"][s]["cache"]["decision"] for s in STAGES} == dict.fromkeys(STAGES, "hit")
+    assert [h["status"] for h in state["stages"]["train"]["history"]] == ["running", "done"]
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     parent = client.get_run(state["mlflow_parent_run_id"])
     assert parent.info.artifact_uri.startswith((home / "mlartifacts").as_uri())
+    assert parent.data.tags["cache.train"] == "hit"
 
 
 def test_an_edited_review_sheet_changes_the_trained_captions(factory_run: dict) -> None:
     """The review loop through the CLI: edit label/captions.csv, resume with label.review_file;
-    label and every stage after it run again (crawl and curate do not), the edited caption is
+    label and every stage after it run again (crawl and curate are cache hits), the edited caption is
     recorded as human, and the training that follows used it. Runs last: it re-trains the run."""
     import csv
 
@@ -259,10 +266,14 @@ def test_an_edited_review_sheet_changes_the_trained_captions(factory_run: dict) 
                       "--set", f"label.review_file={sheet}", cwd=factory_run["tmp"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((run_dir / "run.json").read_text())
-    assert state["resumes"][-1]["rerun"] == ["label", "tune", "train", "evaluate", "deploy"]
+    decisions = {s: state["stages"][s]["cache"] for s in STAGES}
+    missed = [s for s in STAGES if decisions[s]["decision"] == "miss"]
+    assert missed[0] == "label" and {"train", "evaluate", "deploy"} <= set(missed)  # tune: if the stats moved
+    assert decisions["label"]["reason"] == "changed: settings"
+    assert decisions["train"]["reason"].startswith("changed: input label.")
     for stage in ("crawl", "curate"):
         assert state["stages"][stage]["history"] == before["stages"][stage]["history"]
-    assert [h["status"] for h in state["stages"]["label"]["history"][-3:]] == ["pending", "running", "done"]
+    assert [h["status"] for h in state["stages"]["label"]["history"][-2:]] == ["running", "done"]
     labels = {r["item_id"]: r for r in pq.read_table(run_dir / "label" / "labels.parquet").to_pylist()}
     assert labels[rows[0]["item_id"]]["caption"] == edited
     assert labels[rows[0]["item_id"]]["caption_source"] == "human"

@@ -1,5 +1,6 @@
 """The review loop: captions.csv out, a person's edits back in (source "human"), mistakes in the
-sheet as one line each, and a resume with label.review_file re-running label and every stage after."""
+sheet as one line each, and the edited sheet applied on a re-label (the resume that re-runs label and what follows
+is in test_stage_keys and test_e2e)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import pytest
 from lora_factory.catalog import CURATE_DATASET, LABEL_CAPTIONS, LABEL_DECISIONS, LABEL_LABELS
 from lora_factory.errors import ConfigError
 from lora_factory.profiles import load_config
-from lora_factory.rerun import stages_to_rerun
-from lora_factory.runstore import DONE, PENDING
 from spiders.sources.demo_site import generate_demo_site
 from tasks.label.stage import LabelModels, run_label
 
@@ -113,38 +112,3 @@ def test_a_sheet_saved_by_a_spreadsheet_still_reads(labelled: dict) -> None:
     out = _relabel(labelled, sheet, "excel")
     labels = {lab["item_id"]: lab for lab in LABEL_LABELS.read(out).to_pylist()}
     assert labels[rows[0]["item_id"]]["caption"] == "lfstyle, a lighthouse, edited in a spreadsheet"
-
-
-def test_overrides_name_the_stages_to_run_again() -> None:
-    assert stages_to_rerun({"label.review_file": "x.csv"}) == ["label", "tune", "train", "evaluate", "deploy"]
-    assert stages_to_rerun({"train.max_steps": 5, "evaluate.seed": 1}) == ["train", "evaluate", "deploy"]
-    assert stages_to_rerun({"crawl.max_pages": 3})[0] == "crawl"
-    assert stages_to_rerun({"models.base": "tiny:sd", "home": "/x", "store.root": "/y"}) == []
-    recorded = {"train": {"max_steps": 5}, "crawl": {"redis_url": "redis://:***@h"}, "label": {"review_file": "x.csv"}}
-    assert stages_to_rerun({"train.max_steps": 5, "crawl.redis_url": "redis://:secret@h"}, recorded) == []
-    assert stages_to_rerun({"train.max_steps": 6}, recorded) == ["train", "evaluate", "deploy"]
-    assert stages_to_rerun({"label.review_file": "x.csv"}, recorded)[0] == "label"  # the file may have changed
-
-
-def test_resume_with_a_review_file_marks_label_and_downstream_pending(tmp_path: Path) -> None:
-    from lora_factory import runlock
-    from lora_factory.lifecycle import pending_stages, resume_run, start_run
-
-    cfg = load_config("tiny", {"home": str(tmp_path / "home")}, environ={})
-    ref = start_run(cfg, ["lighthouse"])
-    run = ref.run_dir()
-    runlock.release(run)  # as the process that started it would at its end
-    for stage in ("crawl", "curate", "label", "tune", "train", "evaluate", "deploy"):
-        run.set_stage(stage, DONE)
-    assert pending_stages(ref) == []
-    again = resume_run(cfg, ref.run_id, {"label.review_file": str(tmp_path / "sheet.csv")})
-    assert pending_stages(again) == ["label", "tune", "train", "evaluate", "deploy"]
-    state = run.state()
-    assert state["stages"]["curate"]["status"] == DONE and state["stages"]["label"]["status"] == PENDING
-    assert state["resumes"][-1]["rerun"] == ["label", "tune", "train", "evaluate", "deploy"]
-    assert again.config.label.review_file == str(tmp_path / "sheet.csv")
-    runlock.release(run)
-    # Resuming with nothing that names a stage re-runs nothing that is done.
-    for stage in pending_stages(again):
-        run.set_stage(stage, DONE)
-    assert pending_stages(resume_run(cfg, ref.run_id, {"store.root": cfg.store.root})) == []
