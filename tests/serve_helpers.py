@@ -51,7 +51,7 @@ def request(method: str, url: str, body: Any = None, token: str | None = None,
         return e.code, dict(e.headers), e.read()
 
 
-def wait_for(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 180) -> None:
+def wait_for(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 600) -> None:
     """Poll ``url`` until it answers 200 (bounded); fail early if ``proc`` died."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -76,7 +76,8 @@ def free_port() -> int:
 
 @contextmanager
 def serve_process(home: Path, token: str, *sets: str, tracking_uri: str | None = None,
-                  feedback_url: str | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+                  feedback_url: str | None = None, env: dict[str, str] | None = None,
+                  ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``lora-factory serve`` in a subprocess on a free loopback port; yields (base URL, process)."""
     port = free_port()
     args = [str(Path(sys.executable).parent / "lora-factory"), "serve", "--home", str(home),
@@ -87,7 +88,7 @@ def serve_process(home: Path, token: str, *sets: str, tracking_uri: str | None =
         args += ["--set", f"serve.feedback_url={feedback_url}"]
     for s in sets:
         args += ["--set", s]
-    env = {**os.environ, "LORA_FACTORY_SERVE_TOKEN": token}
+    env = {**os.environ, **(env or {}), "LORA_FACTORY_SERVE_TOKEN": token}
     home.mkdir(parents=True, exist_ok=True)
     log = (home / f"serve-{port}.log").open("wb")
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=home)
@@ -104,3 +105,61 @@ def serve_process(home: Path, token: str, *sets: str, tracking_uri: str | None =
                 proc.kill()
                 proc.wait(30)
         log.close()
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """A uvicorn server of ``app`` in a thread on a free loopback port; yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{base}/health", timeout_s=60)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def random_lora(model_cache: Path, out_dir: Path, seed: int) -> Path:
+    """A diffusers-format LoRA file for ``tiny:sd`` with random (non-zero) weights, saved by the
+    trainer's own ``save_lora``: what a trained adapter looks like, in a second, not a run."""
+    import torch
+
+    from lora_factory.config import TrainConfig
+    from lora_factory.models import load_pipeline
+    from training.lora import add_unet_lora, save_lora
+
+    pipe = load_pipeline("tiny:sd", "sd15", model_cache)
+    add_unet_lora(pipe.unet, TrainConfig(rank=4), seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return save_lora(pipe, out_dir)
+
+
+def register_champion(tracking_uri: str, artifact_root: Path, concept: str, lora_file: Path,
+                      base_ref: str = "tiny:sd") -> str:
+    """Log ``lora_file``'s folder to a run, register it as ``concept``'s newest version and
+    point ``champion`` at it (what deploy does for a promoted candidate); returns the version."""
+    from deploy.serving.champion import CHAMPION_ALIAS, registered_model_for
+    from lora_factory.tracking import Tracker
+
+    tracker = Tracker(tracking_uri, "serve-tests", artifact_root)
+    run_id = tracker.start_parent(f"serve-{concept}")
+    tracker.log_artifacts(run_id, lora_file.parent, "lora")
+    name = registered_model_for(concept)
+    version = tracker.register(name, run_id, "lora", tags={"base_model": base_ref})
+    tracker.set_alias(name, CHAMPION_ALIAS, version)
+    tracker.end(run_id)
+    return version
