@@ -245,3 +245,21 @@ def test_answered_feedback_survives_a_sigkilled_server(tmp_path: Path, feedback_
         assert status == 200 and json.loads(raw)["count"] == 40
     assert "LORA_FACTORY_SERVE_TOKEN" not in os.environ  # the token went to the child only
     assert TOKEN not in "".join(p.read_text() for p in home.glob("serve-*.log"))
+
+
+@pytest.mark.parametrize(("token", "sets", "message"), [
+    ("", [], "error: set LORA_FACTORY_SERVE_TOKEN to a bearer token of at least 16 characters"),
+    (TOKEN, ["serve.feedback_url=not a url"], "error: serve.feedback_url = 'not a url' is not a database URL"),
+    (TOKEN, ["serve.port=99999"], "error: config error"),
+])
+def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path, token: str, sets: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    args = [str(Path(sys.executable).parent / "lora-factory"), "serve", "--home", str(tmp_path)]
+    for s in sets:
+        args += ["--set", s]
+    env = {**os.environ, "LORA_FACTORY_SERVE_TOKEN": token}
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
