@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_factory.errors import FactoryError
-from lora_factory.names import mlflow_key, topic_key
+from lora_factory.names import topic_key
 
 CHAMPION_ALIAS = "champion"
 BASE_TAG = "base_model"
@@ -32,8 +32,9 @@ class Champion:
 
 
 def registered_model_for(concept: str) -> str:
-    """A concept's registered model name (``models:/<concept>@champion``)."""
-    return mlflow_key(concept)
+    """A concept's registered model name (``models:/<concept>@champion``): the concept itself,
+    as the deploy stage names it."""
+    return concept.strip()
 
 
 def champion_version(tracking_uri: str, concept: str) -> tuple[str, dict[str, str]]:
