@@ -37,10 +37,13 @@ def test_feedback_round_trip_and_questions_of_the_triggers(store_url: str) -> No
         store.add_feedback("sailboat", 4)
         assert store.count_feedback() == 3 and store.count_feedback("lighthouse") == 2
         assert [r for _, r in store.recent_ratings("lighthouse", 10)] == [5, 2]
-        assert store.count_since("lighthouse", first) == 1
-        assert store.last_trigger("lighthouse", "lora.feedback.low-rating") == 0
-        store.record_trigger("lighthouse", "lora.feedback.low-rating", first, {"mean": 2.0})
-        assert store.last_trigger("lighthouse", "lora.feedback.low-rating") == first
+        low, new = "lora.feedback.low-rating", "lora.feedback.new-data"
+        assert store.counts_since_triggers("lighthouse", (low, new)) == {low: 2, new: 2}
+        assert store.last_trigger("lighthouse", low) == 0
+        store.record_trigger("lighthouse", low, first, {"mean": 2.0})
+        assert store.last_trigger("lighthouse", low) == first
+        assert store.counts_since_triggers("lighthouse", (low, new)) == {low: 1, new: 2}
+        assert store.counts_since_triggers("nothing", (low,)) == {low: 0}
         rows = store.feedback_rows("lighthouse")
         assert rows[0]["prompt"] == "a lighthouse at dusk" and rows[0]["corrected_caption"].endswith("lighthouse")
         assert rows[1]["prompt"] is None and rows[1]["run_id"] == "run-1"

@@ -24,7 +24,7 @@ from .champion import NoChampionError
 from .feedback_store import FeedbackStore
 from .limits import BodyLimitMiddleware, RateLimiter
 from .metrics import CONTENT_TYPE, MetricsMiddleware, ServeMetrics
-from .triggers import Emitter, due_events, fire
+from .triggers import Emitter, due_events, record
 
 
 class GenerateRequest(BaseModel):
@@ -146,10 +146,11 @@ def _feedback(svc: Service, req: FeedbackRequest) -> dict[str, Any]:
     svc.metrics.feedback.labels(concept, str(req.rating)).inc()
     events: list[str] = []
     if svc.cfg.emit_events:
-        with svc.trigger_lock:
+        with svc.trigger_lock:  # one decision at a time, so an event is not sent twice
             due = due_events(svc.store, concept, svc.cfg)
-            fire(svc.store, due, svc.emit)
+            record(svc.store, due)
         for event in due:
+            svc.emit(event)
             svc.metrics.events.labels(event.event).inc()
             events.append(event.event)
     return {"id": fid, "concept": concept, "events": events}

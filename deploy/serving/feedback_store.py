@@ -9,7 +9,10 @@ killed process; only a power cut could lose the last commits).
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +31,9 @@ def default_url(home: Path) -> str:
 
 
 def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
+    """Per connection. WAL itself is set once, in ``FeedbackStore.__init__``: it is stored in the
+    file, and asking for it on each new connection takes a lock that races the writers."""
     cur = dbapi_con.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
@@ -71,6 +75,13 @@ class FeedbackStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        # SQLite has one writer at a time; waiting on a Python lock is far cheaper than SQLite's
+        # busy handler, which sleeps in growing steps while 32 threads race for the file lock.
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._write_lock = threading.Lock()
+        if self._sqlite:
+            with self.engine.connect() as con:
+                con.exec_driver_sql("PRAGMA journal_mode=WAL")
         try:
             self.version = migrate(self.engine)
         except sa.exc.OperationalError as e:
@@ -80,10 +91,19 @@ class FeedbackStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    @contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        if not self._sqlite:
+            with self.engine.begin() as con:
+                yield con
+            return
+        with self._write_lock, self.engine.begin() as con:
+            yield con
+
     def add_generation(self, concept: str, model_version: str, prompt: str, seed: int,
                        steps: int) -> Generation:
         gen = Generation(uuid.uuid4().hex, concept, model_version, prompt, seed, steps)
-        with self.engine.begin() as con:
+        with self._writing() as con:
             con.execute(generations.insert().values(**gen.__dict__, created_at=datetime.now(UTC)))
         return gen
 
@@ -97,7 +117,7 @@ class FeedbackStore:
     def add_feedback(self, concept: str, rating: int, *, generation_id: str | None = None,
                      run_id: str | None = None, comment: str | None = None,
                      corrected_caption: str | None = None) -> int:
-        with self.engine.begin() as con:
+        with self._writing() as con:
             result = con.execute(feedback.insert().values(
                 generation_id=generation_id, run_id=run_id, concept=concept, rating=rating,
                 comment=comment, corrected_caption=corrected_caption, created_at=datetime.now(UTC)))
@@ -117,12 +137,19 @@ class FeedbackStore:
         with self.engine.connect() as con:
             return [(int(r.id), int(r.rating)) for r in con.execute(query)]
 
-    def count_since(self, concept: str, after_id: int) -> int:
-        """Feedback rows of ``concept`` newer than ``after_id`` (each is a rated sample)."""
-        query = (sa.select(sa.func.count()).select_from(feedback)
-                 .where(feedback.c.concept == concept, feedback.c.id > after_id))
+    def counts_since_triggers(self, concept: str, events: tuple[str, ...]) -> dict[str, int]:
+        """For each event, the feedback rows of ``concept`` newer than the last such event sent
+        (all rows when none was): one query, as it runs on every rating."""
+        columns = []
+        for event in events:
+            last = (sa.select(sa.func.coalesce(sa.func.max(trigger_events.c.last_feedback_id), 0))
+                    .where(trigger_events.c.concept == concept, trigger_events.c.event == event)
+                    .scalar_subquery())
+            columns.append(sa.func.count().filter(feedback.c.id > last))
+        query = sa.select(*columns).select_from(feedback).where(feedback.c.concept == concept)
         with self.engine.connect() as con:
-            return int(con.execute(query).scalar_one())
+            row = con.execute(query).one()
+        return {event: int(row[i] or 0) for i, event in enumerate(events)}
 
     def last_trigger(self, concept: str, event: str) -> int:
         """The newest feedback id covered by the last ``event`` sent for ``concept`` (0: none)."""
@@ -133,7 +160,7 @@ class FeedbackStore:
 
     def record_trigger(self, concept: str, event: str, last_feedback_id: int,
                        payload: dict[str, Any]) -> None:
-        with self.engine.begin() as con:
+        with self._writing() as con:
             con.execute(trigger_events.insert().values(
                 concept=concept, event=event, last_feedback_id=last_feedback_id, payload=payload,
                 created_at=datetime.now(UTC)))

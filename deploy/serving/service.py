@@ -14,7 +14,7 @@ from .champion import Champion, champion_version, resolve_champion
 from .feedback_store import FeedbackStore, default_url
 from .limits import RateLimiter
 from .metrics import ServeMetrics
-from .triggers import Emitter, prefect_emitter
+from .triggers import Emitter, prefect_emitter, warm_up_prefect
 
 
 def feedback_url(cfg: FactoryConfig) -> str:
@@ -38,6 +38,8 @@ def make_pool(cfg: FactoryConfig) -> AdapterPool:
 def make_service(cfg: FactoryConfig, token: str, emit: Emitter | None = None,
                  generate: bool = True) -> Service:
     """``generate=False``: a feedback-only service that never loads a model (bench, tests)."""
+    if emit is None and cfg.serve.emit_events:
+        warm_up_prefect()
     return Service(cfg=cfg.serve, token=token, store=FeedbackStore(feedback_url(cfg)),
                    pool=make_pool(cfg) if generate else None, emit=emit or prefect_emitter,
                    metrics=ServeMetrics(), limiter=RateLimiter(cfg.serve.rate_per_s, cfg.serve.rate_burst),

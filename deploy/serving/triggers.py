@@ -42,6 +42,12 @@ class RetrainEvent:
 Emitter = Callable[[RetrainEvent], None]
 
 
+def warm_up_prefect() -> None:
+    """Import Prefect's event client now: the import takes seconds, and the first event would
+    otherwise pay for it inside a feedback request."""
+    import prefect.events  # noqa: F401
+
+
 def prefect_emitter(event: RetrainEvent) -> None:
     """Send to the Prefect API of this process (PREFECT_API_URL). Without one the event stays
     recorded in the store only: ``emit_event`` would start a throwaway Prefect server in this
@@ -63,21 +69,19 @@ def due_events(store: FeedbackStore, concept: str, cfg: ServeConfig) -> list[Ret
         return []
     newest = recent[0][0]
     events = []
-    since_low = store.count_since(concept, store.last_trigger(concept, LOW_RATING))
+    since = store.counts_since_triggers(concept, (LOW_RATING, NEW_DATA))
     mean = sum(r for _, r in recent) / len(recent)
-    if len(recent) >= cfg.low_rating_min_count and since_low >= cfg.low_rating_min_count \
+    if len(recent) >= cfg.low_rating_min_count and since[LOW_RATING] >= cfg.low_rating_min_count \
             and mean < cfg.low_rating_threshold:
         events.append(RetrainEvent(LOW_RATING, concept, newest, {
             "mean_rating": round(mean, 4), "ratings": len(recent), "threshold": cfg.low_rating_threshold}))
-    since_data = store.count_since(concept, store.last_trigger(concept, NEW_DATA))
-    if since_data >= cfg.new_data_count:
-        events.append(RetrainEvent(NEW_DATA, concept, newest, {"new_samples": since_data}))
+    if since[NEW_DATA] >= cfg.new_data_count:
+        events.append(RetrainEvent(NEW_DATA, concept, newest, {"new_samples": since[NEW_DATA]}))
     return events
 
 
-def fire(store: FeedbackStore, events: list[RetrainEvent], emit: Emitter) -> None:
-    """Record, then emit: a crash between the two loses one event rather than repeating it
+def record(store: FeedbackStore, events: list[RetrainEvent]) -> None:
+    """Record before emitting: a crash between the two loses one event rather than repeating it
     on every rating after a restart."""
     for event in events:
         store.record_trigger(event.concept, event.event, event.last_feedback_id, event.payload)
-        emit(event)
