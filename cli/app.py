@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dag, look, run, server, settings, tune
+from . import dag, look, run, serve, server, settings, tune
 
 app = typer.Typer(
     add_completion=False,
@@ -20,6 +20,7 @@ app.command()(settings.config)
 app.command()(settings.profiles)
 app.command()(dag.dag)
 app.command()(server.server)
+app.command()(serve.serve)
 app.command()(tune.tune)
 
 

@@ -394,6 +394,30 @@ class ServerConfig(Section):
     start_timeout_s: float = Field(180.0, gt=0)
 
 
+class ServeConfig(Section):
+    """``lora-factory serve``: the HTTP service of each concept's ``champion`` LoRA and the
+    feedback store. The bearer token of the feedback and admin routes is read from the environment
+    variable named by ``token_env`` (never from a file, never logged)."""
+
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = Field(8000, ge=0, le=65535)  # 0: a free port
+    feedback_url: str = ""  # SQLAlchemy URL; empty: sqlite:///<home>/feedback.db
+    token_env: str = Field("LORA_FACTORY_SERVE_TOKEN", min_length=1)
+    max_body_bytes: int = Field(16_384, ge=256)
+    rate_per_s: float = Field(20.0, ge=0)  # per client address; 0: no limit
+    rate_burst: int = Field(40, ge=1)
+    max_steps: int = Field(50, ge=1)
+    max_prompt_chars: int = Field(500, ge=1)
+    alias_refresh_s: float = Field(5.0, ge=0)  # how often a concept's champion alias is re-read
+    device: str = "cpu"
+    # retrain triggers: a low rolling mean rating, or enough new rated / corrected samples
+    low_rating_threshold: float = Field(2.5, ge=1, le=5)
+    low_rating_min_count: int = Field(10, ge=1)
+    rating_window: int = Field(50, ge=1)
+    new_data_count: int = Field(50, ge=1)
+    emit_events: bool = True
+
+
 class FactoryConfig(Section):
     """One factory run's settings: a profile plus overrides."""
 
@@ -411,6 +435,7 @@ class FactoryConfig(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @field_validator("profile")
     @classmethod

@@ -24,7 +24,7 @@ from .textfiles import parse_user_yaml, read_user_text
 
 ENV_PREFIX = "LORA_FACTORY_"
 # Variables with the prefix that are not config keys (they steer the CLI or tests).
-ENV_RESERVED = {"LORA_FACTORY_CONFIG_DIR"}
+ENV_RESERVED = {"LORA_FACTORY_CONFIG_DIR", "LORA_FACTORY_SERVE_TOKEN"}  # the token: no config key
 
 
 def profiles_dir() -> Path:

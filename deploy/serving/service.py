@@ -1,0 +1,46 @@
+"""Assemble the service from the factory's settings: store, adapter pool, metrics, limits."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from lora_factory.config import FactoryConfig
+from lora_factory.home import home_of
+
+from .adapters import AdapterPool
+from .app import Service
+from .champion import Champion, champion_version, resolve_champion
+from .feedback_store import FeedbackStore, default_url
+from .limits import RateLimiter
+from .metrics import ServeMetrics
+from .triggers import Emitter, prefect_emitter, warm_up_prefect
+
+
+def feedback_url(cfg: FactoryConfig) -> str:
+    return cfg.serve.feedback_url or default_url(Path(cfg.home))
+
+
+def make_pool(cfg: FactoryConfig) -> AdapterPool:
+    home = home_of(cfg)
+    uri, downloads = cfg.tracking.uri, home.work / "serve" / "loras"
+
+    def resolve(concept: str) -> Champion:
+        return resolve_champion(uri, concept, downloads)
+
+    def version_of(concept: str) -> str:
+        return champion_version(uri, concept)[0]
+
+    return AdapterPool(resolve, version_of, home.models, device=cfg.serve.device,
+                       refresh_s=cfg.serve.alias_refresh_s)
+
+
+def make_service(cfg: FactoryConfig, token: str, emit: Emitter | None = None,
+                 generate: bool = True) -> Service:
+    """``generate=False``: a feedback-only service that never loads a model (bench, tests)."""
+    if emit is None and cfg.serve.emit_events:
+        warm_up_prefect()
+    return Service(cfg=cfg.serve, token=token, store=FeedbackStore(feedback_url(cfg)),
+                   pool=make_pool(cfg) if generate else None, emit=emit or prefect_emitter,
+                   metrics=ServeMetrics(), limiter=RateLimiter(cfg.serve.rate_per_s, cfg.serve.rate_burst),
+                   trigger_lock=threading.Lock())

@@ -1,0 +1,131 @@
+"""The feedback store: migrations keep rows, PostgreSQL by URL, committed rows survive SIGKILL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from deploy.serving import schema
+from deploy.serving.feedback_store import FeedbackStore
+from lora_factory.errors import ConfigError, StoreError
+
+from .serve_helpers import postgres_db
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'feedback.db'}"
+    else:
+        with postgres_db() as url:
+            yield url
+
+
+def test_feedback_round_trip_and_questions_of_the_triggers(store_url: str) -> None:
+    store = FeedbackStore(store_url)
+    try:
+        gen = store.add_generation("lighthouse", "3", "a lighthouse at dusk", 7, 4)
+        assert store.generation(gen.id) == gen and store.generation("nope") is None
+        first = store.add_feedback("lighthouse", 2, generation_id=gen.id, comment="blurry",
+                                   corrected_caption="lfstyle, a red lighthouse")
+        store.add_feedback("lighthouse", 5, run_id="run-1")
+        store.add_feedback("sailboat", 4)
+        assert store.count_feedback() == 3 and store.count_feedback("lighthouse") == 2
+        assert [r for _, r in store.recent_ratings("lighthouse", 10)] == [5, 2]
+        low, new = "lora.feedback.low-rating", "lora.feedback.new-data"
+        assert store.counts_since_triggers("lighthouse", (low, new)) == {low: 2, new: 2}
+        assert store.last_trigger("lighthouse", low) == 0
+        store.record_trigger("lighthouse", low, first, {"mean": 2.0})
+        assert store.last_trigger("lighthouse", low) == first
+        assert store.counts_since_triggers("lighthouse", (low, new)) == {low: 1, new: 2}
+        assert store.counts_since_triggers("nothing", (low,)) == {low: 0}
+        rows = store.feedback_rows("lighthouse")
+        assert rows[0]["prompt"] == "a lighthouse at dusk" and rows[0]["corrected_caption"].endswith("lighthouse")
+        assert rows[1]["prompt"] is None and rows[1]["run_id"] == "run-1"
+    finally:
+        store.close()
+
+
+def test_a_migration_keeps_the_rows_of_an_older_schema(store_url: str) -> None:
+    engine = sa.create_engine(store_url)
+    assert schema.migrate(engine, target=1) == 1
+    with engine.begin() as con:
+        con.execute(schema.feedback.insert().values(concept="old", rating=3, created_at=sa.func.now()))
+        assert not sa.inspect(con).has_table("trigger_events")
+    engine.dispose()
+    store = FeedbackStore(store_url)  # migrates 1 -> 2
+    try:
+        assert store.version == schema.LATEST == 2
+        assert store.count_feedback("old") == 1
+        assert store.last_trigger("old", "x") == 0  # the new table is there
+        with store.engine.connect() as con:
+            assert [r.version for r in con.execute(sa.select(schema.schema_version))] == [1, 2]
+    finally:
+        store.close()
+    assert FeedbackStore(store_url).version == 2  # reopening applies nothing twice
+
+
+def test_a_newer_database_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    FeedbackStore(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as con:
+        con.execute(schema.schema_version.insert().values(version=99, applied_at=sa.func.now()))
+    engine.dispose()
+    with pytest.raises(StoreError, match="schema version 99, newer"):
+        FeedbackStore(url)
+
+
+def test_bad_urls_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a database URL"):
+        FeedbackStore("not a url")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StoreError, match="cannot be created"):
+        FeedbackStore(f"sqlite:///{tmp_path / 'a-file' / 'f.db'}")
+
+
+@pytest.mark.services
+def test_a_missing_postgresql_database_is_one_line() -> None:
+    with pytest.raises(StoreError, match="cannot be opened") as info:
+        FeedbackStore("postgresql://postgres@127.0.0.1:5432/lf_serve_no_such_db")
+    assert "\n" not in str(info.value)
+
+
+WRITER = """
+import sys
+from deploy.serving.feedback_store import FeedbackStore
+store = FeedbackStore(sys.argv[1])
+i = 0
+while True:
+    i += 1
+    fid = store.add_feedback("kill", 1 + i % 5, comment=f"row {i}")
+    print(fid, flush=True)
+"""
+
+
+def test_every_committed_row_survives_sigkill(store_url: str) -> None:
+    """A writer process reports each committed id, then is killed with SIGKILL mid-stream."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, store_url], stdout=subprocess.PIPE, text=True)
+    seen: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(int(line))
+            if len(seen) >= 200:
+                break
+    finally:
+        proc.kill()  # SIGKILL: no atexit, no flush, no close
+        proc.wait(60)
+    assert len(seen) == 200
+    store = FeedbackStore(store_url)
+    try:
+        with store.engine.connect() as con:
+            ids = {r.id for r in con.execute(sa.select(schema.feedback.c.id))}
+        assert set(seen) <= ids
+    finally:
+        store.close()
