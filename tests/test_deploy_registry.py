@@ -118,3 +118,20 @@ def test_the_champion_is_an_mlflow_model_that_pyfunc_loads_and_generates_with(
     out = model.predict({"prompt": ["lfstyle a lighthouse"]},
                         params={"num_inference_steps": 2, "height": 64, "width": 64, "guidance_scale": 1.0})
     assert Image.open(io.BytesIO(out[0])).size == (64, 64)
+
+
+def test_rollback_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    tracker = _tracker(tmp_path)
+    v1, v2 = _deploy(tracker, 0.2, win=True), _deploy(tracker, 0.3, win=True)
+    args = ["rollback", "lighthouse", "--tracking-uri", tracker.uri, "--home", str(tmp_path / "home")]
+    done = CliRunner().invoke(app, [*args, "--reason", "faces melt"])
+    assert done.exit_code == 0, done.output
+    assert f"champion v{v2} -> v{v1}" in done.output
+    assert aliases(tracker, "lighthouse")["champion"] == v1
+    refused = CliRunner().invoke(app, ["rollback", "nope", "--reason", "x", "--tracking-uri", tracker.uri,
+                                       "--home", str(tmp_path / "home")])
+    assert refused.exit_code == 2 and "error: concept 'nope' has no champion" in refused.output
