@@ -22,6 +22,7 @@ app.command()(dag.dag)
 app.command()(server.server)
 app.command()(tune.tune)
 app.command()(deploy.rollback)
+app.command()(deploy.approve)
 
 
 def main() -> None:  # pragma: no cover - console entry point

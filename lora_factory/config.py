@@ -386,6 +386,11 @@ class DeployConfig(Section):
     champion_alias: str = "champion"
     previous_alias: str = "previous"
     gate: GateConfig = Field(default_factory=GateConfig)
+    # "required": a candidate that passes the gate waits for a person (`lora-factory approve RUN`
+    # or the Prefect UI) before it becomes champion; after approval_timeout_s, on_timeout decides.
+    approval: Literal["required", "none"] = "none"
+    approval_timeout_s: int = Field(86400, ge=1)
+    on_timeout: Literal["reject", "approve", "wait"] = "reject"  # wait: no timeout
 
 
 class StoreConfig(Section):

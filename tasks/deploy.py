@@ -7,8 +7,10 @@ effects (registry, ``deploy/decision.json``, the MLflow run, a Prefect markdown 
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
+from deploy.approval import ApprovalOutcome, ask, decide
 from deploy.decision import dataset_hash, decision_record, licence_summary, version_tags
 from deploy.gate import GateDecision, gate, render_markdown
 from deploy.registry import (
@@ -19,7 +21,7 @@ from deploy.registry import (
     promote,
     register_candidate,
 )
-from lora_factory.catalog import DEPLOY_DECISION, EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
+from lora_factory.catalog import DEPLOY_DECISION, EVAL_GRID, EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
 from lora_factory.context import RunRef, Stage, get_logger, run_stage
 from lora_factory.home import home_of
 
@@ -40,9 +42,10 @@ def _facts(st: Stage, ref: RunRef) -> dict[str, str]:
 
 def _publish(st: Stage, record: dict[str, Any], decision: GateDecision) -> None:
     """The decision on the MLflow run (tags, metric, markdown) and as a Prefect artifact."""
-    markdown = render_markdown(decision, record["concept"])
+    markdown = render_markdown(decision, record["concept"]) + f"\nApproval: {record['approval']['note']}\n"
     st.tracker.set_tags(st.mlflow_run_id, {"verdict": record["verdict"], "gate": "pass" if decision.promote else "fail",
-                                           "concept": record["concept"], "gate_reason": decision.reason})
+                                           "concept": record["concept"], "gate_reason": decision.reason,
+                                           "approval": record["approval"]["note"]})
     st.tracker.log_text(st.mlflow_run_id, markdown, "deploy/decision.md")
     st.log_metrics({"promoted": float(record["verdict"] == "promoted"), "model_version": float(record["version"])})
     st.log_artifact(st.output_path(DEPLOY_DECISION))
@@ -53,6 +56,22 @@ def _publish(st: Stage, record: dict[str, Any], decision: GateDecision) -> None:
                                  description=f"Gate decision for {record['concept']} v{record['version']}")
     except Exception as e:  # noqa: BLE001 - the decision is recorded; an artifact API hiccup must not undo it
         get_logger().warning("deploy: could not attach the gate artifact: %s", e)
+
+
+def _approval(st: Stage, ref: RunRef, decision: GateDecision, concept: str, version: str) -> ApprovalOutcome:
+    """Ask a person when the gate passed and deploy.approval is required (the flow pauses)."""
+    cfg = st.config.deploy
+    required = cfg.approval == "required" and decision.promote
+    answer = None
+    if required:
+        description = (render_markdown(decision, concept, "Approve this LoRA?")
+                       + f"\nCandidate: `models:/{concept}@{cfg.candidate_alias}` (version {version}); "
+                       f"evaluation grid: `{ref.run_dir().url}/{EVAL_GRID.run_path}`.\n"
+                       f"Answer here or with `lora-factory approve {ref.run_id} [--reject] --comment ...`.\n")
+        get_logger().info("deploy: %s v%s passed the gate; waiting for approval (lora-factory approve %s)",
+                          concept, version, ref.run_id)
+        answer = ask(ref.run_id, description, cfg.approval_timeout_s, cfg.on_timeout)
+    return decide(decision.promote, cfg.approval == "required", answer, cfg.on_timeout)
 
 
 @stage_task(STAGE)
@@ -69,9 +88,12 @@ def deploy_task(ref: RunRef) -> dict[str, Any]:
         version = register_candidate(st.tracker, st.mlflow_run_id, concept, cfg,
                                      version_tags(facts, result, decision),
                                      f"LoRA for {facts['topics']}: {decision.reason}")
-        aliases = promote(st.tracker, concept, version, cfg) if decision.promote else [cfg.candidate_alias]
+        outcome = _approval(st, ref, decision, concept, version)
+        st.tracker.client.set_model_version_tag(concept, version, "approval", outcome.note)
+        aliases = promote(st.tracker, concept, version, cfg) if outcome.promote else [cfg.candidate_alias]
         record = decision_record(concept, version, aliases, decision,
-                                 "promoted" if decision.promote else "rejected")
+                                 "promoted" if outcome.promote else "rejected",
+                                 approval={**asdict(outcome), "note": outcome.note})
         st.write(DEPLOY_DECISION, record)
         _publish(st, record, decision)
     return record
