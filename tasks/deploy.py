@@ -7,6 +7,7 @@ effects (registry, ``deploy/decision.json``, the MLflow run, a Prefect markdown 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
@@ -21,6 +22,7 @@ from deploy.registry import (
     promote,
     register_candidate,
 )
+from deploy.suggest import SUGGESTION_TAG, suggest
 from lora_factory.catalog import DEPLOY_DECISION, EVAL_GRID, EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
 from lora_factory.context import RunRef, Stage, get_logger, run_stage
 from lora_factory.home import home_of
@@ -46,6 +48,9 @@ def _publish(st: Stage, record: dict[str, Any], decision: GateDecision) -> None:
     st.tracker.set_tags(st.mlflow_run_id, {"verdict": record["verdict"], "gate": "pass" if decision.promote else "fail",
                                            "concept": record["concept"], "gate_reason": decision.reason,
                                            "approval": record["approval"]["note"]})
+    if record["suggestion"]:  # the next run's tuner reads it here (deploy.suggest)
+        markdown += f"\nSuggestion for the next run: {record['suggestion']['text']}\n"
+        st.tracker.set_tags(st.mlflow_run_id, {SUGGESTION_TAG: json.dumps(record["suggestion"])})
     st.tracker.log_text(st.mlflow_run_id, markdown, "deploy/decision.md")
     st.log_metrics({"promoted": float(record["verdict"] == "promoted"), "model_version": float(record["version"])})
     st.log_artifact(st.output_path(DEPLOY_DECISION))
@@ -91,9 +96,11 @@ def deploy_task(ref: RunRef) -> dict[str, Any]:
         outcome = _approval(st, ref, decision, concept, version)
         st.tracker.client.set_model_version_tag(concept, version, "approval", outcome.note)
         aliases = promote(st.tracker, concept, version, cfg) if outcome.promote else [cfg.candidate_alias]
+        advice = suggest(decision, [f.code for f in result.errors()]) if not outcome.promote else None
         record = decision_record(concept, version, aliases, decision,
                                  "promoted" if outcome.promote else "rejected",
-                                 approval={**asdict(outcome), "note": outcome.note})
+                                 approval={**asdict(outcome), "note": outcome.note},
+                                 suggestion=None if advice is None else {**asdict(advice), "text": advice.text})
         st.write(DEPLOY_DECISION, record)
         _publish(st, record, decision)
     return record

@@ -109,3 +109,19 @@ def test_version_tags_and_licence_summary() -> None:
     assert licence_summary(["CC0", "CC-BY", None, "CC0"]) == "CC0: 2, CC-BY: 1, unknown: 1"
     assert licence_summary([]) == "none"
     assert licence_summary([f"L{i}" for i in range(10)], limit=2) == "L0: 1, L1: 1, +8 more"
+
+
+def test_suggestions_follow_the_failed_checks() -> None:
+    from deploy.suggest import suggest
+
+    under = gate(_result(scores={"fidelity_gain": -0.1}), STRICT, None)
+    assert suggest(under, []).changes == {"max_steps": 1.5, "rank": 2.0}
+    over = gate(_result(scores={"copy_risk": 0.5, "adherence_delta": -0.2}), STRICT, None)
+    s = suggest(over, [])
+    assert s.changes == {"max_steps": 0.49, "learning_rate": 0.7, "more_data": 1.5}
+    assert "memorised" in s.text and "max_steps x0.49" in s.text
+    zero = Finding(code="zero_lora", severity="error", message="the adapter is zero")
+    stuck = gate(_result(findings=[zero]), STRICT, 0.5)  # also loses to the champion
+    assert suggest(stuck, ["zero_lora"]).changes == {"learning_rate": 2.0, "max_steps": 1.875, "more_data": 1.5}
+    skipped = gate(_result(scores={"diversity": None}), STRICT.model_copy(update={"on_missing": "skip"}), None)
+    assert suggest(skipped, []).changes == {} and suggest(skipped, []).text == "no training change suggested"
