@@ -379,6 +379,15 @@ class GateConfig(Section):
     on_missing: Literal["fail", "skip"] = "fail"
 
 
+class ExportConfig(Section):
+    """Where a promoted LoRA is copied (``deploy/export.py``)."""
+
+    store: bool = True  # <store>/loras/<concept>/v<version>/: both weight files, card, decision
+    loras_dir: str = ""  # a ComfyUI / A1111 models/loras folder; empty: none
+    # A production variant, saved beside the store copy: fp16 weights, or the base with the LoRA fused in.
+    variant: Literal["none", "fp16", "fused"] = "none"
+
+
 class DeployConfig(Section):
     # The registered model (one per concept): models:/<concept>@champion. Empty: from the topics.
     concept: str = ""
@@ -391,6 +400,7 @@ class DeployConfig(Section):
     approval: Literal["required", "none"] = "none"
     approval_timeout_s: int = Field(86400, ge=1)
     on_timeout: Literal["reject", "approve", "wait"] = "reject"  # wait: no timeout
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
 
 class StoreConfig(Section):

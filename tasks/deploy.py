@@ -8,11 +8,15 @@ effects (registry, ``deploy/decision.json``, the MLflow run, a Prefect markdown 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from deploy.approval import ApprovalOutcome, ask, decide
 from deploy.decision import dataset_hash, decision_record, licence_summary, version_tags
+from deploy.export import fp16_copy, fused_pipeline, modelspec, to_loras_folder, to_store
 from deploy.gate import GateDecision, gate, render_markdown
 from deploy.registry import (
     champion_score,
@@ -25,7 +29,7 @@ from deploy.registry import (
 from deploy.suggest import SUGGESTION_TAG, suggest
 from lora_factory.catalog import DEPLOY_DECISION, EVAL_GRID, EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
 from lora_factory.context import RunRef, Stage, get_logger, run_stage
-from lora_factory.home import home_of
+from lora_factory.home import home_of, run_store_for
 
 from ._prefect import stage_task
 
@@ -79,6 +83,28 @@ def _approval(st: Stage, ref: RunRef, decision: GateDecision, concept: str, vers
     return decide(decision.promote, cfg.approval == "required", answer, cfg.on_timeout)
 
 
+def _export(st: Stage, record: dict[str, Any], facts: dict[str, str], resolution: int | None) -> dict[str, str]:
+    """Copy a promoted version to the configured targets; returns target -> where."""
+    cfg, ecfg = st.config, st.config.deploy.export
+    lora_dir, concept, version = st.input_path(TRAIN_LORA), record["concept"], record["version"]
+    done: dict[str, str] = {}
+    if ecfg.loras_dir:
+        meta = modelspec(cfg.models.base_family, f"{concept} v{version}", facts["trigger_word"], resolution,
+                         facts["licences"], f"LoRA for {facts['topics']} trained by lora-factory")
+        done["loras_dir"] = str(to_loras_folder(lora_dir, Path(ecfg.loras_dir).expanduser(), concept,
+                                                cfg.models.base_family, meta, facts["trigger_word"]))
+    if ecfg.store or ecfg.variant != "none":
+        with tempfile.TemporaryDirectory(prefix="lf-variant-") as tmp:
+            folder = Path(tmp) / "lora"
+            shutil.copytree(lora_dir, folder, ignore=shutil.ignore_patterns("samples"))
+            if ecfg.variant == "fp16":
+                fp16_copy(lora_dir, folder / "fp16")
+            elif ecfg.variant == "fused":
+                fused_pipeline(lora_dir, cfg.models.base, cfg.models.base_family, home_of(cfg).models, folder / "fused")
+            done["store"] = to_store(folder, run_store_for(cfg).store, concept, version, record)
+    return done
+
+
 @stage_task(STAGE)
 def deploy_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
@@ -101,6 +127,8 @@ def deploy_task(ref: RunRef) -> dict[str, Any]:
                                  "promoted" if outcome.promote else "rejected",
                                  approval={**asdict(outcome), "note": outcome.note},
                                  suggestion=None if advice is None else {**asdict(advice), "text": advice.text})
+        if outcome.promote:
+            record["exports"] = _export(st, record, facts, result.model_extra.get("resolution"))
         st.write(DEPLOY_DECISION, record)
         _publish(st, record, decision)
     return record

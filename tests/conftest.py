@@ -57,3 +57,17 @@ def s3_bucket(moto_s3: str) -> str:
     name = f"lf-{uuid.uuid4().hex[:16]}"
     boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=name)
     return f"s3://{name}/factory"
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(model_cache: Path) -> Path:
+    """A LoRA trained for 2 steps on tiny:sd (diffusers + kohya files, card, training args),
+    trigger word ``lfstyle``; shared, so tests must not change it."""
+    from tests.training_helpers import small_cfg, tiny_job, write_dataset
+    from training.trainer import train_lora
+
+    dataset = write_dataset(_SESSION_TMP / "tiny-lora-ds", [(64, 64), (64, 64)])
+    out = _SESSION_TMP / "tiny-lora"
+    train_lora(tiny_job(dataset, small_cfg(max_steps=2, batch_size=2, learning_rate=5e-2), out, model_cache,
+                        card={"trigger_word": "lfstyle"}))
+    return out

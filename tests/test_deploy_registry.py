@@ -23,21 +23,9 @@ from deploy.registry import (
 )
 from lora_factory.config import DeployConfig
 from lora_factory.tracking import Tracker
-from tests.training_helpers import small_cfg, tiny_job, write_dataset
 from training.lora import LORA_WEIGHT_NAME
-from training.trainer import train_lora
 
 CFG = DeployConfig()
-
-
-@pytest.fixture(scope="module")
-def tiny_lora(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("lora")
-    dataset = write_dataset(tmp / "ds", [(64, 64), (64, 64)])
-    out = tmp / "lora"
-    train_lora(tiny_job(dataset, small_cfg(max_steps=2, batch_size=2, learning_rate=5e-2), out, model_cache,
-                        card={"trigger_word": "lfstyle"}))
-    return out
 
 
 def _tracker(tmp_path: Path) -> Tracker:
