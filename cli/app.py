@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dag, look, run, serve, server, settings, tune
+from . import dag, deploy, look, run, serve, server, settings, tune
 
 app = typer.Typer(
     add_completion=False,
@@ -22,6 +22,8 @@ app.command()(dag.dag)
 app.command()(server.server)
 app.command()(serve.serve)
 app.command()(tune.tune)
+app.command()(deploy.rollback)
+app.command()(deploy.approve)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -125,7 +125,7 @@ EVAL_GRID = _out("evaluate", "grid", "grid.png", Png(), "prompts x (base | LoRA)
 EVAL_REPORT = _out("evaluate", "report", "report.html", Text(), "grid, metric table and findings")
 EVAL_IMAGES = _out("evaluate", "images", "images", Folder(), "every generated image")
 # deploy ---------------------------------------------------------------------------------------
-DEPLOY_DECISION = _out("deploy", "decision", "decision.json", Json(), "registered version, aliases, the gate's decision and reasons")
+DEPLOY_DECISION = _out("deploy", "decision", "decision.json", Json(), "concept, registered version, aliases, verdict, the gate's checks and reasons")
 
 SPECS: tuple[StageSpec, ...] = (
     StageSpec("crawl", "topics -> candidate images with provenance (Scrapy)",
@@ -151,9 +151,9 @@ SPECS: tuple[StageSpec, ...] = (
               reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG), writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES),
               settings=("evaluate", "models.base", "models.base_family", "models.clip_scorer", "seed"),
               code=("tasks.evaluate",)),
-    StageSpec("deploy", "register the LoRA, apply the gate, move aliases",
-              reads=(EVAL_RESULT, TRAIN_LORA), writes=(DEPLOY_DECISION,),
-              settings=("deploy",), code=("tasks.deploy", "deploy")),
+    StageSpec("deploy", "apply the gate, register the LoRA (mlflow.diffusers), move aliases",
+              reads=(EVAL_RESULT, TRAIN_LORA, LABEL_LABELS), writes=(DEPLOY_DECISION,),
+              settings=("deploy", "models.base"), code=("tasks.deploy", "deploy")),
 )
 
 

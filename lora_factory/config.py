@@ -363,10 +363,44 @@ class EvaluateConfig(Section):
         return self
 
 
+class GateConfig(Section):
+    """The promotion gate's thresholds (``deploy/gate.py``); None: not checked. Scores are the
+    evaluation's (``lora_factory.schemas.SCORE_KEYS``); failed thresholds of ``evaluate.min_scores``
+    / ``max_scores`` and error findings (black images, zero LoRA, ...) block promotion too."""
+
+    min_overall_score: float | None = None
+    min_fidelity_gain: float | None = 0.0  # the LoRA must look at least as much like its data as the base
+    max_adherence_drop: float | None = 0.02  # adherence_delta >= -this: prompt adherence no worse than base
+    min_diversity: float | None = None  # a floor against mode collapse
+    max_copy_risk: float | None = 0.2  # share of near-copies of training images
+    require_portability: bool = True  # the exported files load alike (diffusers, kohya)
+    # A threshold whose score the evaluation did not measure: "fail" blocks, "skip" ignores it
+    # (and the decision says so).
+    on_missing: Literal["fail", "skip"] = "fail"
+
+
+class ExportConfig(Section):
+    """Where a promoted LoRA is copied (``deploy/export.py``)."""
+
+    store: bool = True  # <store>/loras/<concept>/v<version>/: both weight files, card, decision
+    loras_dir: str = ""  # a ComfyUI / A1111 models/loras folder; empty: none
+    # A production variant, saved beside the store copy: fp16 weights, or the base with the LoRA fused in.
+    variant: Literal["none", "fp16", "fused"] = "none"
+
+
 class DeployConfig(Section):
-    registered_model_name: str = Field("lora-factory", min_length=1)
+    # The registered model (one per concept): models:/<concept>@champion. Empty: from the topics.
+    concept: str = ""
     candidate_alias: str = "candidate"
     champion_alias: str = "champion"
+    previous_alias: str = "previous"
+    gate: GateConfig = Field(default_factory=GateConfig)
+    # "required": a candidate that passes the gate waits for a person (`lora-factory approve RUN`
+    # or the Prefect UI) before it becomes champion; after approval_timeout_s, on_timeout decides.
+    approval: Literal["required", "none"] = "none"
+    approval_timeout_s: int = Field(86400, ge=1)
+    on_timeout: Literal["reject", "approve", "wait"] = "reject"  # wait: no timeout
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
 
 class StoreConfig(Section):

@@ -89,6 +89,8 @@ def train_task(ref: RunRef) -> dict[str, Any]:
                         "train_seconds": result.seconds,
                         "latent_cache_hits": result.cache["latents"]["hits"],
                         "latent_cache_misses": result.cache["latents"]["misses"]})
-        st.log_artifacts(st.output_path(TRAIN_LORA), TRAIN_LORA.path)
+        for path in sorted(st.output_path(TRAIN_LORA).iterdir()):
+            if path.is_file() and path.suffix != ".safetensors":  # weights: logged once, by deploy
+                st.log_artifact(path, TRAIN_LORA.path)
     return {"steps": result.steps, "final_loss": result.final_loss,
             "resumed_from": result.resumed_from, "stopped_early": result.stopped_early}

@@ -13,8 +13,8 @@ _SESSION_TMP = Path(tempfile.mkdtemp(prefix="lora-factory-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-# a busy 2-core machine starts the ephemeral API server slowly (the CLI allows as much)
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# In-process flows start Prefect's temporary server; 20 s (the default) is too short on a loaded machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -57,3 +57,17 @@ def s3_bucket(moto_s3: str) -> str:
     name = f"lf-{uuid.uuid4().hex[:16]}"
     boto3.client("s3", endpoint_url=moto_s3).create_bucket(Bucket=name)
     return f"s3://{name}/factory"
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(model_cache: Path) -> Path:
+    """A LoRA trained for 2 steps on tiny:sd (diffusers + kohya files, card, training args),
+    trigger word ``lfstyle``; shared, so tests must not change it."""
+    from tests.training_helpers import small_cfg, tiny_job, write_dataset
+    from training.trainer import train_lora
+
+    dataset = write_dataset(_SESSION_TMP / "tiny-lora-ds", [(64, 64), (64, 64)])
+    out = _SESSION_TMP / "tiny-lora"
+    train_lora(tiny_job(dataset, small_cfg(max_steps=2, batch_size=2, learning_rate=5e-2), out, model_cache,
+                        card={"trigger_word": "lfstyle"}))
+    return out
