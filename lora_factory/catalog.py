@@ -121,8 +121,9 @@ TRAIN_LORA = _out("train", "lora", "lora", Folder(), "the adapter: diffusers and
 TRAIN_SAMPLES = _out("train", "samples", "samples", Folder(), "sample grids during training", required=False)
 # evaluate -------------------------------------------------------------------------------------
 EVAL_RESULT = _out("evaluate", "result", "eval.json", Json(EvalResult), "every metric and score, base vs LoRA, thresholds, findings, verdict")
-EVAL_GRID = _out("evaluate", "grid", "grid.png", Png(), "prompts x (base | LoRA)")
-EVAL_REPORT = _out("evaluate", "report", "report.html", Text(), "grid, metric table and findings")
+EVAL_GRID = _out("evaluate", "grid", "grid.png", Png(), "prompts x seeds x (base | LoRA)")
+EVAL_REPORT = _out("evaluate", "report", "report.html", Text(), "grid, metric table with thresholds, findings, worst copies")
+EVAL_MODEL_CARD = _out("evaluate", "model_card", "README.md", Text(), "the LoRA's model card with the evaluation's scores")
 EVAL_IMAGES = _out("evaluate", "images", "images", Folder(), "every generated image")
 # deploy ---------------------------------------------------------------------------------------
 DEPLOY_DECISION = _out("deploy", "decision", "decision.json", Json(), "concept, registered version, aliases, verdict, the gate's checks and reasons")
@@ -148,7 +149,8 @@ SPECS: tuple[StageSpec, ...] = (
               reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG), writes=(TRAIN_LORA, TRAIN_SAMPLES),
               settings=("train", "models.base", "models.base_family", "seed"), code=("tasks.train", "training")),
     StageSpec("evaluate", "base vs LoRA on the same seeds",
-              reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG), writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES),
+              reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG, LABEL_DATASET, LABEL_CAPTION_STATS),
+              writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES, EVAL_MODEL_CARD),
               settings=("evaluate", "models.base", "models.base_family", "models.clip_scorer", "seed"),
               code=("tasks.evaluate",)),
     StageSpec("deploy", "apply the gate, register the LoRA (mlflow.diffusers), move aliases",

@@ -347,7 +347,20 @@ class EvaluateConfig(Section):
     num_inference_steps: int = Field(25, ge=1)
     guidance_scale: float = Field(7.5, ge=0)
     resolution: int | None = Field(None, ge=8)  # None: the training resolution
-    seed: int = 1234
+    seed: int = 1234  # seed j of every prompt is seed + j, for base and LoRA alike
+    num_seeds: int = Field(2, ge=1)  # images per prompt (and per side)
+    batch_size: int = Field(4, ge=1)  # images per pipeline call
+    # Prompt sets besides ``prompts`` (the concept templates); {trigger}, {topic}, {concept} filled in.
+    generalisation_prompts: list[str] = Field(default_factory=lambda: [
+        "{trigger}, {concept} as a watercolour painting", "{trigger}, {concept} on a beach at noon"])
+    leakage_prompts: list[str] = Field(default_factory=lambda: ["a photo of {topic}"])  # no trigger
+    max_heldout_captions: int = Field(2, ge=0)  # validation-split captions rendered as prompts
+    # Image embeddings by registered name (tasks/evaluate/embedders.py: clip, pixels); the first
+    # of ``embeddings`` measures fidelity, copying, diversity and leakage; clip also gives CLIP-T.
+    embeddings: list[str] = Field(default_factory=lambda: ["clip", "pixels"], min_length=1)
+    near_copy_threshold: float = Field(0.95, gt=0, le=1)  # cosine to a training image: near copy
+    exact_copy_threshold: float = Field(0.999, gt=0, le=1)  # cosine: a copy (an error finding)
+    min_weight_delta_rms: float = Field(1e-7, ge=0)  # below: the LoRA does nothing (an error)
     # Pass/fail per score (lora_factory.schemas.SCORE_KEYS): a score must be >= its min and <= its
     # max; the gate promotes only a LoRA that passes every one. A score that was not measured fails.
     min_scores: dict[str, float] = Field(default_factory=lambda: {"adherence_delta": 0.0})

@@ -82,7 +82,7 @@ def test_every_stage_wrote_its_outputs(factory_run: dict) -> None:
         "label/captions.csv", "label/report.html", "label/datasheet.md", "label/caption_stats.json",
         "tune/train_config.yaml", "tune/rationale.md",
         "train/lora/pytorch_lora_weights.safetensors",
-        "evaluate/eval.json", "evaluate/grid.png", "evaluate/report.html",
+        "evaluate/eval.json", "evaluate/grid.png", "evaluate/report.html", "evaluate/README.md",
         "deploy/decision.json",
     ]:
         assert (run_dir / rel).is_file(), rel
@@ -92,7 +92,12 @@ def test_every_stage_wrote_its_outputs(factory_run: dict) -> None:
     meta = (run_dir / "label" / "dataset" / "metadata.jsonl").read_text().splitlines()
     assert meta and all(json.loads(m)["text"].startswith("lfstyle, ") for m in meta)
     ev = json.loads((run_dir / "evaluate" / "eval.json").read_text())
-    assert len(ev["base"]["clip_t"]) == len(ev["lora"]["clip_t"]) == len(ev["prompts"]) > 0
+    kinds = {p["kind"] for p in ev["prompts"]}
+    assert {"concept", "generalisation", "leakage"} <= kinds
+    assert len(ev["samples"]) == 2 * len(ev["prompts"]) * len(ev["seeds"]) > 0
+    assert any(f["code"] == "random_scorer" for f in ev["findings"])
+    card = (run_dir / "evaluate" / "README.md").read_text()
+    assert "Not evaluated yet" not in card and "overall_score" in card
 
 
 def test_planted_defects_are_explained(factory_run: dict) -> None:

@@ -37,9 +37,7 @@ def render_model_card(
         "lora_factory": {"family": family, "train": train_config, "dataset": dataset, "result": result},
     }
     if eval_scores:
-        front["model-index"] = [{"name": "lora-factory adapter", "results": [{
-            "task": {"type": "text-to-image"},
-            "metrics": [{"type": k, "value": float(v)} for k, v in sorted(eval_scores.items())]}]}]
+        front["model-index"] = _model_index(eval_scores)
     if sample_grid:
         front["widget"] = [{"text": trigger_word or "", "output": {"url": sample_grid}}]
     files = files or {}
@@ -63,12 +61,37 @@ def render_model_card(
     lines += ["", "## Result", ""]
     lines += [f"- {k}: {v}" for k, v in result.items()]
     lines += ["", "## Evaluation", ""]
-    lines += ([f"- {k}: {v:.4f}" for k, v in sorted(eval_scores.items())] if eval_scores
-              else ["Not evaluated yet (the evaluate stage adds scores)."])
+    lines += _eval_lines(eval_scores)
     if sample_grid:
         lines += ["", "## Samples", "", f"![samples]({sample_grid})"]
     lines += ["", "## GPU targets", "", GPU_TARGETS]
     return "\n".join(lines)
+
+
+def _model_index(eval_scores: dict[str, float]) -> list[dict[str, Any]]:
+    return [{"name": "lora-factory adapter", "results": [{
+        "task": {"type": "text-to-image"},
+        "metrics": [{"type": k, "value": float(v)} for k, v in sorted(eval_scores.items())]}]}]
+
+
+def _eval_lines(eval_scores: dict[str, float] | None, notes: list[str] | None = None) -> list[str]:
+    if not eval_scores:
+        return ["Not evaluated yet (the evaluate stage adds scores)."]
+    return [f"- {k}: {v:.4f}" for k, v in sorted(eval_scores.items())] + [f"- {n}" for n in notes or []]
+
+
+def with_eval_scores(card: str, eval_scores: dict[str, float], notes: list[str] | None = None) -> str:
+    """The card with the evaluation's scores (front matter ``model-index`` and the Evaluation
+    section) in place of "not evaluated yet"; the rest of the card unchanged."""
+    _, head, body = card.split("---\n", 2)
+    front = yaml.safe_load(head) or {}
+    front["model-index"] = _model_index(eval_scores)
+    before, sep, after = body.partition("## Evaluation\n")
+    if sep:
+        rest = after.split("\n## ", 1)
+        tail = "\n## " + rest[1] if len(rest) > 1 else "\n"
+        body = before + sep + "\n" + "\n".join(_eval_lines(eval_scores, notes)) + "\n" + tail
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n" + body
 
 
 def read_front_matter(path: Path) -> dict[str, Any]:

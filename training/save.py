@@ -39,6 +39,7 @@ def save_adapter(pipe: Any, job: TrainJob, data: TrainData, result: TrainResult,
             "seed": job.seed, "num_images": len(data.train),
             "num_validation_images": len(data.validation or []), "device": str(device),
             "steps": result.steps, "final_loss": result.final_loss, "resolution": cfg.resolution,
+            "losses": [round(v, 6) for v in result.losses],  # evaluate flags a loss that never moved
             "learning_rate": cfg.learning_rate, "dataset_hash": data.dataset_hash,
             "resumed_from": result.resumed_from, "stopped_early": result.stopped_early,
             "best_step": result.best_step, "val_loss": result.val_loss, "buckets": result.buckets,

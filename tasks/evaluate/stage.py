@@ -1,0 +1,175 @@
+"""The evaluate stage logic: render base and LoRA on the same prompts, seeds and scheduler,
+embed, score, look for silent failures, judge, and write ``eval.json``, ``grid.png``,
+``report.html`` and the images. Plain functions of paths and config; ``task`` wraps them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lora_factory.catalog import EVAL_GRID, EVAL_IMAGES, EVAL_REPORT, EVAL_RESULT
+from lora_factory.config import EvaluateConfig
+from lora_factory.errors import StageError
+from lora_factory.schemas import EvalResult, Finding
+
+from . import findings as fnd
+from .embedders import Embedder, load_embedder
+from .generate import Sample, render, scheduler_of
+from .grid import make_grid
+from .prompts import EvalPrompt, seeds_for, strip_trigger
+from .report import render_report
+from .score import EmbeddingSet, Scored, headline_scores, per_prompt, score_set
+from .verdict import judge
+
+STAGE = "evaluate"
+TRAINING_ARGS = "training_args.json"
+WORST_COPIES = 3
+
+
+@dataclass
+class EvalSetup:
+    """What evaluating needs besides the LoRA file and the prompts."""
+
+    base_ref: str
+    family: str
+    clip_ref: str
+    cache_dir: Path
+    resolution: int
+    trigger: str
+    references: list[Path] = field(default_factory=list)  # training images (fidelity, copies)
+    losses: list[float] = field(default_factory=list)  # the training loss per step, if known
+
+
+@dataclass
+class Rendered:
+    base: list[Sample]
+    lora: list[Sample]
+    seeds: list[int]
+    scheduler: dict[str, Any]
+
+
+def training_losses(lora_dir: Path) -> list[float]:
+    """The trainer's loss per step from ``training_args.json`` next to the LoRA (if there)."""
+    path = Path(lora_dir) / TRAINING_ARGS
+    if not path.is_file():
+        return []
+    return [float(v) for v in json.loads(path.read_text()).get("losses", [])]
+
+
+def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfig) -> Rendered:
+    """Base first, then the same pipeline (same scheduler object) with the LoRA loaded."""
+    from lora_factory.models import load_pipeline
+    from training.trainer import resolve_device
+
+    device = resolve_device("auto")
+    pipe = load_pipeline(setup.base_ref, setup.family, setup.cache_dir, device=str(device))
+    pipe.set_progress_bar_config(disable=True)
+    seeds = seeds_for(cfg.seed, cfg.num_seeds)
+    kw = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "resolution": setup.resolution,
+          "batch_size": cfg.batch_size, "device": device}
+    scheduler = scheduler_of(pipe)
+    base = render(pipe, prompts, seeds, "base", **kw)
+    pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
+    if scheduler_of(pipe) != scheduler:
+        raise StageError("loading the LoRA changed the pipeline's scheduler; base and LoRA would not compare")
+    lora = render(pipe, prompts, seeds, "lora", **kw)
+    return Rendered(base, lora, seeds, scheduler)
+
+
+def embed_all(embedders: list[Embedder], r: Rendered, prompts: list[EvalPrompt], setup: EvalSetup
+              ) -> list[EmbeddingSet]:
+    refs = [Image.open(p).convert("RGB") for p in setup.references]
+    sets = []
+    for e in embedders:
+        text = None
+        if e.embed_texts is not None:
+            texts = [strip_trigger(prompts[s.prompt_index].text, setup.trigger) for s in r.base]
+            text = e.embed_texts(texts)
+        sets.append(EmbeddingSet(e.name, e.embed_images([s.image for s in r.base]),
+                                 e.embed_images([s.image for s in r.lora]),
+                                 e.embed_images(refs) if refs else np.zeros((0, 1)), text))
+    return sets
+
+
+def silent_failures(r: Rendered, lora_file: Path, cfg: EvaluateConfig, losses: list[float]) -> tuple[list[Finding], float]:
+    rms = fnd.weight_delta_rms(lora_file)
+    found = fnd.image_findings(r.base, "base") + fnd.image_findings(r.lora, "LoRA")
+    found += fnd.zero_lora_finding(rms, cfg.min_weight_delta_rms)
+    found += fnd.identical_finding(r.base, r.lora) + fnd.flat_loss_finding(losses)
+    return found, rms
+
+
+def worst_copies(scored: Scored, primary: str, r: Rendered, prompts: list[EvalPrompt],
+                 setup: EvalSetup) -> list[dict[str, Any]]:
+    """The LoRA images nearest to a training image (primary embedder), most similar first."""
+    copy = scored.copies.get(primary)
+    if copy is None:
+        return []
+    triggered = [s for s in r.lora if prompts[s.prompt_index].kind != "leakage"]
+    order = np.argsort(-copy.similarity)[:WORST_COPIES]
+    return [{"image": triggered[i].name, "prompt": prompts[triggered[i].prompt_index].text,
+             "training_image": str(setup.references[int(copy.nearest[i])]),
+             "similarity": float(copy.similarity[i]), "exact": int(i) in copy.exact} for i in order]
+
+
+def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfig, setup: EvalSetup,
+                  out_dir: Path) -> EvalResult:
+    """Evaluate ``lora_file`` against ``setup.base_ref`` and write the outputs to ``out_dir``."""
+    if not prompts:
+        raise StageError("evaluate has no prompts; set evaluate.prompts in the profile")
+    lora_file = Path(lora_file)
+    if not lora_file.is_file():
+        raise StageError(f"no LoRA weights at {lora_file}; run the train stage")
+    rendered = render_both(setup, lora_file, prompts, cfg)
+    embedders = [load_embedder(n, setup.clip_ref, setup.cache_dir) for n in cfg.embeddings]
+    scored = Scored()
+    kinds = [prompts[s.prompt_index].kind for s in rendered.base]
+    for es in embed_all(embedders, rendered, prompts, setup):
+        score_set(es, kinds, cfg, scored)
+    found, rms = silent_failures(rendered, lora_file, cfg, setup.losses)
+    primary = cfg.embeddings[0]
+    copies = worst_copies(scored, primary, rendered, prompts, setup)
+    if any(c["exact"] for c in copies):
+        found.append(Finding(code="exact_copy", severity="error", items=[c["image"] for c in copies if c["exact"]],
+                             message=f"LoRA images reproduce a training image (cosine >= {cfg.exact_copy_threshold})"))
+    result = judge(EvalResult(
+        base_ref=setup.base_ref, family=setup.family, lora_path=str(lora_file),
+        scorers={e.name: e.ref for e in embedders}, random_scorers=[e.name for e in embedders if e.random],
+        metrics=scored.metrics, scores=headline_scores(scored, primary), findings=found, verdict="fail",
+        primary_embedding=primary, prompts=[p.as_dict() for p in prompts], seeds=rendered.seeds,
+        steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, resolution=setup.resolution,
+        scheduler=rendered.scheduler, weight_delta_rms=rms, num_training_images=len(setup.references),
+        final_loss=setup.losses[-1] if setup.losses else None,
+        per_prompt=per_prompt(prompts, [s.prompt_index for s in rendered.base], scored),
+        samples=_samples(rendered, scored), worst_copies=copies), cfg)
+    write_outputs(result, rendered, prompts, Path(out_dir))
+    return result
+
+
+def _samples(r: Rendered, scored: Scored) -> list[dict[str, Any]]:
+    """Every image with its prompt, seed, side and per-image metrics."""
+    rows = []
+    for side, samples in (("base", r.base), ("lora", r.lora)):
+        for i, s in enumerate(samples):
+            rows.append({"file": s.name, "side": side, "prompt_index": s.prompt_index, "seed": s.seed,
+                         **{m: v[side][i] for m, v in scored.per_sample.items()}})
+    return rows
+
+
+def write_outputs(result: EvalResult, r: Rendered, prompts: list[EvalPrompt], out_dir: Path) -> None:
+    images_dir = EVAL_IMAGES.at(out_dir)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    cells = {}
+    for s in r.base + r.lora:
+        image = s.image
+        image.save(images_dir / s.name)
+        cells[(s.prompt_index, s.seed, s.side)] = image
+    grid = make_grid([f"[{p.kind}] {p.text}" for p in prompts], r.seeds, cells)
+    EVAL_GRID.write(out_dir, grid)
+    EVAL_RESULT.write(out_dir, result)
+    EVAL_REPORT.write(out_dir, render_report(result.model_dump(mode="json"), grid, images_dir))
