@@ -44,6 +44,8 @@ class FamilyRow:
     seconds_per_step: float  # assumed s/step at ``resolution``, batch 1 (time budgets only)
     note: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The trainer family's LoRA targets (train.target_modules unset), as in training.families.
+    default_targets: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
 
     def activation_bytes(self, precision: str, checkpointing: bool, resolution: int, batch: int) -> int:
         """Activations of a step: linear in pixels (convolutions and fused attention both are) and
@@ -144,7 +146,13 @@ def family_row(name: str) -> FamilyRow:
         raise ConfigError(f"unknown model family '{name}': choose one of {', '.join(FAMILIES)}") from None
 
 
-def family_for(base_family: str, base_ref: str) -> FamilyRow:
-    """The row a factory run trains with: its ``models.base_family``, or that family's tiny
-    stand-in when the base model is a ``tiny:`` reference."""
-    return family_row(f"tiny-{base_family}" if base_ref.startswith("tiny:") else base_family)
+def family_for(base_family: str | None, base_ref: str) -> FamilyRow:
+    """The row a factory run trains with: its ``models.base_family`` (read from the base model
+    when unset), or that family's tiny stand-in when the base model is a ``tiny:`` reference."""
+    from pathlib import Path
+
+    from lora_factory.models.families import config_family
+
+    # The models folder is only read for local paths and hub caches, never built into.
+    family = config_family(base_ref, base_family, Path("."))
+    return family_row(f"tiny-{family}" if base_ref.startswith("tiny:") else family)

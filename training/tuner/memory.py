@@ -69,7 +69,8 @@ def lora_parameters(cfg: TrainConfig, row: FamilyRow) -> int:
     """Trainable LoRA parameters: per target module name from the family's table (a name the
     table lacks counts as the largest known one, so the estimate errs high)."""
     largest = max(row.lora_per_rank.values())
-    unet = sum(row.lora_per_rank.get(name, largest) for name in cfg.target_modules) * cfg.rank
+    targets = cfg.target_modules if cfg.target_modules is not None else row.default_targets
+    unet = sum(row.lora_per_rank.get(name, largest) for name in targets) * cfg.rank
     text = row.text_encoder_lora_per_rank * cfg.rank if cfg.train_text_encoder else 0
     return unet + text
 

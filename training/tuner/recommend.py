@@ -98,7 +98,12 @@ def _core(d: Draft, p: Prior, row: FamilyRow, stats: TuneStats, task: str) -> No
           "prior")
     rank, why = rules.rank_for(p, task, stats)
     d.set("rank", rank, why)
-    d.set("target_modules", list(rules.ATTENTION), "the attention projections (diffusers' and kohya's default)", "prior")
+    if row.default_targets == rules.ATTENTION:
+        d.set("target_modules", list(rules.ATTENTION), "the attention projections (diffusers' and kohya's default)",
+              "prior")
+    else:
+        d.set("target_modules", list(row.default_targets), f"the {row.name} family's attention and MLP projections",
+              "prior")
     d.set("train_text_encoder", False, "UNet only: keeps text embeddings cacheable and lowers the risk of "
           "overfitting the prompt (kohya recommends it for SDXL)", "prior")
     batch = d.set("batch_size", max(1, min(p.batch_size, stats.num_images)),

@@ -1,0 +1,62 @@
+"""Model families: the family is read from the base model's ``model_index.json`` (issue 17); a
+pipeline no family trains stops the run in preflight, before anything is crawled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lora_factory.errors import ModelUnavailableError
+from lora_factory.lifecycle import preflight
+from lora_factory.models.families import detect_family
+from lora_factory.profiles import load_config
+from training.families import family_for
+
+
+def _pipeline_dir(root: Path, class_name: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": class_name, "_diffusers_version": "0.42.1"}))
+    return root
+
+
+@pytest.mark.parametrize(("ref", "family"), [("tiny:sd", "sd15"), ("tiny:sdxl", "sdxl"), ("tiny:flux", "flux")])
+def test_a_tiny_base_model_names_its_family_without_being_built(ref: str, family: str, tmp_path: Path) -> None:
+    assert detect_family(ref, tmp_path / "models") == family
+    assert not (tmp_path / "models").exists()
+    assert family_for(family).name == family
+
+
+@pytest.mark.parametrize(("class_name", "family"), [("StableDiffusionXLPipeline", "sdxl"), ("FluxPipeline", "flux"),
+                                                     ("StableDiffusion3Pipeline", "sd3")])
+def test_a_local_pipeline_directory_is_read(class_name: str, family: str, tmp_path: Path) -> None:
+    assert detect_family(str(_pipeline_dir(tmp_path / "base", class_name)), tmp_path) == family
+
+
+def test_an_unknown_pipeline_or_a_wrong_declared_family_is_one_line(tmp_path: Path) -> None:
+    base = str(_pipeline_dir(tmp_path / "base", "KandinskyV22Pipeline"))
+    with pytest.raises(ModelUnavailableError, match="KandinskyV22Pipeline, which no model family trains") as info:
+        detect_family(base, tmp_path)
+    assert "\n" not in str(info.value) and "FluxPipeline (flux)" in str(info.value)
+    with pytest.raises(ModelUnavailableError, match="models.base_family is 'sd15'"):
+        detect_family("tiny:flux", tmp_path, "sd15")
+
+
+def _cfg(tmp_path: Path, base: str):  # noqa: ANN202 - a FactoryConfig
+    return load_config("tiny", {"home": str(tmp_path / "home"), "models.base": base, "models.base_family": None},
+                       environ={})
+
+
+def test_preflight_stores_the_detected_family_in_the_runs_config(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "tiny:sdxl")
+    assert cfg.models.base_family is None
+    preflight(cfg, ["lighthouse"])
+    assert cfg.models.base_family == "sdxl"
+
+
+def test_preflight_stops_on_a_pipeline_no_family_trains_before_any_run_exists(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, str(_pipeline_dir(tmp_path / "base", "KandinskyV22Pipeline")))
+    with pytest.raises(ModelUnavailableError, match="no model family trains"):
+        preflight(cfg, ["lighthouse"])
+    assert not list((tmp_path / "home").rglob("run.json"))
