@@ -60,3 +60,20 @@ def test_preflight_stops_on_a_pipeline_no_family_trains_before_any_run_exists(tm
     with pytest.raises(ModelUnavailableError, match="no model family trains"):
         preflight(cfg, ["lighthouse"])
     assert not list((tmp_path / "home").rglob("run.json"))
+
+
+def test_the_tuner_gives_flux_its_targets_and_no_min_snr_and_counts_a_quantised_base() -> None:
+    from lora_factory.config import TrainConfig
+    from training.tuner import TuneRequest, TuneStats, estimate, family_row, recommend
+
+    stats = TuneStats(num_images=40, caption_coverage=0.9, words_mean=12.0, tags_per_caption=1.0, text_diversity=0.6,
+                      visual_diversity=0.35, short_side_median=2000.0, non_square_share=0.3, domain="photo")
+    for name in ("flux", "tiny-flux"):
+        cfg = recommend(TuneRequest(stats, family_row(name))).config
+        assert cfg.target_modules == list(family_for("flux").default_targets) and cfg.snr_gamma is None, name
+    row = family_row("flux")
+    gib = {q: estimate(TrainConfig(resolution=1024, rank=16, mixed_precision="bf16", optimizer="adamw8bit",
+                                   gradient_checkpointing=True, base_quantization=q, device="cuda"), row).gib()
+           for q in ("none", "int8", "nf4")}
+    assert gib["nf4"] < gib["int8"] < gib["none"]
+    assert gib["none"] - gib["nf4"] > 0.7 * row.denoiser_params * 1.48 / 2**30  # 2 - 0.52 bytes a weight

@@ -88,13 +88,18 @@ def save_lora(pipe: Any, out_dir: Path) -> Path:
     The PEFT configs travel in the file's metadata: without them diffusers assumes
     ``alpha == rank`` on load, and an adapter trained with another alpha would load at the
     wrong strength.
+
+    Transformer LoRAs are written with PEFT's own key names, as diffusers' Flux/SD3 training
+    scripts write them: ``convert_state_dict_to_diffusers`` renames ``to_q``/``to_k``/``to_v``/
+    ``to_out.0`` to the UNet attention processors' old ``lora.down``/``lora.up`` names, which
+    the transformer loaders silently drop.
     """
     from diffusers.utils import convert_state_dict_to_diffusers
 
     kwargs: dict[str, Any] = {}
     for name, state in lora_state(pipe).items():
-        layers = {k: v.detach().to("cpu", torch.float32).contiguous()
-                  for k, v in convert_state_dict_to_diffusers(state).items()}
+        keys = state if name == "transformer" else convert_state_dict_to_diffusers(state)
+        layers = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in keys.items()}
         kwargs[f"{name}_lora_layers"] = layers
         kwargs[f"{name}_lora_adapter_metadata"] = getattr(pipe, name).peft_config["default"].to_dict()
     type(pipe).save_lora_weights(save_directory=out_dir, safe_serialization=True, **kwargs)

@@ -27,6 +27,7 @@ from .inputs import TuneStats
 from .memory import MemoryEstimate, estimate, fit_to_budget
 from .rules import PRIORS, Prior
 
+FLOW_FAMILIES = ("flux", "sd3")  # trained with flow matching: no min-SNR weighting
 
 @dataclass(frozen=True)
 class Choice:
@@ -139,12 +140,16 @@ def _resolution(d: Draft, row: FamilyRow, stats: TuneStats) -> None:
     d.set("bucket_step", row.bucket_step, f"the {row.name} latent grid")
 
 
-def _data_and_loss(d: Draft, p: Prior, stats: TuneStats, task: str) -> None:
+def _data_and_loss(d: Draft, p: Prior, stats: TuneStats, task: str, flow: bool) -> None:
     photo = stats.domain in rules.PHOTO_DOMAINS
     d.set("noise_offset", p.noise_offset if photo else 0.0,
           "offset noise for photographs (very dark and bright scenes)" if photo
           else f"no offset noise for {stats.domain or 'these'} images", "prior")
-    d.set("snr_gamma", rules.MIN_SNR_GAMMA, "min-SNR weighting, the paper's gamma", "prior")
+    if flow:
+        d.set("snr_gamma", None, "flow matching: logit-normal timesteps with uniform weighting (min-SNR is DDPM's)",
+              "prior")
+    else:
+        d.set("snr_gamma", rules.MIN_SNR_GAMMA, "min-SNR weighting, the paper's gamma", "prior")
     dropout, why = rules.caption_dropout_for(task, stats.caption_coverage)
     d.set("caption_dropout", dropout, why)
     tags = stats.tags_per_caption >= rules.SHUFFLE_TAGS_FROM
@@ -245,7 +250,7 @@ def recommend_auto(req: TuneRequest) -> Recommendation:
     task, task_why = rules.task_of(req.stats, req.task_type)
     _core(d, p, req.family, req.stats, task)
     moved = _history(d, p, req, task)
-    _data_and_loss(d, p, req.stats, task)
+    _data_and_loss(d, p, req.stats, task, flow=req.family.base_family in FLOW_FAMILIES)
     rank = d["rank"]
     d.set("alpha", rank * p.alpha_ratio, f"rank {rank} x {p.alpha_ratio:g} (the family's alpha/rank)", "prior")
     cfg, _ = _fit(d, req)
