@@ -27,7 +27,9 @@ class ModelsConfig(Section):
     captioner: str = "Salesforce/blip-image-captioning-base"
     tagger: str = "Qwen/Qwen2.5-0.5B-Instruct"
     base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    base_family: Literal["sd15", "sdxl"] = "sd15"
+    # None: read from the base model's model_index.json when the run starts (and stored in the
+    # run's config); set, it must be the model's own family.
+    base_family: Literal["sd15", "sdxl", "flux", "sd3"] | None = None
 
 
 class CrawlConfig(Section):
@@ -277,13 +279,17 @@ class TrainConfig(Section):
     optimizer: Literal["adamw", "adamw8bit", "prodigy"] = "adamw"  # prodigy: set learning_rate ~1.0
     max_grad_norm: float = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    target_modules: list[str] = Field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"])
+    # The denoiser's LoRA targets; None: the family's (UNet: to_q/k/v/out.0; Flux: attention + MLP).
+    target_modules: list[str] | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(1, ge=1)
     # Data-parallel processes (one per GPU; CPU processes work too). >1: the train task starts
     # them with torchrun; `accelerate launch --multi_gpu -m training.launch` works the same way.
     num_processes: int = Field(1, ge=1)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    # The frozen denoiser loaded quantised by bitsandbytes (CUDA only; QLoRA-style: the LoRA still
+    # trains in fp32 and is saved unquantised): nf4 (4-bit NormalFloat, bf16 compute) or int8.
+    base_quantization: Literal["none", "nf4", "int8"] = "none"
     # Data: aspect-ratio buckets (never upscaled; a batch never mixes buckets) and augmentation.
     aspect_buckets: bool = True  # false: centre squares of `resolution` (small images upscaled)
     bucket_step: int | None = Field(None, ge=8)  # None: the model's latent grid (64 px for SD1.5)

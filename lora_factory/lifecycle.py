@@ -71,7 +71,19 @@ def preflight(cfg: FactoryConfig, topics: Iterable[str] | str | None) -> list[st
                 "add them (--seeds FILE) or use crawl.source=demo"
             )
     check_services(cfg)
+    check_base_model(cfg)
     return clean
+
+
+def check_base_model(cfg: FactoryConfig) -> None:
+    """Read the base model's family from its ``model_index.json`` and keep it in the config (so
+    every stage of the run sees it); a pipeline no family trains stops the run here, before the
+    crawl, with one line."""
+    from .models.families import detect_family
+
+    family = detect_family(cfg.models.base, Home(Path(cfg.home)).models, cfg.models.base_family)
+    if family is not None:
+        cfg.models.base_family = family  # type: ignore[assignment]
 
 
 def check_services(cfg: FactoryConfig) -> None:

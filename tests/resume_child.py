@@ -4,7 +4,8 @@ MLflow), killing itself at a chosen step.
 
 argv: dataset cache ckpt out log kill_at threads [reference_out]. With ``reference_out`` it then
 trains the uninterrupted reference in the same process (same threads, same libraries) and prints
-its per-step losses.
+its per-step losses. ``RESUME_CHILD_BASE`` picks the base model (default ``tiny:sd``; its family
+is then read from the model).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main(argv: list[str]) -> None:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     ledger = StepLedger(Path(ckpt_dir) / "ledger.json", append)
+    base = os.environ.get("RESUME_CHILD_BASE")
+    model = {"base_ref": base, "family": None} if base else {}
 
     def on_step(step: int, metrics: dict[str, float]) -> None:
         ledger(step, metrics)
@@ -42,11 +45,11 @@ def main(argv: list[str]) -> None:
     # The killed and the resumed run share a feature cache (cold, then half-filled); the reference
     # runs without one: equal weights prove neither the kill nor the cache changes the result.
     r = train_lora(tiny_job(Path(dataset), cfg, Path(out), Path(cache), seed=3, checkpoint_dir=Path(ckpt_dir),
-                            feature_cache_dir=Path(ckpt_dir).parent / "features"), on_step=on_step)
+                            feature_cache_dir=Path(ckpt_dir).parent / "features", **model), on_step=on_step)
     print(json.dumps({"resumed_from": r.resumed_from, "steps": r.steps}))
     if len(argv) > 7:
         ref: dict[int, float] = {}
-        train_lora(tiny_job(Path(dataset), cfg, Path(argv[7]), Path(cache), seed=3),
+        train_lora(tiny_job(Path(dataset), cfg, Path(argv[7]), Path(cache), seed=3, **model),
                    on_step=lambda s, m: ref.setdefault(s, m["loss"]))
         print(json.dumps(ref))
 

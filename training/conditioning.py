@@ -60,7 +60,9 @@ class Conditioner:
 
         dist = DiagonalGaussianDistribution(self.moments(samples))
         latents = dist.sample(generator=generator) if generator is not None else dist.mode()
-        return (latents * self.pipe.vae.config.scaling_factor).to(self.weight_dtype)
+        config = self.pipe.vae.config
+        shift = getattr(config, "shift_factor", None) or 0.0  # Flux / SD3 VAEs centre their latents
+        return ((latents - shift) * config.scaling_factor).to(self.weight_dtype)
 
     # Prompts ------------------------------------------------------------------------------------
     def prompt(self, samples: list[Sample]) -> Prompt:

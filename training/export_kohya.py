@@ -1,5 +1,8 @@
 """The kohya / A1111 / ComfyUI file: ``lora_unet_*`` / ``lora_te1_*`` / ``lora_te2_*`` modules with
-``lora_down`` / ``lora_up`` weights, an ``alpha`` scalar per module and ``ss_*`` metadata.
+``lora_down`` / ``lora_up`` weights, an ``alpha`` scalar per module, ``ss_*`` metadata and the
+``modelspec.*`` keys (Stability AI's model spec, which ComfyUI and the hub read). The key names
+are the family's (``ModelFamily.kohya_state``): for the UNet families they follow the diffusers
+module paths, for Flux the original (BFL) module names kohya's sd-scripts use.
 
 Why not diffusers' ``convert_state_dict_to_kohya``: it writes ``alpha = rank`` for every module
 whatever alpha the adapter was trained with, so an adapter with ``alpha != rank`` would load at
@@ -10,18 +13,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    from .families import ModelFamily
 
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
 # kohya names SD1.x's single text encoder ``lora_te_`` and SDXL's two ``lora_te1_`` / ``lora_te2_``.
 _PREFIXES = {
     "sd15": (("text_encoder.", "lora_te_"), ("unet.", "lora_unet_")),
     "sdxl": (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_"), ("unet.", "lora_unet_")),
+    "flux": (("text_encoder.", "lora_te1_"),),  # the transformer's names: families.flux
 }
-_BASE_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 
 
 def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float, family: str = "sdxl") -> dict[str, torch.Tensor]:
@@ -43,13 +49,13 @@ def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float, family: str = "s
     return out
 
 
-def ss_metadata(family: str, rank: int, alpha: float, info: dict[str, Any]) -> dict[str, str]:
+def ss_metadata(base_version: str, rank: int, alpha: float, info: dict[str, Any]) -> dict[str, str]:
     """The ``ss_*`` keys kohya's sd-scripts write and UIs display (all values are strings)."""
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(alpha),
-        "ss_base_model_version": _BASE_VERSION.get(family, family),
+        "ss_base_model_version": base_version,
         "ss_v2": "False",
         "ss_sd_model_name": str(info.get("base_ref", "")),
         "ss_resolution": str(info.get("resolution", "")),
@@ -65,11 +71,26 @@ def ss_metadata(family: str, rank: int, alpha: float, info: dict[str, Any]) -> d
     return meta
 
 
-def save_kohya(state: dict[str, torch.Tensor], path: Path, family: str, rank: int, alpha: float,
+def modelspec_metadata(family: ModelFamily, info: dict[str, Any]) -> dict[str, str]:
+    """The ``modelspec.*`` keys (SAI model spec 1.0.0) of a LoRA file. No date: two runs with
+    the same inputs write the same file."""
+    resolution = info.get("resolution", "")
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": family.modelspec_architecture,
+        "modelspec.implementation": family.modelspec_implementation,
+        "modelspec.title": str(info.get("name", "lora-factory")),
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.prediction_type": family.modelspec_prediction,
+    }
+
+
+def save_kohya(state: dict[str, torch.Tensor], path: Path, family: ModelFamily, rank: int, alpha: float,
                info: dict[str, Any]) -> Path:
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
-               for k, v in peft_to_kohya(state, alpha, family).items()}
-    save_file(tensors, str(path), metadata=ss_metadata(family, rank, alpha, info))
+               for k, v in family.kohya_state(state, alpha).items()}
+    metadata = {**ss_metadata(family.kohya_base_version, rank, alpha, info), **modelspec_metadata(family, info)}
+    save_file(tensors, str(path), metadata=metadata)
     return Path(path)
 
 

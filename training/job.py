@@ -56,7 +56,7 @@ class TrainJob(_Spec):
     """
 
     base_ref: str
-    family: str  # checked against training.families when the run starts
+    family: str | None = None  # None: read from the base model (checked against it when set)
     dataset_dir: Path
     train: TrainConfig
     out_dir: Path

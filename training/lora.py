@@ -1,4 +1,4 @@
-"""The LoRA adapters: injecting them (UNet, optionally the text encoders), collecting their
+"""The LoRA adapters: injecting them (the denoiser, optionally the text encoders), collecting their
 trainable parameters under component-prefixed names, and saving the diffusers-format file."""
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ import torch
 from lora_factory.config import TrainConfig
 from lora_factory.errors import StageError
 
+from .families import ModelFamily
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+DENOISERS = ("unet", "transformer")
 
 
 def _lora_config(cfg: TrainConfig, targets: list[str]) -> Any:
@@ -37,19 +40,24 @@ def _inject(module: Any, lora_config: Any, seed: int, what: str, setting: str) -
     cast_training_params(module, dtype=torch.float32)
 
 
-def add_unet_lora(unet: torch.nn.Module, cfg: TrainConfig, seed: int) -> list[torch.nn.Parameter]:
-    """Inject the UNet LoRA and return its (trainable, fp32) parameters."""
-    _inject(unet, _lora_config(cfg, cfg.target_modules), seed, "UNet", "train.target_modules")
-    return [p for p in unet.parameters() if p.requires_grad]
+def add_denoiser_lora(denoiser: torch.nn.Module, cfg: TrainConfig, seed: int,
+                      default_targets: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """Inject the denoiser's LoRA (``train.target_modules``, else the family's targets) and
+    return its (trainable, fp32) parameters."""
+    targets = cfg.target_modules if cfg.target_modules is not None else list(default_targets)
+    _inject(denoiser, _lora_config(cfg, targets), seed, type(denoiser).__name__, "train.target_modules")
+    return [p for p in denoiser.parameters() if p.requires_grad]
 
 
-def add_loras(pipe: Any, cfg: TrainConfig, seed: int) -> dict[str, torch.nn.Parameter]:
-    """LoRAs on the UNet and, with ``cfg.train_text_encoder``, on every text encoder; returns the
-    trainable parameters by ``<component>.<name>`` (the names checkpoints store)."""
-    add_unet_lora(pipe.unet, cfg, seed)
-    components = ["unet"]
+def add_loras(pipe: Any, cfg: TrainConfig, seed: int, family: ModelFamily) -> dict[str, torch.nn.Parameter]:
+    """LoRAs on the denoiser and, with ``cfg.train_text_encoder``, on the family's adaptable text
+    encoders; returns the trainable parameters by ``<component>.<name>`` (the names checkpoints
+    store)."""
+    add_denoiser_lora(getattr(pipe, family.denoiser), cfg, seed, family.default_targets)
+    components = [family.denoiser]
     if cfg.train_text_encoder:
-        for offset, name in enumerate(text_encoders(pipe), start=1):
+        trainable = [n for n in text_encoders(pipe) if n in family.text_encoder_loras]
+        for offset, name in enumerate(trainable, start=1):
             _inject(getattr(pipe, name), _lora_config(cfg, cfg.text_encoder_target_modules),
                     seed + offset, name, "train.text_encoder_target_modules")
             components.append(name)
@@ -66,9 +74,9 @@ def lora_state(pipe: Any) -> dict[str, dict[str, torch.Tensor]]:
     from peft.utils import get_peft_model_state_dict
 
     out = {}
-    for name in ("unet", *text_encoders(pipe)):
-        module = getattr(pipe, name)
-        if getattr(module, "peft_config", None):
+    for name in (*DENOISERS, *text_encoders(pipe)):
+        module = getattr(pipe, name, None)
+        if module is not None and getattr(module, "peft_config", None):
             out[name] = get_peft_model_state_dict(module)
     return out
 
@@ -80,13 +88,18 @@ def save_lora(pipe: Any, out_dir: Path) -> Path:
     The PEFT configs travel in the file's metadata: without them diffusers assumes
     ``alpha == rank`` on load, and an adapter trained with another alpha would load at the
     wrong strength.
+
+    Transformer LoRAs are written with PEFT's own key names, as diffusers' Flux/SD3 training
+    scripts write them: ``convert_state_dict_to_diffusers`` renames ``to_q``/``to_k``/``to_v``/
+    ``to_out.0`` to the UNet attention processors' old ``lora.down``/``lora.up`` names, which
+    the transformer loaders silently drop.
     """
     from diffusers.utils import convert_state_dict_to_diffusers
 
     kwargs: dict[str, Any] = {}
     for name, state in lora_state(pipe).items():
-        layers = {k: v.detach().to("cpu", torch.float32).contiguous()
-                  for k, v in convert_state_dict_to_diffusers(state).items()}
+        keys = state if name == "transformer" else convert_state_dict_to_diffusers(state)
+        layers = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in keys.items()}
         kwargs[f"{name}_lora_layers"] = layers
         kwargs[f"{name}_lora_adapter_metadata"] = getattr(pipe, name).peft_config["default"].to_dict()
     type(pipe).save_lora_weights(save_directory=out_dir, safe_serialization=True, **kwargs)

@@ -14,11 +14,11 @@ log = logging.getLogger(__name__)
 
 
 def param_groups(cfg: TrainConfig, named: dict[str, torch.nn.Parameter]) -> list[dict[str, Any]]:
-    """The UNet's LoRA at ``learning_rate``; the text encoders' at ``text_encoder_lr`` (kohya's
-    split: text-encoder LoRAs overfit faster and usually want a lower rate)."""
-    unet = [p for n, p in named.items() if n.startswith("unet.")]
-    text = [p for n, p in named.items() if not n.startswith("unet.")]
-    groups = [{"params": unet, "lr": cfg.learning_rate}]
+    """The denoiser's LoRA at ``learning_rate``; the text encoders' at ``text_encoder_lr``
+    (kohya's split: text-encoder LoRAs overfit faster and usually want a lower rate)."""
+    denoiser = [p for n, p in named.items() if not n.startswith("text_encoder")]
+    text = [p for n, p in named.items() if n.startswith("text_encoder")]
+    groups = [{"params": denoiser, "lr": cfg.learning_rate}]
     if text:
         groups.append({"params": text, "lr": cfg.text_encoder_lr or cfg.learning_rate})
     return groups

@@ -19,21 +19,23 @@ def image_grid(images: list[Image.Image], cols: int) -> Image.Image:
 
 
 def render_samples(pipe: Any, prompts: list[str], seed: int, steps: int, resolution: int,
-                   device: torch.device, path: Path) -> Path:
+                   device: torch.device, path: Path, **call_kwargs: Any) -> Path:
     """One image per prompt, prompt ``i`` from seed ``seed + i``, so every grid of a run shows
     the same noise and only the adapter changes. The caller's random state is left alone and the
-    UNet's train/eval mode restored."""
-    unet = pipe.unet
-    was_training = unet.training
-    unet.eval()
+    denoiser's train/eval mode restored. ``call_kwargs``: the family's extra pipeline arguments."""
+    from .families import denoiser_of
+
+    denoiser = denoiser_of(pipe)
+    was_training = denoiser.training
+    denoiser.eval()
     pipe.set_progress_bar_config(disable=True)
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             gens = [torch.Generator(device).manual_seed(seed + i) for i in range(len(prompts))]
             images = pipe(prompt=prompts, num_inference_steps=steps, generator=gens, height=resolution,
-                          width=resolution, output_type="pil").images
+                          width=resolution, output_type="pil", **call_kwargs).images
     finally:
-        unet.train(was_training)
+        denoiser.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, cols=min(4, len(images))).save(path)
     return path

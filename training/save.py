@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .export_kohya import KOHYA_WEIGHT_NAME, save_kohya
+from .export_kohya import KOHYA_WEIGHT_NAME, modelspec_metadata, save_kohya, stamp_metadata
+from .families import ModelFamily
 from .job import TrainJob, TrainResult
 from .lora import LORA_WEIGHT_NAME, lora_state, save_lora
 from .model_card import render_model_card
@@ -30,7 +31,7 @@ def write_training_args(out_dir: Path, args: dict[str, Any]) -> None:
     (out_dir / TRAINING_ARGS_NAME).write_text(json.dumps(args, indent=2, default=str) + "\n")
 
 
-def save_adapter(pipe: Any, job: TrainJob, data: TrainData, result: TrainResult, device: torch.device,
+def save_adapter(pipe: Any, family: ModelFamily, job: TrainJob, data: TrainData, result: TrainResult, device: torch.device,
                  world_size: int, sample_prompts: list[str]) -> None:
     """Write the adapter folder: the weights in both formats, the run's facts
     (``training_args.json``, also the kohya file's metadata), a sample grid and the model card."""
@@ -45,18 +46,18 @@ def save_adapter(pipe: Any, job: TrainJob, data: TrainData, result: TrainResult,
             "best_step": result.best_step, "val_loss": result.val_loss, "buckets": result.buckets,
             "cache": result.cache, "world_size": world_size, "train": cfg.model_dump()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_lora(pipe, out_dir)
+    stamp_metadata(save_lora(pipe, out_dir), modelspec_metadata(family, info))
     files = {"diffusers": LORA_WEIGHT_NAME}
     if cfg.export_kohya:
         peft_state = {f"{component}.{k}": v for component, state_dict in lora_state(pipe).items()
                       for k, v in state_dict.items()}
-        save_kohya(peft_state, out_dir / KOHYA_WEIGHT_NAME, job.family, cfg.rank, cfg.alpha or cfg.rank, info)
+        save_kohya(peft_state, out_dir / KOHYA_WEIGHT_NAME, family, cfg.rank, cfg.alpha or cfg.rank, info)
         files["kohya"] = KOHYA_WEIGHT_NAME
     write_training_args(out_dir, info)
     grid_name = None
     if cfg.sample_every:
         render_samples(pipe, sample_prompts, cfg.sample_seed, cfg.sample_steps, cfg.resolution, device,
-                       out_dir / SAMPLE_GRID_NAME)
+                       out_dir / SAMPLE_GRID_NAME, **family.inference_kwargs(pipe))
         grid_name = SAMPLE_GRID_NAME
     card = job.card
     (out_dir / MODEL_CARD_NAME).write_text(render_model_card(

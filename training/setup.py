@@ -19,7 +19,7 @@ from .buckets import Bucket, bucket_grid
 from .callbacks import Callback, CallbackList, EarlyStopping, MetricsSink, PlateauLR
 from .dataset import CaptionedImageDataset, DataOrder, Record, read_records, split_records
 from .distributed import World, barrier, init_world
-from .families import ModelFamily
+from .families import ModelFamily, denoiser_of
 from .feature_cache import module_fingerprint
 from .job import TrainJob
 from .lora import add_loras, text_encoders
@@ -60,12 +60,31 @@ def placement(cfg: TrainConfig) -> tuple[torch.device, World, torch.dtype]:
     return device, world, weight_dtype_for(cfg.mixed_precision, device)
 
 
-def load_frozen_pipeline(job: TrainJob, device: torch.device, weight_dtype: torch.dtype) -> Any:
+def quantization(cfg: TrainConfig, family: ModelFamily, device: torch.device) -> dict[str, Any]:
+    """``from_pretrained``'s ``quantization_config`` for ``train.base_quantization``: the
+    denoiser in bitsandbytes NF4 (bf16 compute, double quantisation, as QLoRA) or int8."""
+    if cfg.base_quantization == "none":
+        return {}
+    if device.type != "cuda":
+        raise StageError(f"train.base_quantization {cfg.base_quantization!r} needs a CUDA device "
+                         "(bitsandbytes); use 'none' on the CPU")
+    from diffusers import PipelineQuantizationConfig
+
+    kwargs: dict[str, Any] = ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                               "bnb_4bit_compute_dtype": torch.bfloat16}
+                              if cfg.base_quantization == "nf4" else {"load_in_8bit": True})
+    backend = "bitsandbytes_4bit" if cfg.base_quantization == "nf4" else "bitsandbytes_8bit"
+    return {"quantization_config": PipelineQuantizationConfig(
+        quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=[family.denoiser])}
+
+
+def load_frozen_pipeline(job: TrainJob, family: ModelFamily, device: torch.device, weight_dtype: torch.dtype) -> Any:
     """The base pipeline with every weight frozen and in eval mode. The VAE stays fp32: SDXL's
     VAE overflows in fp16, and it only encodes (no activations kept)."""
     from lora_factory.models import load_pipeline
 
-    pipe = load_pipeline(job.base_ref, job.family, job.cache_dir, device=str(device), dtype=weight_dtype)
+    pipe = load_pipeline(job.base_ref, job.family, job.cache_dir, device=str(device), dtype=weight_dtype,
+                         **quantization(job.train, family, device))
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
@@ -75,15 +94,16 @@ def load_frozen_pipeline(job: TrainJob, device: torch.device, weight_dtype: torc
     return pipe
 
 
-def add_trainable_loras(pipe: Any, cfg: TrainConfig, seed: int) -> dict[str, torch.nn.Parameter]:
-    """The LoRAs (UNet, optionally the text encoders): the only trainable weights."""
-    named = add_loras(pipe, cfg, seed)
+def add_trainable_loras(pipe: Any, cfg: TrainConfig, seed: int, family: ModelFamily) -> dict[str, torch.nn.Parameter]:
+    """The LoRAs (the denoiser, optionally the text encoders): the only trainable weights."""
+    named = add_loras(pipe, cfg, seed, family)
+    denoiser = getattr(pipe, family.denoiser)
     if cfg.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        denoiser.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
             for name in text_encoders(pipe):
                 getattr(pipe, name).gradient_checkpointing_enable()
-    pipe.unet.train()
+    denoiser.train()
     return named
 
 
@@ -126,7 +146,7 @@ def build_data(job: TrainJob, pipe: Any, family: ModelFamily, world: World, devi
     class_images = None
     if cfg.prior_preservation:
         folder = class_image_dir(job.feature_cache_dir or job.out_dir / "class_images",
-                                 module_fingerprint(pipe.unet), cfg, job.seed)
+                                 module_fingerprint(denoiser_of(pipe)), cfg, job.seed)
         if world.is_main:
             ensure_class_images(pipe, cfg, folder, job.seed, device)
         barrier(world)

@@ -25,7 +25,7 @@ from .callbacks import Diverged
 from .conditioning import Conditioner
 from .dataset import Sample, augment, group_batches
 from .distributed import World, average_gradients, sum_across
-from .families import ModelFamily
+from .families import ModelFamily, denoiser_of
 from .optim import scale_lr
 from .prior import class_draws
 from .setup import TrainData
@@ -162,8 +162,8 @@ def validate(model: Model, data: TrainData, cfg: TrainConfig, seed: int) -> floa
     assert data.validation is not None
     gen = torch.Generator(model.device).manual_seed(seed + 104_729)
     total, count = 0.0, 0
-    unet = model.pipe.unet
-    unet.eval()
+    denoiser = denoiser_of(model.pipe)
+    denoiser.eval()
     with torch.no_grad():
         for indices in group_batches(list(range(len(data.validation))), data.validation.buckets,
                                      cfg.batch_size):
@@ -171,5 +171,5 @@ def validate(model: Model, data: TrainData, cfg: TrainConfig, seed: int) -> floa
             loss = batch_loss(model, samples, None, gen, 0.0, None)
             total += float(loss) * len(samples)
             count += len(samples)
-    unet.train()
+    denoiser.train()
     return total / count

@@ -33,7 +33,7 @@ from . import checkpoints as ckpt
 from .callbacks import Callback, Diverged, Preempted, Stop, TrainState
 from .conditioning import make_conditioner
 from .distributed import World, any_across, barrier
-from .families import family_for
+from .families import family_of_job
 from .job import TrainJob, TrainResult
 from .metrics import StepMetrics, peak_memory_mb, weights_norm
 from .optim import scale_lr
@@ -71,17 +71,18 @@ def train_lora(job: TrainJob, *, on_step: OnStep | None = None,
     each validation with ``val_loss``. ``callbacks`` get every hook (see ``training.callbacks``).
     """
     started, cfg = time.perf_counter(), job.train
-    family = family_for(job.family)
+    family = family_of_job(job.base_ref, job.family, job.cache_dir)
+    job = job.model_copy(update={"family": family.name})
     device, world, weight_dtype = placement(cfg)
 
     # Models: everything frozen; the family's noise schedule; the encoders' outputs (cached).
-    pipe = load_frozen_pipeline(job, device, weight_dtype)
+    pipe = load_frozen_pipeline(job, family, device, weight_dtype)
     cond = make_conditioner(pipe, family, cfg, device, weight_dtype, job.feature_cache_dir)
     model = Model(pipe, family, family.noise_scheduler(pipe), cond, device, weight_dtype)
     # Data: buckets on the model's grid, the held-out split, class images (before the LoRAs exist).
     data = build_data(job, pipe, family, world, device)
     # LoRAs, optimizer, schedule, data order: the loop's state, fresh or from the latest checkpoint.
-    named = add_trainable_loras(pipe, cfg, job.seed)
+    named = add_trainable_loras(pipe, cfg, job.seed, family)
     state = fresh_state(job, named, data, world, device, weight_dtype,
                         [*builtin_callbacks(cfg, on_step if world.is_main else None), *(callbacks or [])])
     resumed_from = resume(state, job, world)
@@ -95,7 +96,7 @@ def train_lora(job: TrainJob, *, on_step: OnStep | None = None,
                          stopped_early=stop.reason if stop else None, best_step=state.best_step,
                          val_loss=state.val_loss, buckets=data.bucket_counts(), cache=cond.report())
     if world.is_main:  # one writer; the other ranks hold identical weights
-        save_adapter(pipe, job, data, result, device, world.size, loop.sample_prompts)
+        save_adapter(pipe, family, job, data, result, device, world.size, loop.sample_prompts)
     barrier(world)
     return result.model_copy(update={"seconds": time.perf_counter() - started})
 
@@ -184,7 +185,8 @@ class _Loop:
             self._update_best(state.val_loss)
         if cfg.sample_every and step % cfg.sample_every == 0 and self.world.is_main:
             grid = render_samples(self.model.pipe, self.sample_prompts, cfg.sample_seed, cfg.sample_steps,
-                                  cfg.resolution, self.model.device, self.samples_dir / f"step-{step:06d}.png")
+                                  cfg.resolution, self.model.device, self.samples_dir / f"step-{step:06d}.png",
+                                  **self.model.family.inference_kwargs(self.model.pipe))
             state.callbacks.on_sample(self.view, grid)
         stop = state.callbacks.should_stop(self.view)
         if any_across(sigterm.event.is_set(), self.world):

@@ -7,13 +7,18 @@ reference is (tiny, local directory, hub id). Heavy libraries are imported insid
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from lora_factory.errors import ModelUnavailableError
 from lora_factory.models.captioner import Captioner
 from lora_factory.models.clip_scorer import ClipScorer
+from lora_factory.models.families import (
+    FAMILY_PIPELINES,
+    check_declared,
+    family_of_class,
+    read_pipeline_class,
+)
 from lora_factory.models.refs import resolve_ref
 from lora_factory.models.tagger import Tagger
 
@@ -21,13 +26,6 @@ if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
     from sentence_transformers import SentenceTransformer
-
-Family = Literal["sd15", "sdxl"]
-_PIPELINE_CLASSES: dict[str, str] = {
-    "sd15": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-}
-
 
 def load_text_embedder(ref: str, cache_dir: Path, device: str = "cpu") -> SentenceTransformer:
     """A sentence-transformers model (all-MiniLM-L6-v2 by default) for semantic dedup."""
@@ -51,32 +49,17 @@ def load_tagger(ref: str, cache_dir: Path, device: str = "cpu") -> Tagger:
     return Tagger.from_dir(resolve_ref(ref, "tagger", cache_dir), device=device)
 
 
-def _check_family(path: Path, ref: str, family: Family) -> None:
-    """Fail with one line when the directory holds the other family's pipeline."""
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise ModelUnavailableError(
-            f"models.base = {ref!r}: {path} has no model_index.json, "
-            "so it is not a diffusers pipeline directory"
-        )
-    found: Any = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
-    expected = _PIPELINE_CLASSES[family]
-    other = {v: k for k, v in _PIPELINE_CLASSES.items()}.get(found)
-    if other is not None and other != family:
-        raise ModelUnavailableError(
-            f"models.base = {ref!r} is a {found} ({other}) but models.base_family is {family!r}: "
-            f"set models.base_family to {other!r} or point models.base at a {expected}"
-        )
-
-
 def load_pipeline(
     ref: str,
-    family: Family,
+    family: str | None,
     cache_dir: Path,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
+    **kwargs: Any,
 ) -> DiffusionPipeline:
-    """The base text-to-image pipeline (SD1.5 or SDXL class by ``family``), float32 by default.
+    """The base text-to-image pipeline, of the class its ``model_index.json`` names, float32 by
+    default. ``family`` (``models.base_family``), when given, must be the model's own.
+    ``kwargs`` go to ``from_pretrained`` (e.g. a ``quantization_config``).
 
     SD1.5's NSFW safety checker is not loaded: it is not part of training or evaluation, and it
     blacks out images instead of failing.
@@ -84,15 +67,17 @@ def load_pipeline(
     import diffusers
     import torch
 
-    if family not in _PIPELINE_CLASSES:
+    if family is not None and family not in FAMILY_PIPELINES:
         raise ModelUnavailableError(
-            f"models.base_family = {family!r} is not one of {sorted(_PIPELINE_CLASSES)}"
+            f"models.base_family = {family!r} is not one of {sorted(FAMILY_PIPELINES)}"
         )
     path = resolve_ref(ref, "base", cache_dir)
-    _check_family(path, ref, family)
-    pipeline_class = getattr(diffusers, _PIPELINE_CLASSES[family])
+    pipeline_class = read_pipeline_class(path, ref)
+    found = check_declared(family_of_class(pipeline_class, ref), family, ref, pipeline_class)
     extra: dict[str, Any] = (
-        {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
+        {"safety_checker": None, "requires_safety_checker": False} if found == "sd15" else {}
     )
-    pipe = pipeline_class.from_pretrained(path, dtype=dtype or torch.float32, **extra)
+    pipe = getattr(diffusers, pipeline_class).from_pretrained(
+        path, dtype=dtype or torch.float32, **extra, **kwargs
+    )
     return pipe.to(device)

@@ -1,11 +1,17 @@
-"""Model families: what the training loop needs to know about one kind of base model.
+"""Model families: what the trainer, the exporters and the pipelines need to know about one kind
+of base model, behind one interface.
 
 The loop is the same for every family (latents from the VAE, noise, a prediction, a loss, the
-optimizer step); what differs sits behind ``ModelFamily``: how captions become the model's
-prompt tensors, how latents are noised and what the target is, how the denoiser is called (with
-its extra conditioning, such as SDXL's size/crop time ids), and the loss. The UNet families share
-``unet.UNetFamily`` (DDPM noise, epsilon / v-prediction targets); a flow-matching transformer
-such as Flux is one more module with its own noising, call and loss.
+optimizer step); what differs sits behind ``ModelFamily``: which pipeline attribute is the
+denoiser and which of its modules get LoRAs, how captions become the model's prompt tensors, how
+latents are noised and what the target is, how the denoiser is called, the loss, the kohya /
+ComfyUI key names, and what the inference pipeline needs beyond the prompt. The UNet families
+(``sd15``, ``sdxl``) share ``unet.UNetFamily`` (DDPM noise, epsilon / v-prediction targets);
+the flow-matching transformers (``flux``, ``sd3``) share ``flow.FlowFamily``. Adding a family is
+one module and one line in ``_families``.
+
+Which family a base model is comes from its ``model_index.json``
+(``lora_factory.models.families``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ Prompt = dict[str, torch.Tensor]  # batch-first tensors by name; one caption's s
 
 @dataclass(frozen=True)
 class Noised:
-    """A batch ready for the denoiser: its input, the timesteps, and what it should predict."""
+    """A batch ready for the denoiser: its input, the timesteps (UNet: integer steps; flow
+    matching: sigmas in [0, 1]), and what it should predict."""
 
     inputs: torch.Tensor
     timesteps: torch.Tensor
@@ -33,6 +40,13 @@ class Noised:
 
 class ModelFamily(Protocol):
     name: str
+    denoiser: str  # the pipeline attribute that gets the LoRA: "unet" or "transformer"
+    default_targets: tuple[str, ...]  # its LoRA target modules when train.target_modules is unset
+    text_encoder_loras: tuple[str, ...]  # the text encoders train.train_text_encoder adapts
+    modelspec_architecture: str  # modelspec.architecture of its LoRA files
+    modelspec_implementation: str
+    modelspec_prediction: str  # modelspec.prediction_type: "epsilon", "v" or "flow"
+    kohya_base_version: str  # ss_base_model_version
 
     def noise_scheduler(self, pipe: Any) -> Any:
         """The training noise schedule, built from the pipeline's; refuses one it cannot train."""
@@ -54,13 +68,47 @@ class ModelFamily(Protocol):
              snr_gamma: float | None) -> torch.Tensor:
         """The scalar training loss."""
 
+    def kohya_state(self, peft_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+        """Component-prefixed PEFT tensors (``unet.…lora_A.weight``) → the kohya / ComfyUI file's."""
 
-def family_for(name: str) -> ModelFamily:
-    """The family called ``name``; a one-line error naming the known ones otherwise."""
+    def inference_kwargs(self, pipe: Any) -> dict[str, Any]:
+        """What the pipeline call needs beyond prompt, steps, size and generator to match training."""
+
+
+def _families() -> dict[str, ModelFamily]:
+    from .flux import Flux
+    from .sd3 import SD3
     from .sd15 import SD15
     from .sdxl import SDXL
 
-    known: dict[str, ModelFamily] = {f.name: f for f in (SD15(), SDXL())}
+    return {f.name: f for f in (SD15(), SDXL(), Flux(), SD3())}
+
+
+def family_for(name: str) -> ModelFamily:
+    """The family called ``name``; a one-line error naming the known ones otherwise."""
+    known = _families()
     if name not in known:
         raise StageError(f"unknown base model family {name!r}; expected one of {tuple(known)}")
     return known[name]
+
+
+def family_of_job(base_ref: str, declared: str | None, cache_dir: Any) -> ModelFamily:
+    """The family of the job's base model, read from its ``model_index.json`` (and checked
+    against ``declared``); one ``StageError`` line when it is unknown or does not match."""
+    from lora_factory.errors import ModelUnavailableError
+    from lora_factory.models.families import detect_family
+
+    try:
+        name = detect_family(base_ref, cache_dir, declared)
+    except ModelUnavailableError as e:
+        raise StageError(str(e)) from None
+    if name is None:
+        raise StageError(f"the family of models.base = {base_ref!r} cannot be read (its model_index.json is not "
+                         "in the Hugging Face cache and the hub is off): set models.base_family")
+    return family_for(name)
+
+
+def denoiser_of(pipe: Any) -> torch.nn.Module:
+    """The pipeline's denoiser (a UNet or a transformer)."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer

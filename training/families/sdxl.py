@@ -21,6 +21,9 @@ def time_ids(samples: list[Sample]) -> torch.Tensor:
 
 class SDXL(UNetFamily):
     name = "sdxl"
+    modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
+    modelspec_implementation = "https://github.com/Stability-AI/generative-models"
+    kohya_base_version = "sdxl_base_v1-0"
 
     def encode_prompt(self, pipe: Any, captions: list[str], device: torch.device) -> Prompt:
         hidden, pooled = [], None

@@ -17,6 +17,13 @@ from . import Noised, Prompt
 
 class UNetFamily:
     name = "unet"
+    denoiser = "unet"
+    default_targets: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+    text_encoder_loras: tuple[str, ...] = ("text_encoder", "text_encoder_2")
+    modelspec_architecture = "stable-diffusion-v1/lora"
+    modelspec_implementation = "diffusers"
+    modelspec_prediction = "epsilon"
+    kohya_base_version = "sd_v1"
 
     def noise_scheduler(self, pipe: Any) -> Any:
         from diffusers import DDPMScheduler
@@ -52,6 +59,14 @@ class UNetFamily:
     def loss(self, scheduler: Any, prediction: torch.Tensor, noised: Noised,
              snr_gamma: float | None) -> torch.Tensor:
         return diffusion_loss(prediction, noised.target, noised.timesteps, scheduler, snr_gamma)
+
+    def kohya_state(self, peft_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+        from ..export_kohya import peft_to_kohya
+
+        return peft_to_kohya(peft_state, alpha, self.name)
+
+    def inference_kwargs(self, pipe: Any) -> dict[str, Any]:
+        return {}
 
 
 def token_ids(tokenizer: Any, encoder: Any, captions: list[str], device: torch.device) -> torch.Tensor:

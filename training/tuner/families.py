@@ -44,6 +44,9 @@ class FamilyRow:
     seconds_per_step: float  # assumed s/step at ``resolution``, batch 1 (time budgets only)
     note: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The trainer family's LoRA targets (train.target_modules unset), as in training.families.
+    default_targets: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+    denoiser_class: str = "UNet2DConditionModel"  # the diffusers class of DENOISER_CONFIGS' config
 
     def activation_bytes(self, precision: str, checkpointing: bool, resolution: int, batch: int) -> int:
         """Activations of a step: linear in pixels (convolutions and fused attention both are) and
@@ -66,6 +69,13 @@ _TINY_SD15_LORA = {"to_q": 640, "to_k": 608, "to_v": 608, "to_out.0": 640, "proj
 _TINY_SDXL_LORA = {"to_q": 2048, "to_k": 2048, "to_v": 2048, "to_out.0": 2048, "proj_in": 512,
                    "proj_out": 512, "ff.net.0.proj": 4608, "ff.net.2": 2560}
 CLIP_L, OPENCLIP_BIGG, SD_VAE = 123_060_480, 694_659_840, 83_653_863
+T5_XXL_ENCODER, FLUX_VAE, TINY_T5, TINY_FLUX_VAE = 4_762_310_656, 83_819_683, 53_440, 258_379
+_FLUX_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+                 "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+                 "ff_context.net.2", "proj_mlp")
+_FLUX_LORA = dict(zip(_FLUX_TARGETS, (350208, 350208, 350208, 116736, 116736, 116736, 116736, 116736, 291840,
+                                      291840, 291840, 291840, 583680), strict=True))
+_TINY_FLUX_LORA = dict(zip(_FLUX_TARGETS, (128, 128, 128, 64, 64, 64, 64, 64, 160, 160, 160, 160, 160), strict=True))
 # q/k/v/out_proj LoRA per rank: layers x 4 projections x (in + out).
 CLIP_L_LORA, OPENCLIP_BIGG_LORA, TINY_CLIP_LORA = 12 * 4 * 1536, 32 * 4 * 2560, 2 * 4 * 64
 
@@ -104,6 +114,28 @@ FAMILIES: dict[str, FamilyRow] = {
                          ("full", False): 1_535_360, ("full", True): 364_192},
             vae_first_channels=8, seconds_per_step=0.3,
             note="the factory's tiny random-init SDXL (tiny:sdxl), for CPU runs"),
+        # Flux: parameters and LoRA sizes are counted from the configs; the activations are NOT
+        # traced (trace.py traces UNets): an assumption from the architecture (57 blocks of a
+        # 3072-wide stream over 4096 image + 512 text tokens at 1024 px; with checkpointing each
+        # block keeps its input, without it ~35 tensors of that size), to be measured on a GPU.
+        FamilyRow(
+            name="flux", base_family="flux", architecture="flux", resolution=1024, min_resolution=512,
+            bucket_step=64, denoiser_params=11_901_408_320, text_encoder_params=CLIP_L + T5_XXL_ENCODER,
+            vae_params=FLUX_VAE, lora_per_rank=_FLUX_LORA, text_encoder_lora_per_rank=CLIP_L_LORA,
+            activations={("half", False): 60 * GIB, ("half", True): int(2.2 * GIB),
+                         ("full", False): 120 * GIB, ("full", True): int(4.4 * GIB)},
+            vae_first_channels=128, seconds_per_step=3.0, default_targets=_FLUX_TARGETS,
+            denoiser_class="FluxTransformer2DModel",
+            note="FLUX.1-dev (transformer 11.9B, CLIP ViT-L + T5-XXL encoder 4.8B); activations assumed"),
+        FamilyRow(
+            name="tiny-flux", base_family="flux", architecture="tiny-flux", resolution=64, min_resolution=32,
+            bucket_step=16, denoiser_params=81_664, text_encoder_params=1_600_672 + TINY_T5,
+            vae_params=TINY_FLUX_VAE, lora_per_rank=_TINY_FLUX_LORA, text_encoder_lora_per_rank=TINY_CLIP_LORA,
+            activations={("half", False): 600_000, ("half", True): 200_000,
+                         ("full", False): 1_200_000, ("full", True): 400_000},
+            vae_first_channels=8, seconds_per_step=0.3, default_targets=_FLUX_TARGETS,
+            denoiser_class="FluxTransformer2DModel",
+            note="the factory's tiny random-init FLUX.1-dev (tiny:flux), for CPU runs; activations assumed"),
     )
 }
 
@@ -130,9 +162,12 @@ def _sdxl_unet() -> dict[str, Any]:
 def denoiser_config(architecture: str) -> dict[str, Any]:
     """The UNet config ``trace.py`` builds for ``architecture``."""
     from lora_factory.models.tiny_diffusion import SD15_CONFIG, SDXL_CONFIG
+    from lora_factory.models.tiny_flux import FLUX_CONFIG
 
     configs = {"sd15": _sd15_unet, "sdxl": _sdxl_unet,
-               "tiny-sd15": lambda: dict(SD15_CONFIG["unet"]), "tiny-sdxl": lambda: dict(SDXL_CONFIG["unet"])}
+               "tiny-sd15": lambda: dict(SD15_CONFIG["unet"]), "tiny-sdxl": lambda: dict(SDXL_CONFIG["unet"]),
+               # FluxTransformer2DModel's defaults are FLUX.1's; the dev model adds the guidance embedding.
+               "flux": lambda: {"guidance_embeds": True}, "tiny-flux": lambda: dict(FLUX_CONFIG["transformer"])}
     return configs[architecture]()
 
 
@@ -144,7 +179,13 @@ def family_row(name: str) -> FamilyRow:
         raise ConfigError(f"unknown model family '{name}': choose one of {', '.join(FAMILIES)}") from None
 
 
-def family_for(base_family: str, base_ref: str) -> FamilyRow:
-    """The row a factory run trains with: its ``models.base_family``, or that family's tiny
-    stand-in when the base model is a ``tiny:`` reference."""
-    return family_row(f"tiny-{base_family}" if base_ref.startswith("tiny:") else base_family)
+def family_for(base_family: str | None, base_ref: str) -> FamilyRow:
+    """The row a factory run trains with: its ``models.base_family`` (read from the base model
+    when unset), or that family's tiny stand-in when the base model is a ``tiny:`` reference."""
+    from pathlib import Path
+
+    from lora_factory.models.families import config_family
+
+    # The models folder is only read for local paths and hub caches, never built into.
+    family = config_family(base_ref, base_family, Path("."))
+    return family_row(f"tiny-{family}" if base_ref.startswith("tiny:") else family)

@@ -27,6 +27,10 @@ OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}
 # plus the caching allocator's slack; an assumption (no GPU here), checked only against the
 # published figures in the README.
 RUNTIME_BYTES = {"cpu": 6 * MIB, "cuda": 600 * MIB}
+# Bytes per denoiser weight loaded quantised (train.base_quantization): bitsandbytes NF4 packs two
+# weights a byte plus a block scale (double-quantised: ~0.127 bits a weight); int8 one byte plus a
+# scale per row. Layers bitsandbytes keeps in 16 bit (norms, embeddings) are under 1% for Flux.
+QUANTIZED_BYTES = {"nf4": 0.52, "int8": 1.01}
 CUDA_ALLOCATOR_SLACK = 0.10
 
 
@@ -69,7 +73,8 @@ def lora_parameters(cfg: TrainConfig, row: FamilyRow) -> int:
     """Trainable LoRA parameters: per target module name from the family's table (a name the
     table lacks counts as the largest known one, so the estimate errs high)."""
     largest = max(row.lora_per_rank.values())
-    unet = sum(row.lora_per_rank.get(name, largest) for name in cfg.target_modules) * cfg.rank
+    targets = cfg.target_modules if cfg.target_modules is not None else row.default_targets
+    unet = sum(row.lora_per_rank.get(name, largest) for name in targets) * cfg.rank
     text = row.text_encoder_lora_per_rank * cfg.rank if cfg.train_text_encoder else 0
     return unet + text
 
@@ -81,7 +86,8 @@ def on_cuda(cfg: TrainConfig) -> bool:
 def estimate(cfg: TrainConfig, row: FamilyRow) -> MemoryEstimate:
     """The peak of one training step of ``cfg`` on ``row`` (bytes, by part)."""
     weight_bytes = 4 if precision_of(cfg) == "full" else 2
-    weights = (row.denoiser_params + row.text_encoder_params) * weight_bytes + row.vae_params * 4
+    denoiser_bytes = QUANTIZED_BYTES.get(cfg.base_quantization, weight_bytes)
+    weights = int(row.denoiser_params * denoiser_bytes + row.text_encoder_params * weight_bytes + row.vae_params * 4)
     lora = lora_parameters(cfg, row)
     samples = cfg.batch_size * (2 if cfg.prior_preservation else 1)
     denoiser = row.activation_bytes(precision_of(cfg), cfg.gradient_checkpointing, cfg.resolution, samples)

@@ -27,6 +27,7 @@ from .inputs import TuneStats
 from .memory import MemoryEstimate, estimate, fit_to_budget
 from .rules import PRIORS, Prior
 
+FLOW_FAMILIES = ("flux", "sd3")  # trained with flow matching: no min-SNR weighting
 
 @dataclass(frozen=True)
 class Choice:
@@ -98,7 +99,12 @@ def _core(d: Draft, p: Prior, row: FamilyRow, stats: TuneStats, task: str) -> No
           "prior")
     rank, why = rules.rank_for(p, task, stats)
     d.set("rank", rank, why)
-    d.set("target_modules", list(rules.ATTENTION), "the attention projections (diffusers' and kohya's default)", "prior")
+    if row.default_targets == rules.ATTENTION:
+        d.set("target_modules", list(rules.ATTENTION), "the attention projections (diffusers' and kohya's default)",
+              "prior")
+    else:
+        d.set("target_modules", list(row.default_targets), f"the {row.name} family's attention and MLP projections",
+              "prior")
     d.set("train_text_encoder", False, "UNet only: keeps text embeddings cacheable and lowers the risk of "
           "overfitting the prompt (kohya recommends it for SDXL)", "prior")
     batch = d.set("batch_size", max(1, min(p.batch_size, stats.num_images)),
@@ -134,12 +140,16 @@ def _resolution(d: Draft, row: FamilyRow, stats: TuneStats) -> None:
     d.set("bucket_step", row.bucket_step, f"the {row.name} latent grid")
 
 
-def _data_and_loss(d: Draft, p: Prior, stats: TuneStats, task: str) -> None:
+def _data_and_loss(d: Draft, p: Prior, stats: TuneStats, task: str, flow: bool) -> None:
     photo = stats.domain in rules.PHOTO_DOMAINS
     d.set("noise_offset", p.noise_offset if photo else 0.0,
           "offset noise for photographs (very dark and bright scenes)" if photo
           else f"no offset noise for {stats.domain or 'these'} images", "prior")
-    d.set("snr_gamma", rules.MIN_SNR_GAMMA, "min-SNR weighting, the paper's gamma", "prior")
+    if flow:
+        d.set("snr_gamma", None, "flow matching: logit-normal timesteps with uniform weighting (min-SNR is DDPM's)",
+              "prior")
+    else:
+        d.set("snr_gamma", rules.MIN_SNR_GAMMA, "min-SNR weighting, the paper's gamma", "prior")
     dropout, why = rules.caption_dropout_for(task, stats.caption_coverage)
     d.set("caption_dropout", dropout, why)
     tags = stats.tags_per_caption >= rules.SHUFFLE_TAGS_FROM
@@ -240,7 +250,7 @@ def recommend_auto(req: TuneRequest) -> Recommendation:
     task, task_why = rules.task_of(req.stats, req.task_type)
     _core(d, p, req.family, req.stats, task)
     moved = _history(d, p, req, task)
-    _data_and_loss(d, p, req.stats, task)
+    _data_and_loss(d, p, req.stats, task, flow=req.family.base_family in FLOW_FAMILIES)
     rank = d["rank"]
     d.set("alpha", rank * p.alpha_ratio, f"rank {rank} x {p.alpha_ratio:g} (the family's alpha/rank)", "prior")
     cfg, _ = _fit(d, req)

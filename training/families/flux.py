@@ -1,0 +1,159 @@
+"""FLUX.1: ``FluxTransformer2DModel`` trained with flow matching (``flow.FlowFamily``).
+
+- Prompt: CLIP's pooled output and T5's last hidden state, through the pipeline's own
+  ``encode_prompt`` (so training sees what inference sees), T5 at the pipeline's sequence length.
+- Latents are packed into 2x2 patches with their image ids (``FluxPipeline._pack_latents`` /
+  ``_prepare_latent_image_ids``); the prediction is unpacked back to latent shape.
+- The dev model is guidance-distilled: its transformer takes a guidance embedding; LoRAs train
+  with guidance 1.0 (kohya sd-scripts' recommended value for FLUX.1-dev LoRAs).
+- LoRA targets: diffusers' ``train_dreambooth_lora_flux.py`` set (attention and MLP projections
+  of both streams of the double blocks, q/k/v of the single blocks) plus the single blocks' MLP
+  input ``proj_mlp``.
+- kohya / ComfyUI file: sd-scripts' names, the original (BFL) module names: fused
+  ``img_attn_qkv`` / ``txt_attn_qkv`` / single ``linear1`` (q, k, v, mlp) are written as one LoRA
+  of the summed rank with a block-diagonal up weight, which diffusers' converter and ComfyUI split
+  back exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from ..dataset import Sample
+from . import Noised, Prompt
+from .flow import FlowFamily
+
+TRAIN_GUIDANCE = 1.0
+MAX_T5_TOKENS = 512
+
+# diffusers module (inside a double block) -> sd-scripts name; fused ones with their member index.
+_DOUBLE = {
+    "attn.to_out.0": "img_attn_proj", "ff.net.0.proj": "img_mlp_0", "ff.net.2": "img_mlp_2",
+    "norm1.linear": "img_mod_lin", "attn.to_add_out": "txt_attn_proj", "ff_context.net.0.proj": "txt_mlp_0",
+    "ff_context.net.2": "txt_mlp_2", "norm1_context.linear": "txt_mod_lin",
+}
+_DOUBLE_FUSED = {"attn.to_q": ("img_attn_qkv", 0), "attn.to_k": ("img_attn_qkv", 1),
+                 "attn.to_v": ("img_attn_qkv", 2), "attn.add_q_proj": ("txt_attn_qkv", 0),
+                 "attn.add_k_proj": ("txt_attn_qkv", 1), "attn.add_v_proj": ("txt_attn_qkv", 2)}
+_SINGLE = {"proj_out": "linear2", "norm.linear": "modulation_lin"}
+_SINGLE_FUSED = {"attn.to_q": ("linear1", 0), "attn.to_k": ("linear1", 1), "attn.to_v": ("linear1", 2),
+                 "proj_mlp": ("linear1", 3)}
+# Output width of each fused member in units of the block's width (Flux's MLP ratio is 4).
+_FUSED_OUT = {"img_attn_qkv": (1, 1, 1), "txt_attn_qkv": (1, 1, 1), "linear1": (1, 1, 1, 4)}
+_TOP = {"x_embedder": "img_in", "context_embedder": "txt_in",
+        "time_text_embed.timestep_embedder.linear_1": "time_in_in_layer",
+        "time_text_embed.timestep_embedder.linear_2": "time_in_out_layer",
+        "time_text_embed.text_embedder.linear_1": "vector_in_in_layer",
+        "time_text_embed.text_embedder.linear_2": "vector_in_out_layer",
+        "time_text_embed.guidance_embedder.linear_1": "guidance_in_in_layer",
+        "time_text_embed.guidance_embedder.linear_2": "guidance_in_out_layer"}
+_BLOCK = re.compile(r"(single_transformer_blocks|transformer_blocks)\.(\d+)\.(.+)")
+
+
+def kohya_module(module: str) -> tuple[str, int | None]:
+    """A transformer module path → (sd-scripts LoRA name, member index in a fused layer or None)."""
+    match = _BLOCK.fullmatch(module)
+    if match is None:
+        if module in _TOP:
+            return f"lora_unet_{_TOP[module]}", None
+        raise ValueError(f"no kohya Flux name for LoRA module {module!r}")
+    kind, index, rest = match.groups()
+    prefix = f"lora_unet_{'single' if kind.startswith('single') else 'double'}_blocks_{index}_"
+    simple, fused = (_SINGLE, _SINGLE_FUSED) if kind.startswith("single") else (_DOUBLE, _DOUBLE_FUSED)
+    if rest in simple:
+        return prefix + simple[rest], None
+    if rest in fused:
+        name, member = fused[rest]
+        return prefix + name, member
+    raise ValueError(f"no kohya Flux name for LoRA module {module!r}")
+
+
+def _fuse(name: str, members: dict[int, tuple[torch.Tensor, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
+    """One LoRA for a fused layer: the members' down weights stacked, their up weights on the
+    block diagonal (a member that has no LoRA contributes zeros), alpha scaled with the rank so
+    every member keeps its ``alpha / rank``."""
+    kind = name.rsplit("_blocks_", 1)[-1].split("_", 1)[-1]
+    widths = _FUSED_OUT[kind]
+    down0, _ = next(iter(members.values()))
+    rank, width = down0.shape
+    downs, ups = [], []
+    for i, factor in enumerate(widths):
+        down, up = members.get(i, (torch.zeros_like(down0), torch.zeros(factor * width, rank, dtype=down0.dtype)))
+        downs.append(down)
+        ups.append(up)
+    return {f"{name}.lora_down.weight": torch.cat(downs), f"{name}.lora_up.weight": torch.block_diag(*ups),
+            f"{name}.alpha": torch.tensor(float(alpha) * len(widths))}
+
+
+def flux_kohya_state(peft_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """``transformer.<module>.lora_A/B.weight`` (and ``text_encoder.…``) → sd-scripts Flux keys."""
+    from ..export_kohya import peft_to_kohya
+
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    text: dict[str, torch.Tensor] = {}
+    for key, value in peft_state.items():
+        if key.startswith("text_encoder."):
+            text[key] = value
+            continue
+        if not key.startswith("transformer."):
+            raise ValueError(f"LoRA key {key!r} names no Flux component (transformer., text_encoder.)")
+        module, kind = key[len("transformer."):].rsplit(".lora_", 1)
+        pairs.setdefault(module, {})[kind] = value
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for module, weights in pairs.items():
+        name, member = kohya_module(module)
+        down, up = weights["A.weight"], weights["B.weight"]
+        if member is None:
+            out |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                    f"{name}.alpha": torch.tensor(float(alpha))}
+        else:
+            fused.setdefault(name, {})[member] = (down, up)
+    for name, members in fused.items():
+        out |= _fuse(name, members, alpha)
+    return out | peft_to_kohya(text, alpha, "flux") if text else out
+
+
+class Flux(FlowFamily):
+    name = "flux"
+    default_targets: tuple[str, ...] = (
+        "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+        "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+        "ff_context.net.2", "proj_mlp")
+    modelspec_architecture = "flux-1-dev/lora"
+    modelspec_implementation = "https://github.com/black-forest-labs/flux"
+    kohya_base_version = "flux1"
+
+    def max_sequence_length(self, pipe: Any) -> int:
+        return min(int(pipe.tokenizer_2.model_max_length), MAX_T5_TOKENS)
+
+    def encode_prompt(self, pipe: Any, captions: list[str], device: torch.device) -> Prompt:
+        hidden, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, device=device,
+                                               max_sequence_length=self.max_sequence_length(pipe))
+        return {"hidden": hidden, "pooled": pooled}
+
+    def predict(self, pipe: Any, noised: Noised, prompt: Prompt, samples: list[Sample]) -> torch.Tensor:
+        from diffusers import FluxPipeline
+
+        x = noised.inputs
+        b, c, h, w = x.shape
+        transformer, hidden = pipe.transformer, prompt["hidden"]
+        guidance = (torch.full((b,), TRAIN_GUIDANCE, device=x.device, dtype=torch.float32)
+                    if transformer.config.guidance_embeds else None)
+        out = transformer(
+            hidden_states=FluxPipeline._pack_latents(x, b, c, h, w), timestep=noised.timesteps.to(x.dtype),
+            guidance=guidance, pooled_projections=prompt["pooled"], encoder_hidden_states=hidden,
+            txt_ids=torch.zeros(hidden.shape[1], 3, device=x.device, dtype=x.dtype),
+            img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype),
+            return_dict=False)[0]
+        scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        return FluxPipeline._unpack_latents(out, h * scale, w * scale, scale)
+
+    def kohya_state(self, peft_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+        return flux_kohya_state(peft_state, alpha)
+
+    def inference_kwargs(self, pipe: Any) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length(pipe)}
