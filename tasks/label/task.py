@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from datatools.captions import tokenizer_budget
 from lora_factory.catalog import (
     CRAWL_IMAGES,
     CURATE_DATASET,
@@ -21,7 +22,6 @@ from lora_factory.home import home_of
 from lora_factory.secrets import redact
 
 from .._prefect import stage_task
-from .formatting import tokenizer_budget
 from .keywords import KeywordTagger
 from .llm_client import ChatClient, ResponseCache
 from .stage import STAGE, LabelModels, LabelResult, run_label
