@@ -168,3 +168,19 @@ def fit_human(caption: str, trigger: str, template: str, style: str, budget: Tok
     if budget.count(fill(own, trigger, "")) > budget.limit:
         own = template
     return format_caption(placed if own == template else tail[len(sep):], trigger, own, style, budget)
+
+
+def clip_budget(max_tokens: int | None = None) -> TokenBudget:
+    """CLIP's own tokenizer and budget (75 tokens after the start and end tokens), for datasets
+    inspected outside a run, where no base pipeline names its tokenizer."""
+    from lora_factory.models.clip_tokenizer import build_clip_tokenizer
+
+    tok = build_clip_tokenizer()
+    limit = int(tok.model_max_length) - tok.num_special_tokens_to_add()
+    if max_tokens is not None:
+        limit = min(limit, max_tokens)
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    return TokenBudget(count, limit, f"CLIP tokenizer, {limit} tokens")

@@ -339,6 +339,36 @@ class TrainConfig(Section):
         return self
 
 
+class DoctorConfig(Section):
+    """The dataset doctor (``lora-factory inspect``) and the factory's dataset gate before training.
+
+    With ``enabled`` the label stage inspects the folder it wrote (``label/doctor.json`` and
+    ``doctor.html``) and the train stage stops, before any step, when a ``min_*``/``max_*`` below is
+    set and missed. Off by default: existing runs pay nothing.
+    """
+
+    enabled: bool = False
+    # Gate minimums; None: not checked. Scores are 0-10 (see datatools.scores).
+    min_images: int | None = Field(None, ge=1)
+    min_relevance: float | None = Field(None, ge=0, le=10)
+    min_consistency: float | None = Field(None, ge=0, le=10)
+    min_diversity: float | None = Field(None, ge=0, le=10)
+    min_quality: float | None = Field(None, ge=0, le=10)
+    max_errors: int | None = Field(None, ge=0)  # findings of severity error
+    # Checks
+    max_aspect: float = Field(2.5, ge=1.0)  # long/short side above this: extreme_aspect
+    min_pixel_share: float = Field(0.5, gt=0, le=1)  # pixels below this share of resolution²: below_resolution
+    max_tokens: int | None = Field(None, ge=1)  # caption budget; None: label.max_tokens or CLIP's 75
+    near_dup_max_phash: int = Field(8, ge=0, le=64)  # pHash and dHash Hamming bits: near_duplicate
+    near_dup_max_dhash: int = Field(10, ge=0, le=64)
+    outlier_z: float = Field(3.5, gt=0)  # robust z of the distance to the nearest images: outlier
+    outlier_min_gap: float = Field(0.1, ge=0)  # ... and at least this much cosine distance past the median
+    dominant_cluster_share: float = Field(0.75, gt=0, le=1)  # one cluster above this share: low variety
+    # CLIP image-text cosine mapped to relevance 0..10 (ViT-B/32: ~0.15 unrelated, ~0.32 on target)
+    relevance_cosine: tuple[float, float] = (0.15, 0.32)
+    thumbnails: int = Field(12, ge=0)  # per finding in the dashboard
+
+
 class EvaluateConfig(Section):
     # Templates: {trigger} and {topic} are filled in per topic.
     prompts: list[str] = Field(
@@ -406,6 +436,7 @@ class FactoryConfig(Section):
     label: LabelConfig = Field(default_factory=LabelConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    doctor: DoctorConfig = Field(default_factory=DoctorConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
