@@ -118,10 +118,22 @@ def format_caption(body: str, trigger: str, template: str, style: str, budget: T
     """The training caption: traits and stray trigger words out of ``body``, the trigger placed by
     ``template`` once, then trimmed from the end (whole tags or clauses, then words) to fit."""
     clean = without(body, [trigger, *(traits or [])])
-    segs = segments(clean, style)
+    fitted = trim_segments(segments(clean, style), style, budget, lambda b: fill(template, trigger, b))
+    if fitted is None:
+        tokens = budget.count(fill(template, trigger, ""))
+        raise ConfigError(
+            f"label.template with the trigger word alone uses {tokens} tokens, over the budget of "
+            f"{budget.limit} ({budget.name}): shorten label.template or label.trigger_word")
+    return fitted
+
+
+def trim_segments(segs: list[str], style: str, budget: TokenBudget, render: Callable[[str], str]) -> Formatted | None:
+    """``render(body)`` with segments dropped from the end (whole tags or clauses, then words)
+    until it fits the budget; None when even the empty body does not fit."""
+    segs = list(segs)
     trimmed = False
     while True:
-        caption = fill(template, trigger, _join(segs, style))
+        caption = render(_join(segs, style))
         tokens = budget.count(caption)
         if tokens <= budget.limit:
             return Formatted(caption, tokens, trimmed)
@@ -133,9 +145,13 @@ def format_caption(body: str, trigger: str, template: str, style: str, budget: T
         elif segs:
             segs = []
         else:
-            raise ConfigError(
-                f"label.template with the trigger word alone uses {tokens} tokens, over the budget of "
-                f"{budget.limit} ({budget.name}): shorten label.template or label.trigger_word")
+            return None
+
+
+def trim_caption(caption: str, budget: TokenBudget) -> Formatted:
+    """A caption as written, cut from its end to fit (tags when it has commas, else clauses)."""
+    style = "tags" if "," in caption else "sentence"
+    return trim_segments(segments(caption, style), style, budget, tidy) or Formatted("", 0, True)
 
 
 def place_trigger_once(caption: str, trigger: str, template: str) -> str:

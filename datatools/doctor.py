@@ -16,11 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from lora_factory.catalog import LABEL_DOCTOR, LABEL_DOCTOR_REPORT
+from lora_factory.config import FactoryConfig
 from lora_factory.models.refs import is_random_ref
 from lora_factory.schemas import DoctorImage, DoctorReport
 
 from .cache import MeasureCache
 from .captions import TokenBudget
+from .dashboard import render_dashboard
 from .facts import Facts, Settings, derive
 from .findings import findings
 from .measure import FileMeasure, file_sha256, measure_file
@@ -132,3 +135,15 @@ def _groups(f: Facts) -> list[list[str]]:
                 root = f.exact_of[root]
             groups.setdefault(int(root), []).append(i)
     return [f.rel([k, *v]) for k, v in sorted(groups.items())]
+
+
+def settings_for(cfg: FactoryConfig, trigger: str | None) -> Settings:
+    """The checks' settings from a profile: its doctor section and the training it will feed."""
+    return Settings(cfg.doctor, resolution=cfg.train.resolution, bucket_step=cfg.train.bucket_step or 64,
+                    batch_size=cfg.train.batch_size, trigger=trigger)
+
+
+def write_report(report: DoctorReport, root: Path, out_dir: Path, thumbs: int) -> tuple[Path, Path]:
+    """``doctor.json`` and ``doctor.html`` in ``out_dir`` (the names the label stage uses)."""
+    return (LABEL_DOCTOR.write(out_dir, report),
+            LABEL_DOCTOR_REPORT.write(out_dir, render_dashboard(report, root, thumbs)))

@@ -12,9 +12,16 @@ import numpy as np
 from lora_factory.schemas import DoctorFinding
 
 from .facts import Facts
+from .measure import SIXTEEN_BIT
 
 _SEVERITY = {"error": 0, "warning": 1, "info": 2}
-SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _n(count: int, noun: str) -> str:
+    """``1 file``, ``3 files``, ``2 copies``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun[:-1]}ies" if noun.endswith("y") else f"{count} {noun}s"
 
 
 def _finding(code: str, severity: str, rows: list[str], title: str, fix: str) -> DoctorFinding | None:
@@ -23,72 +30,72 @@ def _finding(code: str, severity: str, rows: list[str], title: str, fix: str) ->
 
 def corrupt(f: Facts) -> DoctorFinding | None:
     rows = [s.rel for s, m in zip(f.ds.samples, f.m, strict=True) if not m.ok]
-    return _finding("corrupt", "error", rows, f"{len(rows)} files cannot be decoded",
-                    f"remove or re-export these {len(rows)} files (--fix leaves them out)")
+    return _finding("corrupt", "error", rows, f"{_n(len(rows), 'undecodable file')}",
+                    f"remove or re-export these {_n(len(rows), 'file')} (--fix leaves them out)")
 
 
 def junk(f: Facts) -> DoctorFinding | None:
     rows = f.ds.junk + f.ds.symlinks
-    return _finding("junk", "warning", rows, f"{len(rows)} non-image files (__MACOSX, ._*, .DS_Store, symlinks)",
+    return _finding("junk", "warning", rows, f"{_n(len(rows), 'non-image file')} (__MACOSX, ._*, .DS_Store, symlinks)",
                     "delete them; trainers may try to read them (--fix leaves them out)")
 
 
 def missing_captions(f: Facts) -> DoctorFinding | None:
     rows = [s.rel for s in f.ds.samples if s.caption is None]
-    return _finding("missing_caption", "error", rows, f"{len(rows)} images have no caption",
-                    f"caption these {len(rows)} images (a .txt file with the image's name)")
+    return _finding("missing_caption", "error", rows, f"{_n(len(rows), 'image')} without a caption",
+                    f"caption these {_n(len(rows), 'image')} (a .txt file with the image's name)")
 
 
 def empty_captions(f: Facts) -> DoctorFinding | None:
     rows = [s.rel for s in f.ds.samples if s.caption is not None and not s.caption.strip()]
-    return _finding("empty_caption", "error", rows, f"{len(rows)} captions are empty",
-                    f"write captions for these {len(rows)} images")
+    return _finding("empty_caption", "error", rows, f"{_n(len(rows), 'empty caption')}",
+                    f"write captions for these {_n(len(rows), 'image')}")
 
 
 def long_captions(f: Facts) -> DoctorFinding | None:
     rows = [s.rel for s, t in zip(f.ds.samples, f.tokens, strict=True) if t is not None and t > f.budget.limit]
     return _finding("caption_too_long", "warning", rows,
-                    f"{len(rows)} captions exceed the text encoder's budget ({f.budget.name}); the end is cut off in training",
-                    f"shorten these {len(rows)} captions (--fix trims them at a tag or clause boundary)")
+                    f"{_n(len(rows), 'caption')} over the text encoder's budget ({f.budget.name}): the end is cut off in training",
+                    f"shorten these {_n(len(rows), 'caption')} (--fix trims them at a tag or clause boundary)")
 
 
 def trigger_missing(f: Facts) -> DoctorFinding | None:
     rows = [s.rel for s, t in zip(f.ds.samples, f.triggers, strict=True) if t == 0 and s.caption]
-    return _finding("trigger_missing", "warning", rows, f"trigger word {f.s.trigger!r} missing from {len(rows)} captions",
-                    f"add {f.s.trigger!r} to these {len(rows)} captions (--fix puts it first)")
+    return _finding("trigger_missing", "warning", rows, f"trigger word {f.s.trigger!r} missing from {_n(len(rows), 'caption')}",
+                    f"add {f.s.trigger!r} to these {_n(len(rows), 'caption')} (--fix puts it first)")
 
 
 def trigger_repeated(f: Facts) -> DoctorFinding | None:
     rows = [s.rel for s, t in zip(f.ds.samples, f.triggers, strict=True) if t is not None and t > 1]
-    return _finding("trigger_repeated", "warning", rows, f"trigger word {f.s.trigger!r} repeated in {len(rows)} captions",
-                    f"keep {f.s.trigger!r} once in these {len(rows)} captions (--fix does)")
+    return _finding("trigger_repeated", "warning", rows, f"trigger word {f.s.trigger!r} repeated in {_n(len(rows), 'caption')}",
+                    f"keep {f.s.trigger!r} once in these {_n(len(rows), 'caption')} (--fix does)")
 
 
 def exact_duplicates(f: Facts) -> DoctorFinding | None:
     rows = f.rel(np.flatnonzero(f.exact_of >= 0))
-    return _finding("exact_duplicate", "warning", rows, f"{len(rows)} images are pixel-identical copies of others",
-                    f"remove these {len(rows)} copies; the largest, best-encoded copy of each is kept (--fix does)")
+    return _finding("exact_duplicate", "warning", rows, f"{_n(len(rows), 'pixel-identical copy')} of other images",
+                    f"remove these {_n(len(rows), 'copy')}; the largest, best-encoded copy of each is kept (--fix does)")
 
 
 def near_duplicates(f: Facts) -> DoctorFinding | None:
     rows = f.rel(np.flatnonzero(f.near_of >= 0))
-    return _finding("near_duplicate", "warning", rows, f"{len(rows)} images are near-duplicates (resized, recompressed or lightly edited copies)",
-                    f"remove these {len(rows)} near-duplicates; the best copy of each is kept (--fix does)")
+    return _finding("near_duplicate", "warning", rows, f"{_n(len(rows), 'near-duplicate')} (resized, recompressed or lightly edited copies)",
+                    f"remove these {_n(len(rows), 'near-duplicate')}; the best copy of each is kept (--fix does)")
 
 
 def below_resolution(f: Facts) -> DoctorFinding | None:
     floor = f.s.doctor.min_pixel_share * f.s.resolution ** 2
     rows = [s.rel for s, m in zip(f.ds.samples, f.m, strict=True) if m.ok and m.width * m.height < floor]
     return _finding("below_resolution", "warning", rows,
-                    f"{len(rows)} images have under {f.s.doctor.min_pixel_share:.0%} of the {f.s.resolution}x{f.s.resolution} training pixels",
-                    f"replace these {len(rows)} images with larger versions, or remove them")
+                    f"{_n(len(rows), 'image')} with under {f.s.doctor.min_pixel_share:.0%} of the {f.s.resolution}x{f.s.resolution} training pixels",
+                    f"replace these {_n(len(rows), 'image')} with larger versions, or remove them")
 
 
 def extreme_aspect(f: Facts) -> DoctorFinding | None:
     lim = f.s.doctor.max_aspect
     rows = [s.rel for s, m in zip(f.ds.samples, f.m, strict=True) if m.ok and max(m.width, m.height) > lim * max(min(m.width, m.height), 1)]
-    return _finding("extreme_aspect", "warning", rows, f"{len(rows)} images are more elongated than {lim}:1",
-                    f"crop these {len(rows)} images closer to the subject; buckets cut most of them away")
+    return _finding("extreme_aspect", "warning", rows, f"{_n(len(rows), 'image')} more elongated than {lim}:1",
+                    f"crop these {_n(len(rows), 'image')} closer to the subject; buckets cut most of them away")
 
 
 def small_buckets(f: Facts) -> DoctorFinding | None:
@@ -102,21 +109,21 @@ def small_buckets(f: Facts) -> DoctorFinding | None:
     rows = [s.rel for s, b in zip(f.ds.samples, f.bucket, strict=True) if b in thin]
     return _finding("small_bucket", "warning", rows,
                     f"{len(thin)} aspect buckets ({', '.join(sorted(thin))}) hold fewer images than the batch size {f.s.batch_size}",
-                    f"crop these {len(rows)} images to a common aspect ratio, add images of their shape, or lower the batch size")
+                    f"crop these {_n(len(rows), 'image')} to a common aspect ratio, add images of their shape, or lower the batch size")
 
 
 def exif_rotation(f: Facts) -> DoctorFinding | None:
     rows = [s.rel for s, m in zip(f.ds.samples, f.m, strict=True) if m.ok and m.exif_rotated]
-    return _finding("exif_rotation", "info", rows, f"{len(rows)} images are rotated by EXIF metadata; some tools ignore it",
-                    f"apply the rotation to the pixels of these {len(rows)} images (--fix does)")
+    return _finding("exif_rotation", "info", rows, f"{_n(len(rows), 'image')} rotated by EXIF metadata, which some tools ignore",
+                    f"apply the rotation to the pixels of these {_n(len(rows), 'image')} (--fix does)")
 
 
 def colour_modes(f: Facts) -> DoctorFinding | None:
     kinds = {s.rel: _mode_kind(m) for s, m in zip(f.ds.samples, f.m, strict=True) if m.ok}
     rows = [r for r, k in kinds.items() if k]
     tally = ", ".join(f"{n} {k}" for k, n in Counter(k for k in kinds.values() if k).most_common())
-    return _finding("colour_mode", "warning", rows, f"{len(rows)} images are not plain 8-bit RGB ({tally})",
-                    f"convert these {len(rows)} images to 8-bit RGB, flattening transparency on white (--fix does)")
+    return _finding("colour_mode", "warning", rows, f"{_n(len(rows), 'image')} not in plain 8-bit RGB ({tally})",
+                    f"convert these {_n(len(rows), 'image')} to 8-bit RGB, flattening transparency on white (--fix does)")
 
 
 def _mode_kind(m) -> str:  # noqa: ANN001 - a FileMeasure
@@ -134,14 +141,14 @@ def grayscale(f: Facts) -> DoctorFinding | None:
     if not f.ok.any() or gray.sum() * 2 >= f.ok.sum():
         return None  # a black-and-white set is a choice, not a defect
     rows = f.rel(np.flatnonzero(gray))
-    return _finding("grayscale", "warning", rows, f"{len(rows)} grayscale images in a colour set",
-                    f"remove these {len(rows)} images or caption them 'black and white' so the LoRA does not learn to drop colour")
+    return _finding("grayscale", "warning", rows, f"{_n(len(rows), 'grayscale image')} in a colour set",
+                    f"remove these {_n(len(rows), 'image')} or caption them 'black and white' so the LoRA does not learn to drop colour")
 
 
 def outliers(f: Facts) -> DoctorFinding | None:
     rows = f.rel(np.flatnonzero(f.outlier))
-    return _finding("outlier", "warning", rows, f"{len(rows)} images are far from every group of the others (CLIP embedding space)",
-                    f"check these {len(rows)} images: remove them if they are off-concept")
+    return _finding("outlier", "warning", rows, f"{_n(len(rows), 'image')} far from every group of the others (CLIP embedding space)",
+                    f"check these {_n(len(rows), 'image')}: remove them if they are off-concept")
 
 
 def dominant_cluster(f: Facts) -> DoctorFinding | None:

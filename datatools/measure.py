@@ -19,6 +19,7 @@ from .features import DECODE_ERRORS, encode_quality, measure, pixel_hash
 
 MEASURE_VERSION = 1
 _SIDE = 256  # colour and noise statistics on a copy whose long side is at most this
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _GRAY_SPREAD = 4.0  # mean |channel - mean of channels| below this (0..255): a grey picture
 
 
@@ -89,6 +90,18 @@ def _alpha(img: Image.Image) -> bool:
     return False
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit scaled down, palette and CMYK converted, transparency flattened on white."""
+    if img.mode in SIXTEEN_BIT:
+        a = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(a / (65535.0 if a.max() > 255 else 255.0) * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def measure_file(path: Path, sha256: str | None = None) -> tuple[FileMeasure, Image.Image | None]:
     """The measures of ``path`` and its decoded, oriented RGB picture (None if undecodable)."""
     from PIL import ImageOps
@@ -106,6 +119,7 @@ def measure_file(path: Path, sha256: str | None = None) -> tuple[FileMeasure, Im
         fm.error = f"cannot decode: {e}"
         return fm, None
     fm.ok = True
+    img = to_rgb(img)  # 16-bit, palette, CMYK and alpha measured as they will train
     fm.width, fm.height = img.size
     m = measure(img)
     for k in ("laplacian_var", "brightness", "dark_fraction", "bright_fraction", "contrast", "entropy"):
@@ -113,4 +127,4 @@ def measure_file(path: Path, sha256: str | None = None) -> tuple[FileMeasure, Im
     fm.phash, fm.dhash = bytes(m["phash"]).hex(), bytes(m["dhash"]).hex()  # type: ignore[arg-type]
     fm.grayscale, fm.saturation, fm.mean_rgb, fm.noise = _colour(img)
     fm.pixel_sha256 = pixel_hash(img)
-    return fm, img.convert("RGB")
+    return fm, img
