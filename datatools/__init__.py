@@ -4,7 +4,8 @@ Same layer as ``training``: imports only the kernel (``lora_factory``). The cura
 stages use its pure pieces (image features, duplicate resolution, caption formatting), and
 ``lora-factory inspect`` (the dataset doctor) and the factory's dataset gate are built from it.
 One job per module: ``safezip`` and ``readers`` (layouts in), ``features``, ``dedup``,
-``image_dedup``, ``captions`` (shared with curate and label), ``measure`` and ``cache``
-(per-file measures keyed by content), ``findings``, ``scores``, ``embedmap``, ``doctor`` (the
-whole diagnosis), ``dashboard`` (HTML), ``fix`` (the cleaned copy), ``gate`` (minimums).
+``image_dedup``, ``captions``, ``thumbs`` (shared with curate and label), ``measure`` and
+``cache`` (per-file measures keyed by content), ``facts`` (derived columns), ``findings``,
+``scores``, ``embedmap``, ``doctor`` (the whole diagnosis), ``dashboard`` (HTML), ``fix`` (the
+cleaned copy), ``gate`` (minimums), ``provenance`` (a folder as crawl items, ``run --dataset``).
 """

@@ -33,7 +33,11 @@ class ModelsConfig(Section):
 class CrawlConfig(Section):
     """Where to crawl and how far; the crawl stops cleanly at the first bound reached."""
 
-    source: Literal["demo", "seeds", "wikimedia", "openverse"] = "demo"
+    source: Literal["demo", "seeds", "wikimedia", "openverse", "dataset"] = "demo"
+    # source == "dataset" (`run --dataset PATH`): an existing folder or zip (kohya, imagefolder,
+    # flat) is taken as the crawl; its licence: this, else a licence.txt in it, else "unknown".
+    dataset: str | None = None
+    dataset_license: str | None = None
     # topic -> seed URLs (pages or sitemaps), used when source == "seeds".
     seeds: dict[str, list[str]] = Field(default_factory=dict)
     # API sources (source == "wikimedia" / "openverse"): images found per topic, fetched directly.
@@ -80,6 +84,12 @@ class CrawlConfig(Section):
     redis_key_prefix: str = "lora-factory"
     # Crawler processes the crawl task starts on the shared Redis frontier (needs redis_url).
     workers: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _dataset_needs_a_path(self) -> CrawlConfig:
+        if self.source == "dataset" and not (self.dataset or "").strip():
+            raise ValueError("crawl.source 'dataset' needs crawl.dataset (a folder or .zip): use `run --dataset PATH`")
+        return self
 
     @model_validator(mode="after")
     def _workers_need_redis(self) -> CrawlConfig:

@@ -170,3 +170,26 @@ def test_the_cache_is_keyed_by_content(tmp_path: Path, scorer) -> None:
     second = inspect(tmp_path / "ds", scorer, tmp_path / "cache")
     assert second.counts["cache_hits"] == 3
     assert [i.sha256 for i in second.images][1:] == [i.sha256 for i in first.images][1:]
+
+
+def test_a_folder_becomes_crawl_items_with_provenance(tmp_path: Path) -> None:
+    from datatools.provenance import crawl_items, folder_licence
+
+    clean_folder(tmp_path / "ds", n=2)
+    d = tmp_path / "ds" / "2_lfstyle"
+    (d / "copy.png").write_bytes((d / "clean_00.png").read_bytes())
+    (d / "broken.png").write_bytes(b"nope")
+    (tmp_path / "ds" / "license.txt").write_text("CC-BY-4.0\nby me")
+    ds = read_dataset(tmp_path / "ds")
+    items, rejected = crawl_items(ds, tmp_path / "crawl", "images", "shapes", folder_licence(ds.root, None))
+    assert len(items) == 2 and [r["reason"] for r in rejected] == ["undecodable"]
+    first = next(it for it in items if it["image_url"].endswith("clean_00.png"))
+    assert first["other_urls"] == [(d / "copy.png").resolve().as_uri()]
+    assert first["alt_text"] == f"{TRIGGER}, shapes on a gradient, picture 0" and first["license"] == "CC-BY-4.0"
+    assert (tmp_path / "crawl" / first["image_path"]).read_bytes() == (d / "clean_00.png").read_bytes()
+    assert folder_licence(ds.root, "CC0") == "CC0"
+    z = tmp_path / "set.zip"
+    z.write_bytes(zip_bytes({"a.png": png_bytes(1)}))
+    zds = read_dataset(z, scratch=tmp_path / "scratch")
+    zitems, _ = crawl_items(zds, tmp_path / "crawl2", "images", "shapes", "unknown")
+    assert zitems[0]["image_url"] == f"zip:{z.resolve().as_uri()}!/a.png"
