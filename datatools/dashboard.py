@@ -39,7 +39,8 @@ def radar(report: DoctorReport, size: int = 260) -> str:
         lx, ly = c + (r + 22) * math.cos(a), c + (r + 14) * math.sin(a)
         labels.append(f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="middle" font-size="12">{name} {report.scores[name].value:.1f}</text>')
     rings = "".join(f'<circle cx="{c}" cy="{c}" r="{r * f:.1f}" fill="none" stroke="#eee"/>' for f in (0.25, 0.5, 0.75, 1))
-    return (f'<svg width="{size}" height="{size}" role="img" aria-label="scores">{rings}{"".join(axes)}'
+    return (f'<svg width="{size + 120}" height="{size}" viewBox="-60 0 {size + 120} {size}" role="img" '
+            f'aria-label="scores">{rings}{"".join(axes)}'
             f'<polygon points="{" ".join(pts)}" fill="#4e79a766" stroke="#4e79a7"/>{"".join(labels)}</svg>')
 
 
