@@ -33,7 +33,9 @@ class ModelsConfig(Section):
 class CrawlConfig(Section):
     """Where to crawl and how far; the crawl stops cleanly at the first bound reached."""
 
-    source: Literal["demo", "seeds", "wikimedia", "openverse", "dataset"] = "demo"
+    source: Literal["demo", "seeds", "wikimedia", "openverse", "dataset", "urls"] = "demo"
+    # source == "urls": a .txt/.csv/.parquet list of image URLs (url, caption, license columns).
+    urls_file: str | None = None
     # source == "dataset" (`run --dataset PATH`): an existing folder or zip (kohya, imagefolder,
     # flat) is taken as the crawl; its licence: this, else a licence.txt in it, else "unknown".
     dataset: str | None = None
@@ -89,6 +91,8 @@ class CrawlConfig(Section):
     def _dataset_needs_a_path(self) -> CrawlConfig:
         if self.source == "dataset" and not (self.dataset or "").strip():
             raise ValueError("crawl.source 'dataset' needs crawl.dataset (a folder or .zip): use `run --dataset PATH`")
+        if self.source == "urls" and not (self.urls_file or "").strip():
+            raise ValueError("crawl.source 'urls' needs crawl.urls_file (a .txt, .csv or .parquet list of image URLs)")
         return self
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ from lora_factory.secrets import redact
 from spiders.crawl import run_crawl
 from spiders.sources.demo_site import DemoSite, generate_demo_site, serve_site
 from spiders.sources.select import API_SOURCES, api_images, expand_seeds
+from spiders.sources.url_list import url_list_images
 from spiders.workers import run_workers
 
 from ._prefect import stage_task
@@ -61,7 +62,7 @@ def seed_urls(cfg: FactoryConfig, topics: list[str], scratch: Path) -> Iterator[
     if cfg.crawl.source == "seeds":
         yield expand_seeds(cfg.crawl, topics)
         return
-    if cfg.crawl.source in API_SOURCES:
+    if cfg.crawl.source in (*API_SOURCES, "urls"):
         yield {t: [] for t in topics}
         return
     site = generate_demo_site(scratch / "demo-site", seed=cfg.crawl.demo_seed)
@@ -110,7 +111,8 @@ def crawl_task(ref: RunRef) -> dict[str, Any]:
             return stats
         with seed_urls(cfg, ref.topics, st.scratch) as urls:
             images = (
-                api_images(cfg.crawl, ref.topics) if cfg.crawl.source in API_SOURCES else None
+                api_images(cfg.crawl, ref.topics) if cfg.crawl.source in API_SOURCES
+                else url_list_images(cfg.crawl, ref.topics) if cfg.crawl.source == "urls" else None
             )
             seeds = seed_record(urls, images)
             st.tracker.log_dict(st.mlflow_run_id, seeds, SEEDS_ARTIFACT)
