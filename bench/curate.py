@@ -116,9 +116,9 @@ def bench_clip(n: int = 64, batch: int = 32, reps: int = 4) -> dict:
     import open_clip
     import torch
 
+    from datatools.features import FeatureBuilder, open_oriented
     from lora_factory.models import ClipScorer
     from tasks.curate.clip_embed import embed_image_files
-    from tasks.curate.features import FeatureBuilder, open_oriented
 
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dag, deploy, look, run, serve, server, settings, tune
+from . import dag, deploy, inspect, look, run, serve, server, settings, tune
 
 app = typer.Typer(
     add_completion=False,
@@ -24,6 +24,7 @@ app.command()(serve.serve)
 app.command()(tune.tune)
 app.command()(deploy.rollback)
 app.command()(deploy.approve)
+app.command()(inspect.inspect)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -139,18 +140,43 @@ def run(
     resume: Annotated[str | None, typer.Option(
         help="Re-run this run id: stages whose inputs, settings and code are unchanged are skipped.")] = None,
     concept: Annotated[str | None, typer.Option(
-        help="The concept the LoRA is registered and competes under (deploy.registered_model_name).")] = None,
+        help="The concept the LoRA is registered and competes under (deploy.concept).")] = None,
+    dataset: Annotated[Path | None, typer.Option(
+        "--dataset", help="Start from your own folder or .zip (kohya, imagefolder, flat) instead of crawling.")] = None,
+    license_: Annotated[str | None, typer.Option("--license", help="The --dataset images' licence (else licence.txt).")] = None,
 ) -> None:
-    """Run the whole factory for TOPICS."""
+    """Run the whole factory for TOPICS (or from your own --dataset)."""
     try:
         all_topics = read_topics(topics, topics_file)
         ov = overrides(sets, store, home, tracking_uri, seeds, max_pages, max_images)
         if concept is not None:
-            ov["deploy.registered_model_name"] = concept
+            ov["deploy.concept"] = concept
+        if dataset is not None:
+            ov |= dataset_overrides(dataset, license_)
+            all_topics = all_topics or [dataset_topic(dataset)]
         result = _run(all_topics, profile, ov, resume)
     except FactoryError as e:
         fail(e)
     _print_summary(result)
+
+
+def dataset_overrides(dataset: Path, licence: str | None) -> dict[str, Any]:
+    ov: dict[str, Any] = {"crawl.source": "dataset", "crawl.dataset": str(dataset.resolve())}
+    if licence:
+        ov["crawl.dataset_license"] = licence
+    return ov
+
+
+def dataset_topic(dataset: Path) -> str:
+    """The topic of a --dataset run without --topics: a kohya folder's concept name
+    (``10_watercolour fox`` -> ``watercolour fox``), else the folder's name."""
+    import re
+
+    if dataset.is_dir():
+        names = sorted(m.group(1) for p in dataset.iterdir() if p.is_dir() and (m := re.match(r"^\d+_(.+)$", p.name)))
+        if names:
+            return names[0].replace("_", " ")
+    return dataset.stem.replace("_", " ")
 
 
 def demo(home: HomeOpt = None, sets: SetOpt = None) -> None:

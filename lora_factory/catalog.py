@@ -28,6 +28,7 @@ from .schemas import (
     REVIEW_COLUMNS,
     CaptionStats,
     CurateStats,
+    DoctorReport,
     EvalResult,
 )
 
@@ -112,6 +113,8 @@ LABEL_CAPTION_STATS = _out("label", "caption_stats", "caption_stats.json", Json(
 LABEL_DECISIONS = _out("label", "decisions", "decisions.parquet", Table(DECISION_SCHEMA), "keep/drop per item (license, no caption, human review)")
 LABEL_CAPTIONS = _out("label", "captions", "captions.csv", Csv(REVIEW_COLUMNS), "one row per image to review: edit 'caption' (or set keep to no) and pass the file back as label.review_file")
 LABEL_REPORT = _out("label", "report", "report.html", Text(), "every kept image with caption, candidates and scores, tags, licence, source; tag frequency")
+LABEL_DOCTOR = _out("label", "doctor", "doctor.json", Json(DoctorReport), "the dataset doctor's report on the training folder (doctor.enabled): findings, scores; train's gate reads it", required=False)
+LABEL_DOCTOR_REPORT = _out("label", "doctor_report", "doctor.html", Text(), "the doctor's dashboard: score radar, findings with thumbnails and fixes, embedding map, word bars", required=False)
 LABEL_DATASHEET = _out("label", "datasheet", "datasheet.md", Text(), "sources, licence counts, opt-outs honoured, authors to attribute: feeds the model card")
 # tune -----------------------------------------------------------------------------------------
 TUNE_TRAIN_CONFIG = _out("tune", "train_config", "train_config.yaml", Yaml(TrainConfig), "the training config chosen for this dataset")
@@ -135,19 +138,19 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec("curate", "quality, text, alignment filters and dedup, a reason per drop",
               reads=(CRAWL_ITEMS, CRAWL_IMAGES),
               writes=(CURATE_DATASET, CURATE_DECISIONS, CURATE_REJECTED, CURATE_EMBEDDINGS, CURATE_STATS, CURATE_REPORT),
-              settings=("curate", "models.text_embedder", "models.clip_scorer", "seed"), code=("tasks.curate",)),
+              settings=("curate", "models.text_embedder", "models.clip_scorer", "seed"), code=("tasks.curate", "datatools")),
     StageSpec("label", "licence policy, captions chosen by CLIP among candidates, tags, the training folder",
               reads=(CURATE_DATASET, CRAWL_IMAGES, CRAWL_STATS),
               writes=(LABEL_DATASET, LABEL_KOHYA_TOML, LABEL_LABELS, LABEL_CAPTION_STATS, LABEL_DECISIONS,
-                      LABEL_CAPTIONS, LABEL_REPORT, LABEL_DATASHEET),
-              settings=("label", "models.captioner", "models.tagger", "models.clip_scorer", "seed"),
-              code=("tasks.label",)),
+                      LABEL_CAPTIONS, LABEL_REPORT, LABEL_DATASHEET, LABEL_DOCTOR, LABEL_DOCTOR_REPORT),
+              settings=("label", "doctor", "models.captioner", "models.tagger", "models.clip_scorer", "seed"),
+              code=("tasks.label", "datatools")),
     StageSpec("tune", "the training config for this dataset, explained",
               reads=(CURATE_STATS, LABEL_CAPTION_STATS), writes=(TUNE_TRAIN_CONFIG, TUNE_RATIONALE),
               settings=("tune", "train", "models.base", "models.base_family"), code=("tasks.tune", "training.tuner")),
     StageSpec("train", "the LoRA (diffusers + PEFT)",
-              reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG), writes=(TRAIN_LORA, TRAIN_SAMPLES),
-              settings=("train", "models.base", "models.base_family", "seed"), code=("tasks.train", "training")),
+              reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG, LABEL_DOCTOR), writes=(TRAIN_LORA, TRAIN_SAMPLES),
+              settings=("train", "doctor", "models.base", "models.base_family", "seed"), code=("tasks.train", "training")),
     StageSpec("evaluate", "base vs LoRA on the same seeds",
               reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG, LABEL_DATASET, LABEL_CAPTION_STATS),
               writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES, EVAL_MODEL_CARD),

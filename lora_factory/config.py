@@ -35,7 +35,13 @@ class ModelsConfig(Section):
 class CrawlConfig(Section):
     """Where to crawl and how far; the crawl stops cleanly at the first bound reached."""
 
-    source: Literal["demo", "seeds", "wikimedia", "openverse"] = "demo"
+    source: Literal["demo", "seeds", "wikimedia", "openverse", "dataset", "urls"] = "demo"
+    # source == "urls": a .txt/.csv/.parquet list of image URLs (url, caption, license columns).
+    urls_file: str | None = None
+    # source == "dataset" (`run --dataset PATH`): an existing folder or zip (kohya, imagefolder,
+    # flat) is taken as the crawl; its licence: this, else a licence.txt in it, else "unknown".
+    dataset: str | None = None
+    dataset_license: str | None = None
     # topic -> seed URLs (pages or sitemaps), used when source == "seeds".
     seeds: dict[str, list[str]] = Field(default_factory=dict)
     # API sources (source == "wikimedia" / "openverse"): images found per topic, fetched directly.
@@ -82,6 +88,14 @@ class CrawlConfig(Section):
     redis_key_prefix: str = "lora-factory"
     # Crawler processes the crawl task starts on the shared Redis frontier (needs redis_url).
     workers: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _dataset_needs_a_path(self) -> CrawlConfig:
+        if self.source == "dataset" and not (self.dataset or "").strip():
+            raise ValueError("crawl.source 'dataset' needs crawl.dataset (a folder or .zip): use `run --dataset PATH`")
+        if self.source == "urls" and not (self.urls_file or "").strip():
+            raise ValueError("crawl.source 'urls' needs crawl.urls_file (a .txt, .csv or .parquet list of image URLs)")
+        return self
 
     @model_validator(mode="after")
     def _workers_need_redis(self) -> CrawlConfig:
@@ -345,6 +359,36 @@ class TrainConfig(Section):
         return self
 
 
+class DoctorConfig(Section):
+    """The dataset doctor (``lora-factory inspect``) and the factory's dataset gate before training.
+
+    With ``enabled`` the label stage inspects the folder it wrote (``label/doctor.json`` and
+    ``doctor.html``) and the train stage stops, before any step, when a ``min_*``/``max_*`` below is
+    set and missed. Off by default: existing runs pay nothing.
+    """
+
+    enabled: bool = False
+    # Gate minimums; None: not checked. Scores are 0-10 (see datatools.scores).
+    min_images: int | None = Field(None, ge=1)
+    min_relevance: float | None = Field(None, ge=0, le=10)
+    min_consistency: float | None = Field(None, ge=0, le=10)
+    min_diversity: float | None = Field(None, ge=0, le=10)
+    min_quality: float | None = Field(None, ge=0, le=10)
+    max_errors: int | None = Field(None, ge=0)  # findings of severity error
+    # Checks
+    max_aspect: float = Field(2.5, ge=1.0)  # long/short side above this: extreme_aspect
+    min_pixel_share: float = Field(0.5, gt=0, le=1)  # pixels below this share of resolution²: below_resolution
+    max_tokens: int | None = Field(None, ge=1)  # caption budget; None: label.max_tokens or CLIP's 75
+    near_dup_max_phash: int = Field(8, ge=0, le=64)  # pHash and dHash Hamming bits: near_duplicate
+    near_dup_max_dhash: int = Field(10, ge=0, le=64)
+    outlier_z: float = Field(3.5, gt=0)  # robust z of the distance to the nearest images: outlier
+    outlier_min_gap: float = Field(0.1, ge=0)  # ... and at least this much cosine distance past the median
+    dominant_cluster_share: float = Field(0.75, gt=0, le=1)  # one cluster above this share: low variety
+    # CLIP image-text cosine mapped to relevance 0..10 (ViT-B/32: ~0.15 unrelated, ~0.32 on target)
+    relevance_cosine: tuple[float, float] = (0.15, 0.32)
+    thumbnails: int = Field(12, ge=0)  # per finding in the dashboard
+
+
 class EvaluateConfig(Section):
     # Templates: {trigger} and {topic} are filled in per topic.
     prompts: list[str] = Field(
@@ -483,6 +527,7 @@ class FactoryConfig(Section):
     label: LabelConfig = Field(default_factory=LabelConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    doctor: DoctorConfig = Field(default_factory=DoctorConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)

@@ -134,14 +134,15 @@ class StageContractError(RuntimeError):
 
 
 def missing_inputs(run: RunDir, spec: StageSpec) -> list[str]:
-    """One line per declared input that is not there, naming the stage that makes it."""
+    """One line per declared input that is not there, naming the stage that makes it. An optional
+    output (``required=False``) may be absent once its stage is done: the reader checks."""
     lines = []
     for out in spec.reads:
         status = run.stage_status(out.stage)
         if status != DONE:
             lines.append(f"{out.run_path} ({out.key}) is missing: stage '{out.stage}' makes it and is {status}")
             continue
-        if not out.exists(run.stage_path(out.stage)):
+        if out.required and not out.exists(run.stage_path(out.stage)):
             lines.append(f"{out.run_path} ({out.key}) is missing although stage '{out.stage}' is done: "
                          f"re-run '{out.stage}'")
     return lines

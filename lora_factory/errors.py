@@ -34,3 +34,7 @@ class ModelUnavailableError(FactoryError):
 
 class StageError(FactoryError):
     """A stage could not produce its outputs (empty crawl, nothing left after curation...)."""
+
+
+class DatasetError(FactoryError):
+    """A dataset folder or archive handed to us cannot be read as given (unsafe zip, no images)."""

@@ -5,6 +5,7 @@
     <home>/models/        model references built or downloaded once (tiny models, hub snapshots)
     <home>/cache/train/   latents and text embeddings, keyed by content (shared by every run)
     <home>/cache/llm/     LLM tagger answers, keyed by input hash
+    <home>/cache/doctor/  dataset doctor measures and CLIP embeddings, keyed by file content
     <home>/work/          local scratch for remote (S3) stores and staging
     <home>/mlartifacts/   MLflow artefacts of the default SQLite tracking store
     <home>/mlflow.db      the default tracking store
@@ -38,6 +39,10 @@ class Home:
     @property
     def llm_cache(self) -> Path:
         return self.root / "cache" / "llm"
+
+    @property
+    def doctor_cache(self) -> Path:
+        return self.root / "cache" / "doctor"
 
     @property
     def work(self) -> Path:

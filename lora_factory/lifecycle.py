@@ -63,6 +63,8 @@ def _shown(topic: str, max_len: int = 60) -> str:
 def preflight(cfg: FactoryConfig, topics: Iterable[str] | str | None) -> list[str]:
     """Validate topics, the store and the tracking URI; returns the normalised topics."""
     clean = normalize_topics(topics)
+    if cfg.crawl.source == "dataset" and not Path(cfg.crawl.dataset or "").exists():
+        raise ConfigError(f"crawl.dataset {cfg.crawl.dataset} does not exist: give a folder or .zip of images")
     if cfg.crawl.source == "seeds":
         missing = [t for t in clean if not cfg.crawl.seeds.get(t)]
         if missing:

@@ -304,3 +304,67 @@ class CurateStats(BaseModel):
             age = "older" if v < CURATE_STATS_VERSION else "newer"
             raise ValueError(f"schema_version {v} is {age} than the {CURATE_STATS_VERSION} this version reads")
         return v
+
+
+# label/doctor.json and `lora-factory inspect`: the dataset doctor's report. Bump the version on
+# any change a reader could notice; readers check it.
+DOCTOR_SCHEMA_VERSION = 1
+DOCTOR_SCORES = ("relevance", "consistency", "diversity", "quality")
+
+
+class DoctorFinding(BaseModel):
+    """One problem of the dataset: what, how bad, which files, and what to do about it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1)
+    severity: Literal["error", "warning", "info"]
+    title: str
+    count: int = Field(ge=0)
+    files: list[str]
+    fix: str = Field(min_length=1)
+
+
+class DoctorScore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: float = Field(ge=0, le=10)
+    formula: str
+    parts: dict[str, float]
+
+
+class DoctorImage(BaseModel):
+    """One image as the dashboard draws it (embedding map position, cluster, flags)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    sha256: str
+    ok: bool
+    caption: str | None
+    width: int
+    height: int
+    cluster: int  # -1: not embedded (undecodable)
+    x: float
+    y: float
+    relevance: float | None  # CLIP image-concept cosine
+    flags: list[str]
+
+
+class DoctorReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = DOCTOR_SCHEMA_VERSION
+    source: str
+    layout: Literal["kohya", "imagefolder", "flat"]
+    concept: str
+    trigger_word: str | None
+    clip_model: str
+    scores_meaningful: bool  # False: a random-weight (tiny:) CLIP made the embeddings
+    note: str
+    counts: dict[str, int]
+    scores: dict[Literal["relevance", "consistency", "diversity", "quality"], DoctorScore]
+    findings: list[DoctorFinding]
+    images: list[DoctorImage]
+    duplicate_groups: list[list[str]]  # kept file first
+    word_frequency: dict[str, int]

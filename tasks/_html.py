@@ -1,25 +1,11 @@
 """Small pieces of the stages' self-contained HTML reports (curate, label): inline thumbnails.
 
-Not a stage: a helper the stage reports share, like ``_text``.
+Not a stage: a helper the stage reports share, like ``_text``. The thumbnail itself lives in
+``datatools.thumbs`` so the dataset doctor (below the stages) draws the same ones.
 """
 
 from __future__ import annotations
 
-import base64
-import io
-from pathlib import Path
+from datatools.thumbs import thumbnail_uri
 
-from PIL import Image, UnidentifiedImageError
-
-
-def thumbnail_uri(path: Path, size: int = 96, fmt: str = "PNG") -> str:
-    """The image at ``path`` shrunk to fit ``size`` px, as a ``data:`` URI ('' if unreadable)."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
-        return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
-    except (OSError, UnidentifiedImageError, ValueError):
-        return ""
+__all__ = ["thumbnail_uri"]

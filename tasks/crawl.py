@@ -9,20 +9,32 @@ too and served on the same port as before when it is free, so the journal's URLs
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lora_factory.catalog import CRAWL_STATS
+from datatools.provenance import crawl_items, folder_licence
+from datatools.readers import read_dataset
+from lora_factory.catalog import (
+    CRAWL_CONFIG,
+    CRAWL_IMAGES,
+    CRAWL_ITEMS,
+    CRAWL_PAGES,
+    CRAWL_REJECTED,
+    CRAWL_STATS,
+)
 from lora_factory.config import FactoryConfig
-from lora_factory.context import RunRef, get_logger, run_stage
+from lora_factory.context import RunRef, Stage, get_logger, run_stage
+from lora_factory.errors import StageError
 from lora_factory.home import home_of
 from lora_factory.names import mlflow_key, topic_key
 from lora_factory.secrets import redact
 from spiders.crawl import run_crawl
 from spiders.sources.demo_site import DemoSite, generate_demo_site, serve_site
 from spiders.sources.select import API_SOURCES, api_images, expand_seeds
+from spiders.sources.url_list import url_list_images
 from spiders.workers import run_workers
 
 from ._prefect import stage_task
@@ -50,7 +62,7 @@ def seed_urls(cfg: FactoryConfig, topics: list[str], scratch: Path) -> Iterator[
     if cfg.crawl.source == "seeds":
         yield expand_seeds(cfg.crawl, topics)
         return
-    if cfg.crawl.source in API_SOURCES:
+    if cfg.crawl.source in (*API_SOURCES, "urls"):
         yield {t: [] for t in topics}
         return
     site = generate_demo_site(scratch / "demo-site", seed=cfg.crawl.demo_seed)
@@ -67,14 +79,40 @@ def seed_urls(cfg: FactoryConfig, topics: list[str], scratch: Path) -> Iterator[
         yield demo_seed_urls(site, base_url, topics)
 
 
+def import_dataset(st: Stage, topics: list[str]) -> dict[str, Any]:
+    """``crawl.source: dataset``: the folder's images as crawl items with their provenance
+    (``datatools.provenance``), written as a crawl writes them; nothing is fetched."""
+    cfg = st.config.crawl
+    ds = read_dataset(Path(cfg.dataset or ""), st.scratch / "unzipped")
+    topic = topics[0] if topics else ""
+    items, rejected = crawl_items(ds, st.out, CRAWL_IMAGES.path, topic, folder_licence(ds.root, cfg.dataset_license))
+    st.write(CRAWL_ITEMS, items)
+    st.output_path(CRAWL_IMAGES).mkdir(parents=True, exist_ok=True)
+    st.write(CRAWL_PAGES, [])
+    st.write(CRAWL_REJECTED, rejected)
+    stats = {"source": "dataset", "dataset": cfg.dataset, "layout": ds.layout, "images_kept": len(items),
+             "rejections": dict(Counter(r["reason"] for r in rejected)), "finish_reason": "dataset read"}
+    st.write(CRAWL_STATS, stats)
+    st.write(CRAWL_CONFIG, redact(cfg.model_dump(mode="json")))
+    if not items:
+        raise StageError(f"dataset {cfg.dataset} has no decodable images: run `lora-factory inspect` on it")
+    st.log.info("crawl: %d images from dataset %s (%s layout)", len(items), cfg.dataset, ds.layout)
+    return stats
+
+
 @stage_task(STAGE)
 def crawl_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
         cfg = st.config
         st.log_params(crawl_params(cfg))
+        if cfg.crawl.source == "dataset":
+            stats = import_dataset(st, ref.topics)
+            st.log_metrics(crawl_metrics(stats))
+            return stats
         with seed_urls(cfg, ref.topics, st.scratch) as urls:
             images = (
-                api_images(cfg.crawl, ref.topics) if cfg.crawl.source in API_SOURCES else None
+                api_images(cfg.crawl, ref.topics) if cfg.crawl.source in API_SOURCES
+                else url_list_images(cfg.crawl, ref.topics) if cfg.crawl.source == "urls" else None
             )
             seeds = seed_record(urls, images)
             st.tracker.log_dict(st.mlflow_run_id, seeds, SEEDS_ARTIFACT)

@@ -13,15 +13,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from datatools.gate import gate_message
 from lora_factory.catalog import (
     LABEL_CAPTION_STATS,
     LABEL_DATASET,
+    LABEL_DOCTOR,
+    LABEL_DOCTOR_REPORT,
     TRAIN_LORA,
     TRAIN_SAMPLES,
     TUNE_TRAIN_CONFIG,
 )
 from lora_factory.config import TrainConfig
 from lora_factory.context import RunRef, Stage, run_stage
+from lora_factory.errors import StageError
 from lora_factory.home import home_of
 from training.callbacks import Callback, StepLedger, TrainState
 from training.export_kohya import KOHYA_WEIGHT_NAME, dataset_metadata, stamp_metadata
@@ -75,9 +79,21 @@ def stamp_dataset_metadata(st: Stage, tcfg: TrainConfig) -> None:
                                                tcfg.repeats, stats.concept_summary))
 
 
+def dataset_gate(st: Stage) -> None:
+    """Stop before any step when the doctor's report (label, ``doctor.enabled``) misses a
+    configured minimum: one line naming it and the report."""
+    if not LABEL_DOCTOR.exists(st.input_dir(LABEL_DOCTOR)):
+        return
+    where = f"{st.run.url}/{LABEL_DOCTOR_REPORT.run_path}"
+    message = gate_message(st.read(LABEL_DOCTOR), st.config.doctor, where)
+    if message:
+        raise StageError(message)
+
+
 @stage_task(STAGE)
 def train_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
+        dataset_gate(st)
         cfg = st.config
         tcfg = st.read(TUNE_TRAIN_CONFIG)
         st.log_params({**tcfg.model_dump(), "base": cfg.models.base, "family": cfg.models.base_family})

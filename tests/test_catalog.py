@@ -44,14 +44,15 @@ ALLOWED = {
     "lora_factory": set(),
     "spiders": {"lora_factory"},
     "training": {"lora_factory"},
+    "datatools": {"lora_factory"},
     "deploy": {"lora_factory", "training"},
-    "tasks": {"lora_factory", "spiders", "training", "deploy"},
-    "flows": {"lora_factory", "spiders", "training", "deploy", "tasks"},
-    "cli": {"lora_factory", "spiders", "training", "deploy", "tasks", "flows"},
+    "tasks": {"lora_factory", "spiders", "training", "datatools", "deploy"},
+    "flows": {"lora_factory", "spiders", "training", "datatools", "deploy", "tasks"},
+    "cli": {"lora_factory", "spiders", "training", "datatools", "deploy", "tasks", "flows"},
 }
 # Stage output names are spelled only in the catalog. training/ is a library that writes the
 # standard LoRA layout into whatever folder it is given, so it is not scanned.
-NAME_SCANNED = ("lora_factory", "spiders", "tasks", "flows", "deploy", "cli")
+NAME_SCANNED = ("lora_factory", "spiders", "datatools", "tasks", "flows", "deploy", "cli")
 
 
 def _modules(package: str) -> list[Path]:

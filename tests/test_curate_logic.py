@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from datatools.dedup import embedding_pairs, representatives, resolve_chains
+from datatools.features import extract_features
+from datatools.image_dedup import hash_near_duplicates
 from lora_factory.config import CurateConfig
 from lora_factory.errors import StageError
 from lora_factory.manifest import item_id_for, read_decisions, write_items
@@ -17,9 +20,6 @@ from tasks._text import clean_text
 from tasks.curate import CurateModels, curate_items, load_embeddings, run_curate
 from tasks.curate.alignment import clip_checks, text_topic_check
 from tasks.curate.balance import composition_cap, source_cap
-from tasks.curate.dedup import embedding_pairs, representatives, resolve_chains
-from tasks.curate.features import extract_features
-from tasks.curate.image_dedup import hash_near_duplicates
 from tasks.curate.semantic import semantic_dedup
 from tasks.curate.stats import mean_pairwise_cosine_distance, spectrum_stats
 from tasks.curate.text import detect_languages, is_ad_text

@@ -12,13 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_factory.catalog import CURATE_DATASET, LABEL_CAPTION_STATS, LABEL_DECISIONS, LABEL_LABELS
-from lora_factory.config import LabelConfig
-from lora_factory.models.clip_tokenizer import build_clip_tokenizer
-from lora_factory.profiles import load_config
-from spiders.sources.demo_site import generate_demo_site
-from tasks.label.candidates import Candidate, ItemCandidates
-from tasks.label.formatting import (
+from datatools.captions import (
     fill,
     fit_human,
     format_caption,
@@ -28,6 +22,12 @@ from tasks.label.formatting import (
     trigger_count,
     word_budget,
 )
+from lora_factory.catalog import CURATE_DATASET, LABEL_CAPTION_STATS, LABEL_DECISIONS, LABEL_LABELS
+from lora_factory.config import LabelConfig
+from lora_factory.models.clip_tokenizer import build_clip_tokenizer
+from lora_factory.profiles import load_config
+from spiders.sources.demo_site import generate_demo_site
+from tasks.label.candidates import Candidate, ItemCandidates
 from tasks.label.licenses import apply_license_policy, license_allowed, license_family
 from tasks.label.rerank import choose, pick, score_candidates
 from tasks.label.stage import LabelModels, label_items, run_label

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_factory.buckets import Bucket, assign_bucket, bucket_grid, bucket_score, crop_fraction
 from lora_factory.errors import StageError
 from tests.training_helpers import draw_image
-from training.buckets import Bucket, assign_bucket, bucket_grid, bucket_score, crop_fraction
 from training.captions import augment_caption
 from training.dataset import (
     CaptionedImageDataset,

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lora_factory.buckets import Bucket, assign_bucket
 from lora_factory.errors import StageError
 
-from .buckets import Bucket, assign_bucket
 from .captions import augment_caption
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})

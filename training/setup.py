@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
+from lora_factory.buckets import Bucket, bucket_grid
 from lora_factory.config import TrainConfig
 from lora_factory.errors import StageError
 
 from . import checkpoints as ckpt
-from .buckets import Bucket, bucket_grid
 from .callbacks import Callback, CallbackList, EarlyStopping, MetricsSink, PlateauLR
 from .dataset import CaptionedImageDataset, DataOrder, Record, read_records, split_records
 from .distributed import World, barrier, init_world

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .dedup import hash_pairs
+from datatools.dedup import hash_pairs
 
 
 def _beyond_cap(groups: np.ndarray, rank: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:

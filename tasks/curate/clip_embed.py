@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .features import DECODE_ERRORS, open_oriented
+from datatools.features import DECODE_ERRORS, open_oriented
 
 OnDecoded = Callable[[int, Image.Image, bool], None]
 OnError = Callable[[int, str], None]

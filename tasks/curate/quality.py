@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from datatools.features import ImageFeatures
 from lora_factory.config import CurateConfig
 
 from .checks import Check, above, below
-from .features import ImageFeatures
 
 
 def quality_checks(f: ImageFeatures, cfg: CurateConfig) -> list[Check]:

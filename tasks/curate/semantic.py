@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .dedup import Pairs, embedding_pairs, representatives
+from datatools.dedup import Pairs, embedding_pairs, representatives
 
 PairCheck = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (i, j) -> bool mask
 

@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from datatools import image_dedup
+from datatools.dedup import hamming, resolve_chains
+from datatools.features import FeatureBuilder, ImageFeatures, extract_features
 from lora_factory.catalog import (
     CRAWL_ITEMS,
     CURATE_DATASET,
@@ -35,12 +38,10 @@ from lora_factory.errors import StageError
 from lora_factory.manifest import decision
 
 from .._text import candidate_text, raw_texts
-from . import balance, image_dedup, text
+from . import balance, text
 from .alignment import clip_checks, text_topic_check
 from .checks import Check
 from .clip_embed import embed_image_files
-from .dedup import hamming, resolve_chains
-from .features import FeatureBuilder, ImageFeatures, extract_features
 from .quality import quality_checks
 from .semantic import embed_texts, semantic_dedup
 from .stats import dataset_stats, zero_shot_domain

@@ -13,12 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from datatools.captions import TRIGGER
 from lora_factory.config import TrainConfig
 
 # The HF imagefolder convention, which our trainer and the diffusers examples read.
 from training.dataset import METADATA_FILE
-
-from .formatting import TRIGGER
 
 CAPTION_EXTENSION = ".txt"
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from datatools.captions import TokenBudget, fit_human, format_caption, word_budget
 from lora_factory.catalog import (
     CRAWL_STATS,
     CURATE_DATASET,
@@ -48,7 +49,6 @@ from .candidates import (
 from .captioning import captioner_captions, vlm_captions
 from .datasheet import render_datasheet
 from .export import dataset_file_name, kohya_dataset_config, write_dataset
-from .formatting import TokenBudget, fit_human, format_caption, word_budget
 from .keywords import KeywordTagger
 from .licenses import PolicyResult, apply_license_policy
 from .llm_client import ChatClient

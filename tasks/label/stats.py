@@ -6,10 +6,10 @@ import statistics
 from collections import Counter
 from typing import Any
 
+from datatools.captions import without
 from lora_factory.config import LabelConfig
 from lora_factory.schemas import CaptionStats
 
-from .formatting import without
 from .review import HUMAN
 from .tagging import TAG_FIELDS
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from datatools.captions import tokenizer_budget
 from lora_factory.catalog import (
     CRAWL_IMAGES,
     CURATE_DATASET,
@@ -21,7 +22,7 @@ from lora_factory.home import home_of
 from lora_factory.secrets import redact
 
 from .._prefect import stage_task
-from .formatting import tokenizer_budget
+from .doctor import run_doctor
 from .keywords import KeywordTagger
 from .llm_client import ChatClient, ResponseCache
 from .stage import STAGE, LabelModels, LabelResult, run_label
@@ -114,6 +115,10 @@ def label_task(ref: RunRef) -> dict[str, int]:
                 if output.exists(st.out):
                     st.log_artifact(output.at(st.out))
         st.log_metrics(metrics(result))
+        if cfg.doctor.enabled:
+            report = run_doctor(st, models.clip, models.budget, ref.topics)
+            st.log.info("label: dataset doctor: %s; %d findings", ", ".join(
+                f"{k} {s.value:.1f}" for k, s in report.scores.items()), len(report.findings))
         st.log.info("label: %d images labelled, %d dropped; summary: %s", len(result.labels), len(result.dropped),
                     result.stats.concept_summary)
     return {"labelled": len(result.labels), "dropped": len(result.dropped)}

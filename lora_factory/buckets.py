@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lora_factory.errors import StageError
+from .errors import StageError
 
 
 @dataclass(frozen=True, order=True)

@@ -118,10 +118,22 @@ def format_caption(body: str, trigger: str, template: str, style: str, budget: T
     """The training caption: traits and stray trigger words out of ``body``, the trigger placed by
     ``template`` once, then trimmed from the end (whole tags or clauses, then words) to fit."""
     clean = without(body, [trigger, *(traits or [])])
-    segs = segments(clean, style)
+    fitted = trim_segments(segments(clean, style), style, budget, lambda b: fill(template, trigger, b))
+    if fitted is None:
+        tokens = budget.count(fill(template, trigger, ""))
+        raise ConfigError(
+            f"label.template with the trigger word alone uses {tokens} tokens, over the budget of "
+            f"{budget.limit} ({budget.name}): shorten label.template or label.trigger_word")
+    return fitted
+
+
+def trim_segments(segs: list[str], style: str, budget: TokenBudget, render: Callable[[str], str]) -> Formatted | None:
+    """``render(body)`` with segments dropped from the end (whole tags or clauses, then words)
+    until it fits the budget; None when even the empty body does not fit."""
+    segs = list(segs)
     trimmed = False
     while True:
-        caption = fill(template, trigger, _join(segs, style))
+        caption = render(_join(segs, style))
         tokens = budget.count(caption)
         if tokens <= budget.limit:
             return Formatted(caption, tokens, trimmed)
@@ -133,9 +145,13 @@ def format_caption(body: str, trigger: str, template: str, style: str, budget: T
         elif segs:
             segs = []
         else:
-            raise ConfigError(
-                f"label.template with the trigger word alone uses {tokens} tokens, over the budget of "
-                f"{budget.limit} ({budget.name}): shorten label.template or label.trigger_word")
+            return None
+
+
+def trim_caption(caption: str, budget: TokenBudget) -> Formatted:
+    """A caption as written, cut from its end to fit (tags when it has commas, else clauses)."""
+    style = "tags" if "," in caption else "sentence"
+    return trim_segments(segments(caption, style), style, budget, tidy) or Formatted("", 0, True)
 
 
 def place_trigger_once(caption: str, trigger: str, template: str) -> str:
@@ -168,3 +184,19 @@ def fit_human(caption: str, trigger: str, template: str, style: str, budget: Tok
     if budget.count(fill(own, trigger, "")) > budget.limit:
         own = template
     return format_caption(placed if own == template else tail[len(sep):], trigger, own, style, budget)
+
+
+def clip_budget(max_tokens: int | None = None) -> TokenBudget:
+    """CLIP's own tokenizer and budget (75 tokens after the start and end tokens), for datasets
+    inspected outside a run, where no base pipeline names its tokenizer."""
+    from lora_factory.models.clip_tokenizer import build_clip_tokenizer
+
+    tok = build_clip_tokenizer()
+    limit = int(tok.model_max_length) - tok.num_special_tokens_to_add()
+    if max_tokens is not None:
+        limit = min(limit, max_tokens)
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    return TokenBudget(count, limit, f"CLIP tokenizer, {limit} tokens")

@@ -1,0 +1,89 @@
+"""The factory's dataset gate: with ``doctor.enabled`` the label stage writes the doctor's report
+on its training folder, and the train stage stops before any step with one line naming the
+failed minimum and the report; the minimums are pure decisions on a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from datatools.gate import failed_minimums, gate_message
+from lora_factory.catalog import (
+    CRAWL_STATS,
+    CURATE_DATASET,
+    LABEL_DOCTOR,
+    LABEL_DOCTOR_REPORT,
+    TRAIN_LORA,
+    TUNE_TRAIN_CONFIG,
+)
+from lora_factory.config import DoctorConfig, TrainConfig
+from lora_factory.errors import StageError
+from lora_factory.profiles import load_config
+from lora_factory.runstore import DONE, FAILED
+from lora_factory.schemas import DoctorReport
+from spiders.sources.demo_site import generate_demo_site
+
+from .curate_demo_items import demo_items
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict:
+    """A run whose label stage ran with the doctor on and a relevance minimum tiny CLIP misses."""
+    from lora_factory.lifecycle import start_run
+    from tasks.label import label_task
+
+    tmp = tmp_path_factory.mktemp("doctor-gate")
+    home = tmp / "home"
+    home.mkdir()
+    (home / "models").symlink_to(model_cache)
+    site = generate_demo_site(tmp / "site", seed=0)
+    cfg = load_config("tiny", {"home": str(home), "doctor.enabled": True, "doctor.min_relevance": 9.5,
+                               "label.tagger": "none"}, environ={})
+    ref = start_run(cfg, ["lighthouse", "sailboat"])
+    run = ref.run_dir()
+    crawl = Path(run.store.local_path(f"{run.key}/crawl"))
+    items, truth = demo_items(site, crawl)
+    CRAWL_STATS.write(crawl, {})
+    run.set_stage("crawl", DONE)
+    CURATE_DATASET.write(Path(run.store.local_path(f"{run.key}/curate")),
+                         [it for it in items if truth[it["item_id"]]["kind"] == "clean"][:8])
+    run.set_stage("curate", DONE)
+    label_task.fn(ref)
+    return {"ref": ref, "run": run, "label": run.stage_path("label")}
+
+
+def test_label_writes_the_doctor_report_on_its_dataset(labelled: dict) -> None:
+    report = LABEL_DOCTOR.read(labelled["label"])
+    assert isinstance(report, DoctorReport) and report.counts["images"] > 0
+    assert report.trigger_word and report.source == "label/dataset"
+    assert LABEL_DOCTOR_REPORT.exists(labelled["label"])
+    assert not report.scores_meaningful  # tiny CLIP: said in the report
+
+
+def test_train_stops_before_any_step_naming_the_minimum_and_the_report(labelled: dict) -> None:
+    from tasks.train import train_task
+
+    run = labelled["run"]
+    TUNE_TRAIN_CONFIG.write(Path(run.store.local_path(f"{run.key}/tune")), TrainConfig(max_steps=1))
+    run.set_stage("tune", DONE)
+    with pytest.raises(StageError) as err:
+        train_task.fn(labelled["ref"])
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("dataset doctor: relevance score")
+    assert "doctor.min_relevance=9.5" in line and line.endswith("label/doctor.html")
+    assert run.stage_status("train") == FAILED
+    assert not TRAIN_LORA.at(Path(run.store.local_path(f"{run.key}/train"))).exists()
+
+
+def test_minimums_are_off_by_default_and_each_is_named(labelled: dict) -> None:
+    report = LABEL_DOCTOR.read(labelled["label"])
+    assert failed_minimums(report, DoctorConfig()) == []
+    assert gate_message(report, DoctorConfig(), "r.html") is None
+    n = report.counts["decodable"]
+    strict = DoctorConfig(min_images=n + 1, min_quality=10, max_errors=0)
+    failed = failed_minimums(report, strict)
+    assert failed[0] == f"{n} usable images < doctor.min_images={n + 1}"
+    assert any(f.startswith("quality score") for f in failed)
+    message = gate_message(report, strict, "r.html")
+    assert message is not None and message.endswith("; report: r.html") and "more)" in message
