@@ -101,7 +101,7 @@ def build_overrides(
     if max_images is not None:
         out["crawl.max_images"] = max_images
     if concept is not None:
-        out["deploy.registered_model_name"] = concept
+        out["deploy.concept"] = concept
     return out
 
 
@@ -146,7 +146,7 @@ def lora_factory(
     """Run every stage whose result is not cached; returns where the results are.
 
     ``topics`` (or ``topics_file``: one per line, or YAML, on the worker's disk) for a new run;
-    ``concept`` names the registered model the LoRA competes in (``deploy.registered_model_name``);
+    ``concept`` names the registered model the LoRA competes in (``deploy.concept``);
     ``max_pages``/``max_images`` bound the crawl; ``overrides`` are ``--set``-style settings.
     Prefect validates each before the run starts."""
     log = get_logger()

@@ -25,7 +25,7 @@ def test_good_parameters_pass_and_become_overrides() -> None:
                                                "max_pages": 5, "overrides": {"train.rank": 8}})
     assert params["topics"] == ["rock & roll"]
     assert build_overrides(params["max_pages"], None, params["overrides"], params["concept"]) == {
-        "train.rank": 8, "crawl.max_pages": 5, "deploy.registered_model_name": "lighthouses"}
+        "train.rank": 8, "crawl.max_pages": 5, "deploy.concept": "lighthouses"}
 
 
 def test_the_schema_shows_the_bounds() -> None:
