@@ -12,7 +12,7 @@ import numpy as np
 from lora_factory.schemas import DoctorFinding
 
 from .facts import Facts
-from .measure import SIXTEEN_BIT
+from .measure import SIXTEEN_BIT, FileMeasure
 
 _SEVERITY = {"error": 0, "warning": 1, "info": 2}
 
@@ -126,7 +126,7 @@ def colour_modes(f: Facts) -> DoctorFinding | None:
                     f"convert these {_n(len(rows), 'image')} to 8-bit RGB, flattening transparency on white (--fix does)")
 
 
-def _mode_kind(m) -> str:  # noqa: ANN001 - a FileMeasure
+def _mode_kind(m: FileMeasure) -> str:
     if m.mode == "CMYK":
         return "CMYK"
     if m.mode in ("P", "PA"):
