@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lora_factory.catalog import DEPLOY_DECISION
 from lora_factory.errors import FactoryError
 from lora_factory.storage import Store
 from training.export_kohya import KOHYA_WEIGHT_NAME, stamp_metadata
@@ -77,7 +78,7 @@ def to_store(lora_dir: Path, store: Store, concept: str, version: str, record: M
     with tempfile.TemporaryDirectory(prefix="lf-export-") as tmp:
         folder = Path(tmp) / "v"
         shutil.copytree(lora_dir, folder, ignore=shutil.ignore_patterns("samples"))
-        (folder / "decision.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        (folder / DEPLOY_DECISION.path).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
         store.upload_dir(folder, prefix)
     return store.url_of(prefix)
 

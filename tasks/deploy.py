@@ -95,7 +95,7 @@ def _export(st: Stage, record: dict[str, Any], facts: dict[str, str], resolution
                                                 cfg.models.base_family, meta, facts["trigger_word"]))
     if ecfg.store or ecfg.variant != "none":
         with tempfile.TemporaryDirectory(prefix="lf-variant-") as tmp:
-            folder = Path(tmp) / "lora"
+            folder = Path(tmp) / "adapter"
             shutil.copytree(lora_dir, folder, ignore=shutil.ignore_patterns("samples"))
             if ecfg.variant == "fp16":
                 fp16_copy(lora_dir, folder / "fp16")

@@ -123,3 +123,60 @@ def test_rollback_command(tmp_path: Path) -> None:
     refused = CliRunner().invoke(app, ["rollback", "nope", "--reason", "x", "--tracking-uri", tracker.uri,
                                        "--home", str(tmp_path / "home")])
     assert refused.exit_code == 2 and "error: concept 'nope' has no champion" in refused.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_mlflow_models_serve_answers_on_loopback(tiny_lora: Path, model_cache: Path, tmp_path: Path) -> None:
+    import base64
+    import io
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from PIL import Image
+
+    tracker = _tracker(tmp_path)
+    _deploy(tracker, 0.3, win=True, lora=tiny_lora, base=flavor_base_model("tiny:sd", model_cache))
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent  # mlflow runs `uvicorn` from PATH, as in an activated venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracker.uri, "MLFLOW_REGISTRY_URI": tracker.uri,
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/lighthouse@champion",
+           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--timeout", "900"]  # the first request loads the pipeline: slow on a loaded machine
+    server = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "serve.log", "wb"), start_new_session=True)  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # bounded: up to ~5 minutes to import and load on a loaded machine
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        body = {"inputs": {"prompt": ["lfstyle a lighthouse"]},
+                "params": {"num_inference_steps": 2, "height": 64, "width": 64, "guidance_scale": 1.0}}
+        req = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            predictions = json.loads(r.read())["predictions"]
+        png = base64.b64decode(predictions[0] if isinstance(predictions[0], str) else predictions[0]["image"])
+        assert Image.open(io.BytesIO(png)).size == (64, 64)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the server we started and its workers
+            server.wait(timeout=60)

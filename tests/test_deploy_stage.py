@@ -1,0 +1,71 @@
+"""The deploy stage on a run whose train and evaluate are done: gate, mlflow.diffusers version,
+aliases, decision.json, the MLflow run's tags, exports; then a worse run is rejected with a
+suggestion and exports nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lora_factory.catalog import EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
+from lora_factory.profiles import load_config
+from lora_factory.runstore import DONE
+from lora_factory.schemas import EvalResult
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(cfg, tiny_lora: Path, overall: float) -> dict:  # noqa: ANN001 - FactoryConfig
+    from lora_factory.lifecycle import start_run
+    from tasks.deploy import deploy_task
+
+    ref = start_run(cfg, ["lighthouse"])
+    run = ref.run_dir()
+    for stage in ("crawl", "curate"):
+        run.set_stage(stage, DONE)
+    LABEL_LABELS.write(Path(run.store.local_path(f"{run.key}/label")),
+                       [{"item_id": f"{i:064x}", "file_name": f"{i}.png", "caption": "lfstyle", "caption_source": "topic",
+                         "license": lic} for i, lic in enumerate(["CC0", "CC0", "CC-BY-4.0"])])
+    run.set_stage("label", DONE)
+    run.set_stage("tune", DONE)
+    shutil.copytree(tiny_lora, TRAIN_LORA.at(Path(run.store.local_path(f"{run.key}/train"))))
+    run.set_stage("train", DONE)
+    EVAL_RESULT.write(Path(run.store.local_path(f"{run.key}/evaluate")), EvalResult(
+        base_ref="tiny:sd", family="sd15", lora_path="l", verdict="pass", resolution=64,
+        scores={"overall_score": overall, "fidelity_gain": 0.02, "adherence_delta": 0.0, "copy_risk": 0.0}))
+    run.set_stage("evaluate", DONE)
+    record = deploy_task.fn(ref)
+    assert json.loads((run.stage_path("deploy") / "decision.json").read_text()) == record
+    return record
+
+
+def test_deploy_stage_promotes_then_rejects(tiny_lora: Path, model_cache: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(model_cache)
+    cfg = load_config("tiny", {"home": str(home), "deploy.gate.on_missing": "skip",
+                               "deploy.export.loras_dir": str(tmp_path / "loras")}, environ={})
+    first = _run(cfg, tiny_lora, 0.30)
+    assert first["verdict"] == "promoted" and first["concept"] == "lighthouse"
+    assert first["aliases"] == ["candidate", "champion"] and first["suggestion"] is None
+    assert "skipped: portability" in first["reason"] and first["approval"]["status"] == "not_required"
+    assert (tmp_path / "loras" / "lighthouse.safetensors").is_file()
+    assert (home / "loras" / "lighthouse" / f"v{first['version']}" / "pytorch_lora_weights.safetensors").is_file()
+
+    second = _run(cfg, tiny_lora, 0.10)
+    assert second["verdict"] == "rejected" and second["aliases"] == ["candidate"] and "exports" not in second
+    assert "does not beat the champion's 0.3000" in second["reason"]
+    assert second["suggestion"]["changes"] == {"more_data": 1.5, "max_steps": 1.25}
+
+    client = MlflowClient(f"sqlite:///{home}/mlflow.db")
+    mv = client.get_model_version("lighthouse", second["version"])
+    assert mv.tags["licences"] == "CC0: 2, CC-BY-4.0: 1" and mv.tags["trigger_word"] and mv.tags["gate"] == "fail"
+    assert str(client.get_model_version_by_alias("lighthouse", "champion").version) == first["version"]
+    deploy_run = client.get_run(mv.run_id)
+    assert deploy_run.data.tags["verdict"] == "rejected"
+    assert json.loads(deploy_run.data.tags["suggestion"])["changes"]["max_steps"] == 1.25
