@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dag, look, run, server, settings, tune
+from . import dag, evaluate, look, run, server, settings, tune
 
 app = typer.Typer(
     add_completion=False,
@@ -21,6 +21,7 @@ app.command()(settings.profiles)
 app.command()(dag.dag)
 app.command()(server.server)
 app.command()(tune.tune)
+app.command()(evaluate.evaluate)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -24,6 +24,11 @@ _PREFIXES = {
 _BASE_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 
 
+def kohya_prefixes(family: str) -> tuple[tuple[str, str], ...]:
+    """(pipeline component + ".", kohya prefix) pairs of ``family``, e.g. ("unet.", "lora_unet_")."""
+    return _PREFIXES[family]
+
+
 def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float, family: str = "sdxl") -> dict[str, torch.Tensor]:
     """PEFT keys (``unet.<module>.lora_A.weight``, prefixed by component) → kohya keys."""
     out: dict[str, torch.Tensor] = {}
