@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dag, deploy, inspect, look, run, serve, server, settings, tune
+from . import dag, deploy, evaluate, inspect, look, run, serve, server, settings, tune
 
 app = typer.Typer(
     add_completion=False,
@@ -25,6 +25,7 @@ app.command()(tune.tune)
 app.command()(deploy.rollback)
 app.command()(deploy.approve)
 app.command()(inspect.inspect)
+app.command()(evaluate.evaluate)
 
 
 def main() -> None:  # pragma: no cover - console entry point

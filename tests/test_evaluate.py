@@ -22,6 +22,7 @@ from tasks.evaluate.generate import render
 from tasks.evaluate.grid import cell_origin, cell_size, grid_size
 from tasks.evaluate.prompts import EvalPrompt
 from tasks.evaluate.stage import training_losses
+from training.export_kohya import KOHYA_WEIGHT_NAME
 from training.lora import LORA_WEIGHT_NAME
 from training.trainer import train_lora
 
@@ -49,7 +50,7 @@ def lora_dir(dataset: Path, model_cache: Path, tmp_path_factory: pytest.TempPath
 
 def setup_for(dataset: Path, lora_dir: Path, model_cache: Path) -> EvalSetup:
     return EvalSetup("tiny:sd", "sd15", "tiny:clip", model_cache, RES, "lfstyle",
-                     sorted(dataset.glob("*.png")), training_losses(lora_dir))
+                     sorted(dataset.glob("*.png")), training_losses(lora_dir), lora_dir / KOHYA_WEIGHT_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +167,88 @@ def test_missing_lora_or_prompts_are_stage_errors(dataset: Path, lora_dir: Path,
         evaluate_lora(tmp_path / "nothing" / LORA_WEIGHT_NAME, PROMPTS, EVAL_CFG, setup, tmp_path / "out")
     with pytest.raises(StageError, match="no prompts"):
         evaluate_lora(lora_dir / LORA_WEIGHT_NAME, [], EVAL_CFG, setup, tmp_path / "out")
+
+
+def test_the_diffusers_and_kohya_files_load_alike(evaluated) -> None:
+    result, _ = evaluated
+    port = result.portability
+    assert port["passed"] and set(port["files"]) == {LORA_WEIGHT_NAME, KOHYA_WEIGHT_NAME}
+    assert all(f["ok"] and f["modules"] > 0 for f in port["files"].values())
+    assert port["max_pixel_difference"] <= port["tolerance"]
+    assert not any(f.code == "portability" for f in result.findings)
+
+
+def test_portability_fails_on_a_file_with_a_missing_key(lora_dir: Path, model_cache: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from lora_factory.models import load_pipeline
+    from tasks.evaluate.portability import check_keys, portability_record
+
+    tensors = load_file(str(lora_dir / KOHYA_WEIGHT_NAME))
+    dropped = sorted(k for k in tensors if k.endswith(".lora_up.weight"))[0]
+    del tensors[dropped]
+    save_file(tensors, str(tmp_path / "broken.safetensors"))
+    pipe = load_pipeline("tiny:sd", "sd15", model_cache)
+    assert check_keys(pipe, "sd15", lora_dir / KOHYA_WEIGHT_NAME).ok
+    report = check_keys(pipe, "sd15", tmp_path / "broken.safetensors")
+    assert not report.ok and report.missing == [dropped.removesuffix(".lora_up.weight") + " lora_up"]
+    assert "1 missing keys" in report.line()
+    assert portability_record({"kohya": report}, None)["passed"] is False
+    renamed = {k.replace("lora_unet_", "lora_unet_nowhere_"): v for k, v in tensors.items()}
+    save_file(renamed, str(tmp_path / "elsewhere.safetensors"))
+    assert check_keys(pipe, "sd15", tmp_path / "elsewhere.safetensors").unexpected
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    res = CliRunner().invoke(app, ["evaluate", *args])
+    return res.exit_code, res.output
+
+
+def test_the_standalone_command_evaluates_an_external_kohya_file(lora_dir: Path, dataset: Path,
+                                                                  model_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    external = tmp_path / "downloaded" / "my_lora.safetensors"
+    external.parent.mkdir()
+    shutil.copy(lora_dir / KOHYA_WEIGHT_NAME, external)  # alone: no training_args, no card
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# mine\nlfstyle, a yellow ellipse\nleakage: a yellow ellipse\n")
+    code, out = _cli(str(external), "--base", "tiny:sd", "--prompts", str(prompts), "--references", str(dataset),
+                     "--out", str(tmp_path / "ev"), "--home", str(model_cache.parent),
+                     "--set", "evaluate.num_seeds=1", "--set", "evaluate.num_inference_steps=2",
+                     "--set", "evaluate.resolution=64")
+    assert code == 0, out
+    assert "verdict:" in out and "random_scorer" in out and "pixels_fidelity" not in out
+    ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert [p["kind"] for p in ev["prompts"]] == ["concept", "leakage"]
+    assert ev["scores"]["fidelity_gain"] is not None and ev["scores"]["leakage"] is not None
+
+
+def test_standalone_bad_input_is_one_line(lora_dir: Path, model_cache: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    home = ("--home", str(model_cache.parent), "--set", "evaluate.resolution=64")
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not a tensor file")
+    save_file({"weight": torch.zeros(3, 3)}, str(tmp_path / "model.safetensors"))
+    squeezed = {k: (v[:, :-1].contiguous() if k.endswith("lora_down.weight") else v)
+                for k, v in load_file(str(lora_dir / KOHYA_WEIGHT_NAME)).items()}
+    save_file(squeezed, str(tmp_path / "other_base.safetensors"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing here\n\n")
+    cases = [
+        ((str(text), "--base", "tiny:sd"), "is not a LoRA: not a readable safetensors file"),
+        ((str(tmp_path / "model.safetensors"), "--base", "tiny:sd"), "no LoRA weights"),
+        ((str(tmp_path / "other_base.safetensors"), "--base", "tiny:sd"), "shape mismatches"),
+        ((str(lora_dir / KOHYA_WEIGHT_NAME), "--base", "tiny:sd", "--prompts", str(empty)), "has no prompts"),
+    ]
+    for args, expected in cases:
+        code, out = _cli(*args, *home, "--out", str(tmp_path / "out"))
+        errors = [line for line in out.splitlines() if line.startswith("error:")]  # (and progress bars)
+        assert code != 0 and len(errors) == 1 and expected in errors[0] and "Traceback" not in out, out
+    assert not (tmp_path / "out").exists()

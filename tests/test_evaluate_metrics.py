@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -160,3 +161,20 @@ def test_prompts_are_deterministic_and_leakage_prompts_have_no_trigger() -> None
 
 def test_metric_pair_gain_is_lora_minus_base() -> None:
     assert MetricPair(base=0.25, lora=0.5).gain == pytest.approx(0.25)
+
+
+def test_the_model_card_gets_the_scores_in_place_of_not_evaluated_yet() -> None:
+    from training.model_card import render_model_card, with_eval_scores
+
+    card = render_model_card(base_ref="tiny:sd", family="sd15", trigger_word="lfstyle", train_config={"rank": 4},
+                             dataset={"images": 3}, result={"steps": 2}, sample_grid="samples.png")
+    assert "Not evaluated yet" in card
+    scored = with_eval_scores(card, {"overall_score": 0.25, "fidelity_gain": 0.125},
+                              ["random_scorer: the clip scorer is a random tiny model"])
+    assert "Not evaluated yet" not in scored
+    assert "- overall_score: 0.2500" in scored and "random tiny model" in scored
+    assert "## Samples" in scored and "## GPU targets" in scored  # the rest of the card is kept
+    front = yaml.safe_load(scored.split("---\n", 2)[1])
+    metrics_ = front["model-index"][0]["results"][0]["metrics"]
+    assert {m["type"]: m["value"] for m in metrics_} == {"fidelity_gain": 0.125, "overall_score": 0.25}
+    assert front["base_model"] == "tiny:sd"

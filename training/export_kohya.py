@@ -30,6 +30,11 @@ _PREFIXES = {
 }
 
 
+def kohya_prefixes(family: str) -> tuple[tuple[str, str], ...]:
+    """(pipeline component + ".", kohya prefix) pairs of ``family``, e.g. ("unet.", "lora_unet_")."""
+    return _PREFIXES[family]
+
+
 def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float, family: str = "sdxl") -> dict[str, torch.Tensor]:
     """PEFT keys (``unet.<module>.lora_A.weight``, prefixed by component) → kohya keys."""
     out: dict[str, torch.Tensor] = {}

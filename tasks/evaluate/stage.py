@@ -21,6 +21,7 @@ from . import findings as fnd
 from .embedders import Embedder, load_embedder
 from .generate import Sample, render, scheduler_of
 from .grid import make_grid
+from .portability import KeyReport, check_keys, max_difference, portability_record
 from .prompts import EvalPrompt, seeds_for, strip_trigger
 from .report import render_report
 from .score import EmbeddingSet, Scored, headline_scores, per_prompt, score_set
@@ -43,6 +44,7 @@ class EvalSetup:
     trigger: str
     references: list[Path] = field(default_factory=list)  # training images (fidelity, copies)
     losses: list[float] = field(default_factory=list)  # the training loss per step, if known
+    kohya_file: Path | None = None  # the same LoRA in kohya format: checked for portability
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Rendered:
     lora: list[Sample]
     seeds: list[int]
     scheduler: dict[str, Any]
+    portability: dict[str, Any] = field(default_factory=dict)
 
 
 def training_losses(lora_dir: Path) -> list[float]:
@@ -72,13 +75,34 @@ def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cf
     seeds = seeds_for(cfg.seed, cfg.num_seeds)
     kw = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "resolution": setup.resolution,
           "batch_size": cfg.batch_size, "device": device}
+    keys = check_keys(pipe, setup.family, lora_file)
+    if not keys.ok:
+        raise StageError(f"{lora_file.name} is not a LoRA for {setup.base_ref} ({setup.family}): {keys.line()}")
     scheduler = scheduler_of(pipe)
     base = render(pipe, prompts, seeds, "base", **kw)
     pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
     if scheduler_of(pipe) != scheduler:
         raise StageError("loading the LoRA changed the pipeline's scheduler; base and LoRA would not compare")
     lora = render(pipe, prompts, seeds, "lora", **kw)
-    return Rendered(base, lora, seeds, scheduler)
+    portability = {}
+    if setup.kohya_file is not None:
+        portability = check_portability(pipe, setup, {lora_file.name: keys}, lora[0], prompts, kw)
+    return Rendered(base, lora, seeds, scheduler, portability)
+
+
+def check_portability(pipe: Any, setup: EvalSetup, keys: dict[str, KeyReport], reference: Sample,
+                      prompts: list[EvalPrompt], kw: dict[str, Any]) -> dict[str, Any]:
+    """The kohya file in place of the diffusers one: its keys, then the same image for the first
+    prompt and seed as the diffusers file gave."""
+    kohya = Path(setup.kohya_file or "")
+    pipe.unload_lora_weights()
+    keys[kohya.name] = check_keys(pipe, setup.family, kohya)
+    diff = None
+    if keys[kohya.name].ok:
+        pipe.load_lora_weights(str(kohya.parent), weight_name=kohya.name)
+        again = render(pipe, [prompts[reference.prompt_index]], [reference.seed], "kohya", **{**kw, "batch_size": 1})
+        diff = max_difference(again[0].pixels, reference.pixels)
+    return portability_record(keys, diff)
 
 
 def embed_all(embedders: list[Embedder], r: Rendered, prompts: list[EvalPrompt], setup: EvalSetup
@@ -132,6 +156,12 @@ def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfi
     for es in embed_all(embedders, rendered, prompts, setup):
         score_set(es, kinds, cfg, scored)
     found, rms = silent_failures(rendered, lora_file, cfg, setup.losses)
+    if rendered.portability and not rendered.portability["passed"]:
+        problems = [f"{n}: {f['problem']}" for n, f in rendered.portability["files"].items() if not f["ok"]]
+        diff = rendered.portability["max_pixel_difference"]
+        found.append(Finding(code="portability", severity="error", items=problems,
+                             message="the diffusers and kohya files do not load alike: "
+                                     + ("; ".join(problems) or f"images differ by up to {diff:.4f}")))
     primary = cfg.embeddings[0]
     copies = worst_copies(scored, primary, rendered, prompts, setup)
     if any(c["exact"] for c in copies):
@@ -141,6 +171,7 @@ def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfi
         base_ref=setup.base_ref, family=setup.family, lora_path=str(lora_file),
         scorers={e.name: e.ref for e in embedders}, random_scorers=[e.name for e in embedders if e.random],
         metrics=scored.metrics, scores=headline_scores(scored, primary), findings=found, verdict="fail",
+        portability=rendered.portability,
         primary_embedding=primary, prompts=[p.as_dict() for p in prompts], seeds=rendered.seeds,
         steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, resolution=setup.resolution,
         scheduler=rendered.scheduler, weight_delta_rms=rms, num_training_images=len(setup.references),

@@ -23,6 +23,7 @@ from lora_factory.context import RunRef, Stage, run_stage
 from lora_factory.home import home_of
 from lora_factory.schemas import CaptionStats, EvalResult
 from training.dataset import read_records, split_records
+from training.export_kohya import KOHYA_WEIGHT_NAME
 from training.lora import LORA_WEIGHT_NAME
 from training.model_card import with_eval_scores
 from training.save import MODEL_CARD_NAME
@@ -56,6 +57,9 @@ def log_result(st: Stage, result: EvalResult) -> None:
     for name, pair in result.metrics.items():
         flat |= {f"{name}_{side}": v for side, v in (("base", pair.base), ("lora", pair.lora)) if v is not None}
     flat |= {"eval_pass": float(result.verdict == "pass"), "eval_errors": float(len(result.errors()))}
+    clip_t = result.metrics.get("clip_t")
+    if clip_t is not None and clip_t.gain is not None:
+        flat["clip_t_delta"] = clip_t.gain  # the tuner's history ranks past runs by it
     st.log_metrics(flat)
     summary = {f"eval_{k}": v for k, v in result.scores.items() if v is not None} | {
         "eval_pass": float(result.verdict == "pass")}
@@ -86,6 +90,8 @@ def evaluate_task(ref: RunRef) -> dict[str, Any]:
         setup = EvalSetup(cfg.models.base, cfg.models.base_family, cfg.models.clip_scorer, home_of(cfg).models,
                           cfg.evaluate.resolution or tcfg.resolution, stats.trigger_word or cfg.label.trigger_word,
                           references, training_losses(lora_dir))
+        if (lora_dir / KOHYA_WEIGHT_NAME).is_file():
+            setup.kohya_file = lora_dir / KOHYA_WEIGHT_NAME
         st.log_params({**cfg.evaluate.model_dump(), "resolved_prompts": [p.text for p in prompts],
                        "resolution": setup.resolution, "clip_scorer": cfg.models.clip_scorer})
         result = evaluate_lora(lora_dir / LORA_WEIGHT_NAME, prompts, cfg.evaluate, setup, st.out)
