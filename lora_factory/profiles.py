@@ -209,7 +209,23 @@ def finalize(cfg: FactoryConfig) -> FactoryConfig:
         cfg.store.root = str(Path(cfg.store.root).expanduser().resolve())
     if not cfg.tracking.uri:
         cfg.tracking.uri = f"sqlite:///{Home(home).mlflow_db}"
+    _local_base_family(cfg, Home(home).models)
     return cfg
+
+
+def _local_base_family(cfg: FactoryConfig, models_dir: Path) -> None:
+    """Fill ``models.base_family`` from a ``tiny:`` or local base model (no network, nothing
+    built), so every stage sees it; hub models get it in preflight, and any problem is left for
+    preflight and the train stage to report."""
+    from .errors import ModelUnavailableError
+    from .models.families import detect_family
+    from .models.refs import parse_ref
+
+    try:
+        if cfg.models.base_family is None and parse_ref(cfg.models.base).kind != "hub":
+            cfg.models.base_family = detect_family(cfg.models.base, models_dir)  # type: ignore[assignment]
+    except (ModelUnavailableError, ValueError):
+        pass
 
 
 def location_config(

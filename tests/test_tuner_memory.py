@@ -50,7 +50,7 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.O
 
 def one_step(config: dict, cfg: TrainConfig, dtype: torch.dtype) -> dict[str, int]:
     """Build, train one step at 64 px, and measure what each part really holds."""
-    unet = build_unet(config, cfg.rank, list(cfg.target_modules), dtype, device="cpu")
+    unet = build_unet(config, cfg.rank, list(cfg.target_modules or ATTENTION), dtype, device="cpu")  # None: the UNet default
     unet.train()
     named = {n: p for n, p in unet.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(cfg.optimizer, list(named.values()))
