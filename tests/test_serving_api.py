@@ -231,6 +231,7 @@ def feedback_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             yield url
 
 
+@pytest.mark.e2e
 def test_answered_feedback_survives_a_sigkilled_server(tmp_path: Path, feedback_url: str) -> None:
     home = tmp_path / "home"
     with serve_process(home, TOKEN, feedback_url=feedback_url) as (base, proc):

@@ -8,7 +8,9 @@ change of layout in ``deploy/registry.py`` is answered here alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from lora_factory.errors import FactoryError
 from lora_factory.names import topic_key
@@ -37,12 +39,20 @@ def registered_model_for(concept: str) -> str:
     return concept.strip()
 
 
+@lru_cache(maxsize=8)
+def _client(tracking_uri: str) -> Any:
+    """One client per store: building one opens the database and checks its schema (seconds on
+    SQLite), far too slow for the alias check of every request."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def champion_version(tracking_uri: str, concept: str) -> tuple[str, dict[str, str]]:
     """The champion's version number and tags: one cheap registry query, no download."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _client(tracking_uri)
     name = registered_model_for(concept)
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
@@ -55,15 +65,13 @@ def champion_version(tracking_uri: str, concept: str) -> tuple[str, dict[str, st
 def resolve_champion(tracking_uri: str, concept: str, cache_dir: Path) -> Champion:
     """The champion's LoRA file (downloaded once per version into ``cache_dir``) and base ref."""
     import mlflow.artifacts
-    from mlflow import MlflowClient
 
     version, tags = champion_version(tracking_uri, concept)
     name = registered_model_for(concept)
     target = cache_dir / topic_key(name) / version
     found = sorted(target.rglob(LORA_FILE)) if target.is_dir() else []
     if not found:
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        source = client.get_model_version_download_uri(name, version)
+        source = _client(tracking_uri).get_model_version_download_uri(name, version)
         target.mkdir(parents=True, exist_ok=True)
         mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target),
                                             tracking_uri=tracking_uri)
