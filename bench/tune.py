@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lora_factory.config import TrainConfig  # noqa: E402
 from training.tuner import TuneRequest, TuneStats, estimate, family_row, load_history, recommend  # noqa: E402
 from training.tuner.families import GIB, MIB  # noqa: E402
+from training.tuner.history import SCORE_METRIC  # noqa: E402
 
 CASES = [  # (model, resolution, batch, gradient checkpointing)
     ("tiny-sd15", 64, 2, False), ("tiny-sd15", 128, 2, False), ("tiny-sdxl", 128, 2, False),
@@ -252,7 +253,7 @@ def history_figures(runs: int = 1000) -> dict[str, Any]:
         tracker.log_metrics(tune, metrics)
         tracker.end(tune)
         ev = tracker.start_stage(parent, "evaluate")
-        tracker.log_metrics(ev, {"clip_t_delta": ((i * 7919) % 100 - 40) / 1000})
+        tracker.log_metrics(ev, {SCORE_METRIC: ((i * 7919) % 100 - 40) / 1000})
         tracker.end(ev)
         tracker.end(parent)
     planting = time.perf_counter() - started

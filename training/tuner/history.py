@@ -2,8 +2,8 @@
 
 Every tune stage logs its dataset's features (metrics ``feature.*``), the model family and
 task (params) and the config it chose (params ``recommended.*``) on its MLflow run; the
-evaluate stage of the same factory run logs ``clip_t_delta`` (LoRA minus base CLIP-T, what the
-deploy gate judges). A past run is evidence when both are there. Runs whose evaluate stage
+evaluate stage of the same factory run logs ``score_overall_score`` (its weighted overall score,
+what the deploy gate compares with the champion). A past run is evidence when both are there. Runs whose evaluate stage
 recorded no score (it failed, or never ran) do not vote; with no scored similar run the prior
 stands alone, and the rationale says so.
 
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SCORE_METRIC = "clip_t_delta"
+SCORE_METRIC = "score_overall_score"
 FEATURE_PREFIX = "feature."
 VALUE_PREFIX = "recommended."
 SHIFTED = ("rank", "learning_rate", "max_steps")

@@ -59,7 +59,7 @@ def _history(rec: Recommendation) -> list[str]:
         head = (f"{moved.considered} scored past runs; the {len(moved.evidence)} similar ones give no reason to "
                 "change (a lone or tied run counts only with a positive score): the prior stands.")
     lines += [head, "",
-              "| run | MLflow run | distance | clip_t_delta | rank | learning rate | steps | weight |",
+              "| run | MLflow run | distance | overall score | rank | learning rate | steps | weight |",
               "|---|---|---|---|---|---|---|---|"]
     for e in moved.evidence:
         v = e.run.values
