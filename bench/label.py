@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lora_factory.config import LabelConfig, LlmEndpointConfig  # noqa: E402
+from lora_factory.llm_client import ChatClient  # noqa: E402
 from lora_factory.profiles import load_config  # noqa: E402
 from spiders.sources.demo_site import generate_demo_site  # noqa: E402
 from tasks.label.captioning import captioner_captions  # noqa: E402
-from tasks.label.llm_client import ChatClient  # noqa: E402
 from tasks.label.stage import label_items  # noqa: E402
 from tasks.label.tagging import EndpointChat, TagInput, tag_items  # noqa: E402
 from tasks.label.task import load_models  # noqa: E402

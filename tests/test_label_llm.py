@@ -12,7 +12,7 @@ import pytest
 
 from lora_factory.config import LabelConfig, LlmEndpointConfig
 from lora_factory.errors import ConfigError
-from tasks.label.llm_client import (
+from lora_factory.llm_client import (
     ChatClient,
     EndpointError,
     RateLimiter,

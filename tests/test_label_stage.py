@@ -150,8 +150,8 @@ def test_the_offline_keyword_tagger_uses_minilm(model_cache: Path) -> None:
 
 
 def test_the_local_tagger_falls_back_and_is_cached(tmp_path: Path, model_cache: Path) -> None:
+    from lora_factory.llm_client import ResponseCache
     from lora_factory.models import load_tagger
-    from tasks.label.llm_client import ResponseCache
     from tasks.label.tagging import LocalChat, TagInput, tag_items
 
     class Fixed:

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from .llm_client import ChatClient, EndpointError, map_bounded
+from lora_factory.llm_client import ChatClient, EndpointError, map_bounded
 
 VLM_MAX_SIDE = 768  # px; what VLM servers resize to anyway, and a small request
 

@@ -35,6 +35,7 @@ from lora_factory.catalog import (
 )
 from lora_factory.config import FactoryConfig, LabelConfig
 from lora_factory.errors import StageError
+from lora_factory.llm_client import ChatClient
 from lora_factory.manifest import decision
 from lora_factory.schemas import CaptionStats
 
@@ -51,7 +52,6 @@ from .datasheet import render_datasheet
 from .export import dataset_file_name, kohya_dataset_config, write_dataset
 from .keywords import KeywordTagger
 from .licenses import PolicyResult, apply_license_policy
-from .llm_client import ChatClient
 from .report import render_report
 from .rerank import pick, score_candidates
 from .review import HUMAN, REVIEW_DROP, Edit, read_review, review_rows

@@ -8,7 +8,7 @@ then the offline keyword tagger takes over for those images. Every counter goes 
 metrics, so a run says how often the LLM was useful.
 
 Providers are one callable, ``chat(messages, schema) -> text``: the OpenAI-compatible client
-(``llm_client.ChatClient.chat``) or a local transformers model (``LocalChat``); both cached by
+(``lora_factory.llm_client.ChatClient.chat``) or a local transformers model (``LocalChat``); both cached by
 input hash.
 """
 
@@ -25,9 +25,9 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from lora_factory.config import LabelConfig
+from lora_factory.llm_client import ChatClient, Counters, EndpointError, ResponseCache, map_bounded
 
 from .keywords import KeywordTagger
-from .llm_client import ChatClient, Counters, EndpointError, ResponseCache, map_bounded
 
 Chat = Callable[[list[dict[str, Any]], dict[str, Any] | None], str]
 TAG_FIELDS = ("subject", "style", "movement", "medium", "keywords")

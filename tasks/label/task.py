@@ -19,12 +19,12 @@ from lora_factory.catalog import (
 from lora_factory.config import FactoryConfig
 from lora_factory.context import RunRef, Stage, run_stage
 from lora_factory.home import home_of
+from lora_factory.llm_client import ChatClient, ResponseCache
 from lora_factory.secrets import redact
 
 from .._prefect import stage_task
 from .doctor import run_doctor
 from .keywords import KeywordTagger
-from .llm_client import ChatClient, ResponseCache
 from .stage import STAGE, LabelModels, LabelResult, run_label
 from .tagging import EndpointChat, LocalChat
 

@@ -1,5 +1,6 @@
-"""An OpenAI-compatible chat client (vLLM, Ollama, llama.cpp server, OpenAI): the tagger's and the
-VLM captioner's way out of the process.
+"""An OpenAI-compatible chat client (vLLM, Ollama, llama.cpp server, OpenAI): the label stage's
+tagger and VLM captioner's way out of the process, and the dataset doctor's narrative writer's.
+In the kernel (stdlib HTTP, no other layer) so the stages and ``datatools`` can share it.
 
 Why its own client (stdlib HTTP, no SDK): the label stage needs exactly one route
 (``POST {base_url}/chat/completions``) and precise control of what a flaky local server does to a
