@@ -24,7 +24,9 @@ from .textfiles import parse_user_yaml, read_user_text
 
 ENV_PREFIX = "LORA_FACTORY_"
 # Variables with the prefix that are not config keys (they steer the CLI or tests).
-ENV_RESERVED = {"LORA_FACTORY_CONFIG_DIR", "LORA_FACTORY_SERVE_TOKEN"}  # the token: no config key
+# The serve token and the LLM endpoints' default key variable (label.llm.api_key_env) are secrets,
+# no config keys: read as overrides they stopped every command with "llm_api_key: unknown key".
+ENV_RESERVED = {"LORA_FACTORY_CONFIG_DIR", "LORA_FACTORY_SERVE_TOKEN", "LORA_FACTORY_LLM_API_KEY"}
 
 
 def profiles_dir() -> Path:

@@ -67,3 +67,9 @@ def test_profile_file_errors(tmp_path: Path) -> None:
     good = tmp_path / "mine.yaml"
     good.write_text("train:\n  rank: 8\n")
     assert load_config(str(good), environ={}).train.rank == 8
+
+
+def test_the_default_llm_key_variable_is_a_secret_not_a_setting() -> None:
+    # LORA_FACTORY_LLM_API_KEY (label.llm.api_key_env's default) shares the override prefix
+    cfg = load_config("tiny", environ={"LORA_FACTORY_LLM_API_KEY": "sk-123", "LORA_FACTORY_SEED": "7"})
+    assert cfg.seed == 7 and "sk-123" not in cfg.model_dump_json()
