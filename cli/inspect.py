@@ -2,7 +2,8 @@
 
 Reads kohya, imagefolder or flat folders (or a zip of one), writes ``doctor.json`` (versioned
 schema) and ``doctor.html`` to ``--out``, prints the scores and the findings worst first, and with
-``--fix OUT`` writes a cleaned copy and its change log. The input is only ever read.
+``--fix OUT`` writes a cleaned copy and its change log; ``--narrative`` adds a paragraph on the
+findings by the label stage's LLM endpoint. The input is only ever read.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ ConceptOpt = Annotated[str | None, typer.Option("--concept", help="What the LoRA
 OutOpt = Annotated[Path, typer.Option("--out", help="Folder for doctor.json and doctor.html.")]
 FixOpt = Annotated[Path | None, typer.Option("--fix", help="Write a cleaned copy here (a new folder), with fix_log.json in --out.")]
 TriggerOpt = Annotated[str | None, typer.Option("--trigger", help="The trigger word captions must hold once.")]
+NarrativeOpt = Annotated[bool, typer.Option("--narrative", help="Add a short paragraph on the findings, written by the label stage's LLM endpoint (label.llm; doctor.narrative).")]
 SchemaOpt = Annotated[bool, typer.Option("--schema", help="Print the report's JSON schema and exit.")]
 
 
@@ -37,6 +39,7 @@ def inspect(
     sets: SetOpt = None,
     home: HomeOpt = None,
     schema: SchemaOpt = False,
+    narrative: NarrativeOpt = False,
 ) -> None:
     """Score a LoRA training folder (0-10 relevance, consistency, diversity, quality), list what is wrong
     and how to fix it; --fix OUT writes a cleaned copy."""
@@ -48,7 +51,8 @@ def inspect(
             return
         if path is None or not (concept or "").strip():
             raise ConfigError("give a dataset and what it should teach: lora-factory inspect PATH --concept 'a watercolour fox'")
-        typer.echo(_inspect(path, concept or "", out, fix, trigger, profile, overrides(sets, home=home)))
+        ov = overrides(sets, home=home) | ({"doctor.narrative": True} if narrative else {})
+        typer.echo(_inspect(path, concept or "", out, fix, trigger, profile, ov))
     except FactoryError as e:
         fail(e)
 
@@ -68,6 +72,8 @@ def _inspect(path: Path, concept: str, out: Path, fix: Path | None, trigger: str
     with tempfile.TemporaryDirectory(prefix="lora-factory-inspect-") as scratch:
         ds = read_dataset(path, Path(scratch))
         report = _diagnose(ds, concept, cfg, trigger, budget)
+        if cfg.doctor.narrative:
+            report = _narrate(report, cfg)
         from datatools.doctor import write_report
 
         json_path, html_path = write_report(report, ds.root, out, cfg.doctor.thumbnails)
@@ -95,12 +101,22 @@ def _diagnose(ds: Any, concept: str, cfg: Any, trigger: str | None, budget: Any)
         return diagnose(ds, concept, scorer, cfg.models.clip_scorer, budget, settings_for(cfg, trigger), cache, progress)
 
 
+def _narrate(report: Any, cfg: Any) -> Any:
+    from datatools.narrative import narrate
+    from lora_factory.home import home_of
+
+    return narrate(report, cfg.label.llm, home_of(cfg).llm_cache, lambda line: typer.echo(f"warning: {line}", err=True),
+                   cfg.seed)
+
+
 def _summary(report: Any) -> str:
     scores = "  ".join(f"{k} {s.value:.1f}" for k, s in report.scores.items())
     head = f"{report.counts['images']} images ({report.layout}), scores /10: {scores}"
     if report.note:
         head += f"\nnote: {report.note}"
     rows = [f"  {f.severity:7} {f.title}\n          fix: {f.fix}" for f in report.findings]
+    if report.narrative:
+        head += f"\nsummary: {report.narrative}"
     return "\n".join([head, f"{len(report.findings)} findings, worst first:" if rows else "no findings", *rows])
 
 

@@ -6,6 +6,7 @@ stages use its pure pieces (image features, duplicate resolution, caption format
 One job per module: ``safezip`` and ``readers`` (layouts in), ``features``, ``dedup``,
 ``image_dedup``, ``captions``, ``thumbs`` (shared with curate and label), ``measure`` and
 ``cache`` (per-file measures keyed by content), ``facts`` (derived columns), ``findings``,
-``scores``, ``embedmap``, ``doctor`` (the whole diagnosis), ``dashboard`` (HTML), ``fix`` (the
-cleaned copy), ``gate`` (minimums), ``provenance`` (a folder as crawl items, ``run --dataset``).
+``scores``, ``embedmap``, ``doctor`` (the whole diagnosis), ``narrative`` (its optional LLM
+paragraph), ``dashboard`` (HTML), ``fix`` (the cleaned copy), ``gate`` (minimums), ``provenance``
+(a folder as crawl items, ``run --dataset``).
 """

@@ -1,6 +1,6 @@
 """The doctor's HTML dashboard: one self-contained page (inline SVG, thumbnails as data URIs).
 
-Radar chart of the four scores, findings worst first with thumbnails of the files concerned and
+Radar chart of the four scores, the optional narrative (``doctor.narrative``), findings worst first with thumbnails of the files concerned and
 the fix, a 2-D embedding map coloured by cluster with duplicate groups linked, and word/tag
 frequency bars. No script, no network: it opens from disk or as an MLflow artefact.
 """
@@ -91,6 +91,10 @@ def _findings(report: DoctorReport, root: Path, thumbs: int) -> str:
 def render_dashboard(report: DoctorReport, root: Path, thumbs: int = 12) -> str:
     """The page for ``report`` of the dataset unpacked at ``root`` (thumbnails read from there)."""
     note = f'<p class="note">{_esc(report.note)}</p>' if report.note else ""
+    if report.narrative:
+        note += (f'<h2>Summary</h2><p class="narr">{_esc(report.narrative)}</p>'
+                 "<p><small>Written by the LLM endpoint from the findings below (doctor.narrative); "
+                 "the findings are the reference.</small></p>")
     counts = "".join(f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in report.counts.items())
     formulas = "".join(f"<tr><th>{k}</th><td>{s.value:.1f}</td><td><code>{_esc(s.formula)}</code></td></tr>"
                        for k, s in report.scores.items())

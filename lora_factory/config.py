@@ -387,6 +387,9 @@ class DoctorConfig(Section):
     # CLIP image-text cosine mapped to relevance 0..10 (ViT-B/32: ~0.15 unrelated, ~0.32 on target)
     relevance_cosine: tuple[float, float] = (0.15, 0.32)
     thumbnails: int = Field(12, ge=0)  # per finding in the dashboard
+    # A short paragraph summarising the findings, written by the label stage's LLM endpoint
+    # (label.llm); unreachable: the report is written without it, with one warning.
+    narrative: bool = False
 
 
 class EvaluateConfig(Section):
@@ -541,3 +544,10 @@ class FactoryConfig(Section):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _narrative_has_a_model(self) -> FactoryConfig:
+        if self.doctor.narrative and not self.label.llm.model:
+            raise ValueError("doctor.narrative is on but label.llm.model is empty: name the model the narrative asks "
+                             "(label.llm.base_url and label.llm.model)")
+        return self

@@ -368,3 +368,6 @@ class DoctorReport(BaseModel):
     images: list[DoctorImage]
     duplicate_groups: list[list[str]]  # kept file first
     word_frequency: dict[str, int]
+    # doctor.narrative: a paragraph on the findings by the label stage's LLM endpoint. Optional and
+    # null by default, so version-1 documents without it still read (the version stays 1).
+    narrative: str | None = None

@@ -13,9 +13,10 @@ from typing import Any
 
 from datatools.cache import MeasureCache
 from datatools.doctor import diagnose, settings_for, write_report
+from datatools.narrative import narrate
 from datatools.readers import read_folder
 from lora_factory.catalog import LABEL_DATASET, LABEL_DOCTOR, LABEL_DOCTOR_REPORT
-from lora_factory.context import Stage
+from lora_factory.context import Stage, get_logger
 from lora_factory.home import home_of
 from lora_factory.schemas import DoctorReport
 
@@ -36,6 +37,8 @@ def run_doctor(st: Stage, clip: Any, budget: Any, topics: list[str]) -> DoctorRe
     ds.source = LABEL_DATASET.run_path
     report = diagnose(ds, concept_prompt(cfg.curate.topic_prompt, topics), clip, cfg.models.clip_scorer, budget,
                       settings_for(cfg, cfg.label.trigger_word), MeasureCache(home_of(cfg).doctor_cache, cfg.models.clip_scorer))
+    if cfg.doctor.narrative:
+        report = narrate(report, cfg.label.llm, home_of(cfg).llm_cache, get_logger().warning, cfg.seed)
     st.output_path(LABEL_DOCTOR), st.output_path(LABEL_DOCTOR_REPORT)  # declared: the contract checks
     for path in write_report(report, ds.root, st.out, cfg.doctor.thumbnails):
         st.log_artifact(path)
