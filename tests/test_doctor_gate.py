@@ -17,29 +17,39 @@ from lora_factory.catalog import (
     TRAIN_LORA,
     TUNE_TRAIN_CONFIG,
 )
-from lora_factory.config import DoctorConfig, TrainConfig
+from lora_factory.config import DoctorConfig, FactoryConfig, TrainConfig
 from lora_factory.errors import StageError
 from lora_factory.profiles import load_config
 from lora_factory.runstore import DONE, FAILED
 from lora_factory.schemas import DoctorReport
-from spiders.sources.demo_site import generate_demo_site
+from spiders.sources.demo_site import DemoSite, generate_demo_site
 
+from .chat_server import Reply, serve_chat
 from .curate_demo_items import demo_items
+
+NARRATIVE = "Eight clean pictures; the tiny CLIP makes relevance meaningless."
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> dict:
-    """A run whose label stage ran with the doctor on and a relevance minimum tiny CLIP misses."""
-    from lora_factory.lifecycle import start_run
-    from tasks.label import label_task
-
+    """A run whose label stage ran with the doctor (and its narrative, from a loopback chat server)
+    on and a relevance minimum tiny CLIP misses."""
     tmp = tmp_path_factory.mktemp("doctor-gate")
     home = tmp / "home"
     home.mkdir()
     (home / "models").symlink_to(model_cache)
     site = generate_demo_site(tmp / "site", seed=0)
-    cfg = load_config("tiny", {"home": str(home), "doctor.enabled": True, "doctor.min_relevance": 9.5,
-                               "label.tagger": "none"}, environ={})
+    with serve_chat(lambda body, n: Reply(content=NARRATIVE)) as server:
+        cfg = load_config("tiny", {"home": str(home), "doctor.enabled": True, "doctor.min_relevance": 9.5,
+                                   "label.tagger": "none", "doctor.narrative": True, "label.llm.base_url": server.url,
+                                   "label.llm.model": "test-model"}, environ={})
+        return _label(cfg, tmp, site) | {"asked": len(server.bodies)}
+
+
+def _label(cfg: FactoryConfig, tmp: Path, site: DemoSite) -> dict:
+    from lora_factory.lifecycle import start_run
+    from tasks.label import label_task
+
     ref = start_run(cfg, ["lighthouse", "sailboat"])
     run = ref.run_dir()
     crawl = Path(run.store.local_path(f"{run.key}/crawl"))
@@ -58,6 +68,7 @@ def test_label_writes_the_doctor_report_on_its_dataset(labelled: dict) -> None:
     assert isinstance(report, DoctorReport) and report.counts["images"] > 0
     assert report.trigger_word and report.source == "label/dataset"
     assert LABEL_DOCTOR_REPORT.exists(labelled["label"])
+    assert report.narrative == NARRATIVE and labelled["asked"] == 1  # doctor.narrative in the stage too
     assert not report.scores_meaningful  # tiny CLIP: said in the report
 
 
