@@ -1,7 +1,7 @@
 """Dataset doctor speed: a 1,000-image kohya folder inspected cold (empty cache), then again after
 editing 10 files (warm cache: only those are decoded and embedded again). Prints one JSON document.
 
-    python bench/inspect.py [--images 1000] [--edited 10]
+    python bench/doctor.py [--images 1000] [--edited 10]
 
 Tiny CLIP (``tiny:clip``) on the CPU; the model is loaded before timing starts (loading is the
 same cost for both runs). Target: warm >= 5x faster than cold.
@@ -12,9 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, this file's folder comes first on sys.path and its name would shadow the
-# standard library's ``inspect`` (which numpy and dataclasses import): put the repo root there.
-sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
