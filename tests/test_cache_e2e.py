@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 CLI = Path(sys.executable).parent / "lora-factory"
-TRAIN = ["--set", "train.max_steps=24", "--set", "train.checkpoint_every=4"]
+# A small crawl keeps each of the three runs short; training long enough to be killed mid-way.
+TRAIN = ["--max-images", "40", "--set", "train.max_steps=24", "--set", "train.checkpoint_every=4"]
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]  # three tiny factory runs
 
