@@ -52,7 +52,9 @@ def train_unigram(vocab_size: int = T5_VOCAB_SIZE) -> list[tuple[str, float]]:
     # Short comma-separated lines of words, as captions are.
     lines = (", ".join(" ".join(words[j:j + 3]) for j in range(i, i + 9, 3)) + "." for i in range(0, len(words), 9))
     tokenizer.train_from_iterator(lines, trainer)
-    vocab = [(piece, float(score)) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]]
+    # The trainer sums in parallel: scores vary in the last bits (~1e-14) from run to run. Rounded,
+    # the tokenizer (and so the tiny model's files and cache key) is the same on every build.
+    vocab = [(piece, round(float(score), 6)) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]]
     return [(s, 0.0) for s in SPECIALS] + [(p, s) for p, s in vocab if p not in SPECIALS]
 
 
