@@ -52,7 +52,7 @@ from tests.training_helpers import tiny_job, write_dataset  # noqa: E402
 from training.callbacks import Callback, TrainState  # noqa: E402
 from training.dataset import CaptionedImageDataset, DataOrder, collate  # noqa: E402
 from training.families import family_for  # noqa: E402
-from training.lora import add_unet_lora  # noqa: E402
+from training.lora import add_denoiser_lora  # noqa: E402
 from training.trainer import train_lora  # noqa: E402
 
 STEPS = 12
@@ -102,7 +102,7 @@ class _Bare:
             if isinstance(m, torch.nn.Module):
                 m.requires_grad_(False)
         self.sched = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        self.params = add_unet_lora(self.pipe.unet, cfg, seed)
+        self.params = add_denoiser_lora(self.pipe.unet, cfg, seed, family_for("sd15").default_targets)
         self.pipe.unet.train()
         self.opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=1e-2)
         self.max_grad_norm = cfg.max_grad_norm

@@ -135,10 +135,11 @@ def random_lora(model_cache: Path, out_dir: Path, seed: int) -> Path:
 
     from lora_factory.config import TrainConfig
     from lora_factory.models import load_pipeline
-    from training.lora import add_unet_lora, save_lora
+    from training.families import family_for
+    from training.lora import add_denoiser_lora, save_lora
 
     pipe = load_pipeline("tiny:sd", "sd15", model_cache)
-    add_unet_lora(pipe.unet, TrainConfig(rank=4), seed)
+    add_denoiser_lora(pipe.unet, TrainConfig(rank=4), seed, family_for("sd15").default_targets)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in pipe.unet.named_parameters():
