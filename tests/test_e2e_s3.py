@@ -22,7 +22,7 @@ def test_run_with_s3_store(tmp_path: Path, moto_s3: str, s3_bucket: str) -> None
     env = {**os.environ, "AWS_ENDPOINT_URL": moto_s3}
     proc = subprocess.run(
         [str(CLI), "run", "-t", "cactus", "--home", str(tmp_path / "home"), "--store", s3_bucket,
-         "--set", "train.max_steps=4"],
+         "--max-images", "40", "--set", "train.max_steps=4"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
