@@ -24,6 +24,7 @@ from pathlib import Path
 from lora_factory.config import FactoryConfig
 from lora_factory.errors import ConfigError, FactoryError
 from lora_factory.home import home_of
+from lora_factory.runlock import pid_alive
 from lora_factory.secrets import redact_text
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: prefect.yaml and the flow code
@@ -50,16 +51,6 @@ def state_file(cfg: FactoryConfig) -> Path:
     return home_of(cfg).server / "state.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _answers(url: str, timeout_s: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
@@ -77,7 +68,7 @@ def running_server(cfg: FactoryConfig) -> ServerState | None:
         state = ServerState(**json.loads(path.read_text()))
     except (ValueError, TypeError):
         return None
-    if all(_alive(pid) for pid in state.pids.values()) and _answers(f"{state.api_url}/health"):
+    if all(pid_alive(pid) for pid in state.pids.values()) and _answers(f"{state.api_url}/health"):
         return state
     return None
 
@@ -178,7 +169,7 @@ def _terminate(pids: dict[str, int], grace_s: float = 20.0) -> list[str]:
         except ProcessLookupError:
             continue
     deadline = time.monotonic() + grace_s
-    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
         for pid in pids.values():
             try:
@@ -186,7 +177,7 @@ def _terminate(pids: dict[str, int], grace_s: float = 20.0) -> list[str]:
             except ChildProcessError:
                 pass
     for pid in pids.values():
-        if _alive(pid):
+        if pid_alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:

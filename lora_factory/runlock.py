@@ -55,10 +55,11 @@ class Holder:
         """For a lease: renewed recently, and not a process of this machine that has died."""
         if time.time() - self.heartbeat > LEASE_TTL_S:
             return False
-        return self.host != socket.gethostname() or _pid_alive(self.pid)
+        return self.host != socket.gethostname() or pid_alive(self.pid)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -28,20 +28,11 @@ RETRY_DELAYS_S = [15.0, 60.0]
 
 def _transient_types() -> tuple[type[BaseException], ...]:
     """Connection failures of the clients the stages use (requests by MLflow, botocore by S3)."""
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError, http.client.RemoteDisconnected]
-    try:
-        import requests
+    import requests
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
-        found += [requests.exceptions.ConnectionError, requests.exceptions.Timeout]
-    except ImportError:  # pragma: no cover - a dependency of MLflow
-        pass
-    try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError
-
-        found.append(BotoConnectionError)
-    except ImportError:  # pragma: no cover - only with S3 stores
-        pass
-    return tuple(found)
+    return (ConnectionError, TimeoutError, http.client.RemoteDisconnected, BotoConnectionError,
+            requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
 
 def is_transient(error: BaseException) -> bool:
