@@ -14,7 +14,7 @@ from .common import HomeOpt, ProfileOpt, SetOpt, fail, overrides, runtime_defaul
 
 LoraArg = Annotated[Path, typer.Argument(help="A LoRA .safetensors file (diffusers or kohya format).")]
 BaseOpt = Annotated[str, typer.Option("--base", help="Base model reference: hub id, local folder or tiny:<name>.")]
-FamilyOpt = Annotated[str | None, typer.Option("--family", help="sd15 or sdxl (default: the profile's).")]
+FamilyOpt = Annotated[str | None, typer.Option("--family", help="sd15, sdxl or flux (default: the profile's).")]
 PromptsOpt = Annotated[Path | None, typer.Option("--prompts", help="Prompts, one per line ('leakage: ...' for class prompts).")]
 RefsOpt = Annotated[Path | None, typer.Option("--references", help="Folder of training images (fidelity, copies).")]
 TriggerOpt = Annotated[str | None, typer.Option("--trigger", help="Trigger word (default: from the file's metadata).")]
