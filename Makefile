@@ -34,9 +34,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not e2e"
 
-# Every bench/*.py prints one JSON document of figures; none of them is a test.
+# Every bench/*.py prints one JSON document of figures; none of them is a test. bench/inspect.py is
+# bench/doctor.py under the issue's name: run once.
 bench: install
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out bench/inspect.py,$(wildcard bench/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 ui: install
 	$(BIN)/lora-factory ui

@@ -24,7 +24,7 @@ from lora_factory.schemas import DoctorImage, DoctorReport
 from .cache import MeasureCache
 from .captions import TokenBudget
 from .dashboard import render_dashboard
-from .facts import Facts, Settings, derive
+from .facts import DEFAULT_BUCKET_STEP, Facts, Settings, derive
 from .findings import findings
 from .measure import FileMeasure, file_sha256, measure_file
 from .readers import Dataset
@@ -137,10 +137,12 @@ def _groups(f: Facts) -> list[list[str]]:
     return [f.rel([k, *v]) for k, v in sorted(groups.items())]
 
 
-def settings_for(cfg: FactoryConfig, trigger: str | None) -> Settings:
-    """The checks' settings from a profile: its doctor section and the training it will feed."""
-    return Settings(cfg.doctor, resolution=cfg.train.resolution, bucket_step=cfg.train.bucket_step or 64,
-                    batch_size=cfg.train.batch_size, trigger=trigger)
+def settings_for(cfg: FactoryConfig, trigger: str | None, batch_size: int | None = None) -> Settings:
+    """The checks' settings from a profile: its doctor section and the training it will feed.
+    ``batch_size`` None: the profile's; 1 leaves buckets unchecked (the label stage: the tuner
+    picks the batch size after it, and train's gate checks the buckets against that)."""
+    return Settings(cfg.doctor, resolution=cfg.train.resolution, bucket_step=cfg.train.bucket_step or DEFAULT_BUCKET_STEP,
+                    batch_size=cfg.train.batch_size if batch_size is None else batch_size, trigger=trigger)
 
 
 def write_report(report: DoctorReport, root: Path, out_dir: Path, thumbs: int) -> tuple[Path, Path]:

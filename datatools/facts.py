@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lora_factory.buckets import assign_bucket, bucket_grid
+from lora_factory.buckets import Bucket, assign_bucket, bucket_grid
 from lora_factory.errors import StageError
 
 from .captions import TokenBudget, trigger_count
@@ -22,13 +22,16 @@ if TYPE_CHECKING:
     from lora_factory.config import DoctorConfig
 
 
+DEFAULT_BUCKET_STEP = 64  # train.bucket_step unset: SD1.5's latent grid (the doctor loads no model)
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the checks compare against: the doctor's thresholds and the training it feeds."""
 
     doctor: DoctorConfig
     resolution: int = 512
-    bucket_step: int = 64
+    bucket_step: int = DEFAULT_BUCKET_STEP
     batch_size: int = 1
     trigger: str | None = None
 
@@ -120,10 +123,16 @@ def _buckets(f: Facts) -> list[str | None]:
         grid = bucket_grid(f.s.resolution, f.s.bucket_step)
     except StageError:
         return [None] * f.n
+    return bucket_names([(x.width, x.height) if x.ok else None for x in f.m], grid)
+
+
+def bucket_names(sizes: list[tuple[int, int] | None], grid: list[Bucket]) -> list[str | None]:
+    """Each image's training bucket (``"512x384"``) on ``grid``; None for an unreadable image or
+    one smaller than every bucket (below_resolution says so)."""
     out: list[str | None] = []
-    for x in f.m:
+    for size in sizes:
         try:
-            out.append(str(assign_bucket(x.width, x.height, grid)) if x.ok else None)
+            out.append(str(assign_bucket(*size, grid)) if size else None)
         except StageError:
-            out.append(None)  # smaller than every bucket: below_resolution says so
+            out.append(None)
     return out

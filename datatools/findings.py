@@ -99,17 +99,25 @@ def extreme_aspect(f: Facts) -> DoctorFinding | None:
 
 
 def small_buckets(f: Facts) -> DoctorFinding | None:
-    if f.s.batch_size <= 1:
+    return thin_buckets([(s.rel, b, s.repeats) for s, b in zip(f.ds.samples, f.bucket, strict=True)],
+                        f.s.batch_size)
+
+
+def thin_buckets(rows: list[tuple[str, str | None, int]], batch_size: int) -> DoctorFinding | None:
+    """The small_bucket finding from (file, bucket, repeats) rows: buckets that cannot fill one
+    batch per epoch (the trainer never mixes buckets in a batch, so theirs are always short).
+    Also the train stage's gate, with the batch size the tuner chose."""
+    if batch_size <= 1:
         return None
     count: Counter[str] = Counter()
-    for s, b in zip(f.ds.samples, f.bucket, strict=True):
+    for _, b, repeats in rows:
         if b:
-            count[b] += s.repeats
-    thin = {b for b, c in count.items() if c < f.s.batch_size}
-    rows = [s.rel for s, b in zip(f.ds.samples, f.bucket, strict=True) if b in thin]
-    return _finding("small_bucket", "warning", rows,
-                    f"{len(thin)} aspect buckets ({', '.join(sorted(thin))}) hold fewer images than the batch size {f.s.batch_size}",
-                    f"crop these {_n(len(rows), 'image')} to a common aspect ratio, add images of their shape, or lower the batch size")
+            count[b] += repeats
+    thin = {b for b, c in count.items() if c < batch_size}
+    files = [rel for rel, b, _ in rows if b in thin]
+    return _finding("small_bucket", "warning", files,
+                    f"{len(thin)} aspect buckets ({', '.join(sorted(thin))}) hold fewer images than the batch size {batch_size}",
+                    f"crop these {_n(len(files), 'image')} to a common aspect ratio, add images of their shape, or lower the batch size")
 
 
 def exif_rotation(f: Facts) -> DoctorFinding | None:
@@ -171,5 +179,9 @@ CHECKS: tuple[Callable[[Facts], DoctorFinding | None], ...] = (
 
 
 def findings(f: Facts) -> list[DoctorFinding]:
-    found = [x for x in (check(f) for check in CHECKS) if x is not None]
+    return worst_first([x for x in (check(f) for check in CHECKS) if x is not None])
+
+
+def worst_first(found: list[DoctorFinding]) -> list[DoctorFinding]:
+    """Errors before warnings before notes, then by how many files each concerns."""
     return sorted(found, key=lambda x: (_SEVERITY[x.severity], -x.count))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from datatools.gate import gate_message
+from datatools.gate import SMALL_BUCKET, for_training, gate_message
 from lora_factory.catalog import (
     LABEL_CAPTION_STATS,
     LABEL_DATASET,
@@ -24,7 +24,7 @@ from lora_factory.catalog import (
     TUNE_TRAIN_CONFIG,
 )
 from lora_factory.config import TrainConfig
-from lora_factory.context import RunRef, Stage, run_stage
+from lora_factory.context import RunRef, Stage, get_logger, run_stage
 from lora_factory.errors import StageError
 from lora_factory.home import home_of
 from training.callbacks import Callback, StepLedger, TrainState
@@ -79,13 +79,19 @@ def stamp_dataset_metadata(st: Stage, tcfg: TrainConfig) -> None:
                                                tcfg.repeats, stats.concept_summary))
 
 
-def dataset_gate(st: Stage) -> None:
+def dataset_gate(st: Stage, tcfg: TrainConfig) -> None:
     """Stop before any step when the doctor's report (label, ``doctor.enabled``) misses a
-    configured minimum: one line naming it and the report."""
+    configured minimum: one line naming it and the report. Buckets are judged against the
+    tuner's batch size (``tcfg``), not the profile's; a thin bucket is a warning line."""
     if not LABEL_DOCTOR.exists(st.input_dir(LABEL_DOCTOR)):
         return
     where = f"{st.run.url}/{LABEL_DOCTOR_REPORT.run_path}"
-    message = gate_message(st.read(LABEL_DOCTOR), st.config.doctor, where)
+    report = for_training(st.read(LABEL_DOCTOR), tcfg)
+    for finding in report.findings:
+        if finding.code == SMALL_BUCKET:
+            get_logger().warning("dataset doctor: %s (tune/train_config.yaml); %s", finding.title, finding.fix)
+            st.log_metrics({"doctor_small_bucket_images": finding.count})
+    message = gate_message(report, st.config.doctor, where)
     if message:
         raise StageError(message)
 
@@ -93,9 +99,9 @@ def dataset_gate(st: Stage) -> None:
 @stage_task(STAGE)
 def train_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
-        dataset_gate(st)
         cfg = st.config
         tcfg = st.read(TUNE_TRAIN_CONFIG)
+        dataset_gate(st, tcfg)
         st.log_params({**tcfg.model_dump(), "base": cfg.models.base, "family": cfg.models.base_family})
         ledger = StepLedger(st.scratch / "logged_steps.json",
                             lambda step, metrics: st.log_metrics(metrics, step=step))

@@ -154,3 +154,43 @@ def test_the_crawl_task_with_redis_one_worker_and_any_topics(home: Path) -> None
     assert PASSWORD not in _files_text(out)
     spec = json.loads((out / "parts" / "w0" / "crawl_config.json").read_text(encoding="utf-8"))
     assert spec["crawl"]["redis_url"] == "redis://:***@127.0.0.1:6379/0"
+
+
+def test_the_crawl_task_reads_a_zip_dataset_with_provenance_and_leaves_it_alone(home: Path, tmp_path: Path) -> None:
+    """``run --dataset set.zip`` at the crawl stage: each image an item named by its zip entry,
+    with its sidecar caption and the archive's licence.txt, stored byte for byte; junk skipped;
+    the zip unchanged. An unsafe zip stops the stage with one line and no items."""
+    from lora_factory.errors import StoreError
+    from lora_factory.manifest import read_items
+    from lora_factory.runstore import FAILED
+
+    from .doctor_data import png_bytes, zip_bytes
+
+    z = tmp_path / "set.zip"
+    z.write_bytes(zip_bytes({"2_shapes/a.png": png_bytes(1), "2_shapes/a.txt": b"shapes, a red square",
+                             "2_shapes/b.png": png_bytes(2), "licence.txt": b"CC-BY-4.0\nby me\n",
+                             "__MACOSX/2_shapes/._a.png": b"\0\5\26\7"}))
+    before = z.read_bytes()
+    cfg = load_config("tiny", {"home": str(home), "crawl.source": "dataset", "crawl.dataset": str(z)}, environ={})
+    ref = start_run(cfg, ["shapes"])
+    stats = crawl_task.fn(ref)
+    out = ref.run_dir().stage_path("crawl")
+    items = {it["image_url"]: it for it in read_items(out / "items.parquet")}
+    entry = f"zip:{z.resolve().as_uri()}!/2_shapes/"
+    assert set(items) == {entry + "a.png", entry + "b.png"} and stats["layout"] == "kohya"
+    a = items[entry + "a.png"]
+    assert a["alt_text"] == "shapes, a red square" and a["license"] == "CC-BY-4.0" and a["topic"] == "shapes"
+    assert (out / a["image_path"]).read_bytes() == png_bytes(1)
+    assert z.read_bytes() == before
+
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(zip_bytes({"2_shapes/a.png": png_bytes(1), "../evil.png": png_bytes(2)}))
+    cfg = load_config("tiny", {"home": str(home), "crawl.source": "dataset", "crawl.dataset": str(bad)}, environ={})
+    ref = start_run(cfg, ["shapes"])
+    with pytest.raises(Exception, match="climbs out") as err:
+        crawl_task.fn(ref)
+    assert "\n" not in str(err.value) and not (tmp_path / "evil.png").exists()
+    run = ref.run_dir()
+    assert run.stage_status("crawl") == FAILED
+    with pytest.raises(StoreError):  # nothing committed
+        run.stage_path("crawl")

@@ -7,7 +7,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from cli.app import app
@@ -64,12 +66,32 @@ def test_inspect_then_fix_then_inspect_again(tmp_path: Path, home: Path) -> None
     assert {"2_lfstyle/dup_exact.png", "2_lfstyle/corrupt.png", ".DS_Store"} <= {c["file"] for c in log if c["action"] == "removed"}
     assert not (tmp_path / "fixed" / "2_lfstyle" / "dup_exact.png").exists()
     assert (tmp_path / "fixed" / "2_lfstyle" / "clean_03.png").exists()  # the kept copy
+    changed = {(c["file"].removeprefix("2_lfstyle/"), c["action"]) for c in log}
+    assert {(n, "re-encoded") for n in ("rotated.jpg", "cmyk.jpg", "palette.png", "sixteen.png", "alpha.png")} <= changed
+    assert {(n, "caption") for n in ("longcap.png", "notrigger.png", "twotrigger.png")} <= changed
+    _check_fixed_pixels(tmp_path / "ds" / "2_lfstyle", tmp_path / "fixed" / "2_lfstyle")
 
     code, out = inspect(tmp_path / "fixed", "--concept", "shapes on a gradient", "--out", tmp_path / "rep2", home=home)
     assert code == 0, out
     second = DoctorReport.model_validate_json((tmp_path / "rep2" / "doctor.json").read_text())
     assert {f.code for f in second.findings} <= NEEDS_A_PERSON
     assert second.counts["cache_hits"] > 0  # unchanged files are not measured again
+
+
+def _check_fixed_pixels(src: Path, fixed: Path) -> None:
+    """Rotation is in the pixels (not merely the EXIF tag dropped), transparency is flattened on
+    white, and the trigger word is in each fixed caption exactly once."""
+    with Image.open(src / "rotated.jpg") as im:
+        upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), np.float32)
+        as_stored = np.asarray(im.convert("RGB"), np.float32)
+    with Image.open(fixed / "rotated.jpg") as im:
+        assert im.getexif().get(0x0112, 1) == 1
+        pixels = np.asarray(im.convert("RGB"), np.float32)
+    assert np.abs(pixels - upright).mean() < 3 < np.abs(pixels - as_stored).mean()
+    with Image.open(fixed / "alpha.png") as im:
+        assert im.mode == "RGB" and im.getpixel((10, 10)) == (255, 255, 255)  # was transparent
+    for name in ("notrigger", "twotrigger", "longcap"):
+        assert (fixed / f"{name}.txt").read_text().split(", ").count(TRIGGER) == 1
 
 
 def test_fix_never_writes_into_the_input_or_over_a_folder(tmp_path: Path, home: Path) -> None:

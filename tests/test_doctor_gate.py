@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from datatools.gate import failed_minimums, gate_message
+from datatools.gate import failed_minimums, for_training, gate_message
 from lora_factory.catalog import (
     CRAWL_STATS,
     CURATE_DATASET,
@@ -21,7 +21,7 @@ from lora_factory.config import DoctorConfig, FactoryConfig, TrainConfig
 from lora_factory.errors import StageError
 from lora_factory.profiles import load_config
 from lora_factory.runstore import DONE, FAILED
-from lora_factory.schemas import DoctorReport
+from lora_factory.schemas import DoctorFinding, DoctorImage, DoctorReport
 from spiders.sources.demo_site import DemoSite, generate_demo_site
 
 from .chat_server import Reply, serve_chat
@@ -98,3 +98,51 @@ def test_minimums_are_off_by_default_and_each_is_named(labelled: dict) -> None:
     assert any(f.startswith("quality score") for f in failed)
     message = gate_message(report, strict, "r.html")
     assert message is not None and message.endswith("; report: r.html") and "more)" in message
+
+
+def _sized(report: DoctorReport, sizes: dict[str, tuple[int, int]]) -> DoctorReport:
+    """``report`` with controlled images (name -> size) and a stale small_bucket finding, as a
+    doctor run with another batch size would have left it."""
+    images = [DoctorImage(file=name, sha256=name, ok=True, caption=None, width=w, height=h, cluster=0,
+                          x=0.0, y=0.0, relevance=None, flags=["small_bucket"]) for name, (w, h) in sizes.items()]
+    stale = DoctorFinding(code="small_bucket", severity="warning", title="stale", count=1, files=["b.png"], fix="x")
+    return report.model_copy(update={"images": images, "findings": [*report.findings, stale]})
+
+
+def test_buckets_are_judged_against_the_tuners_batch_size(labelled: dict) -> None:
+    """Three landscape images and one portrait: the portrait's bucket is thin for a batch of 2,
+    not for 1, nor for 2 with 2 repeats; centre squares pool all four into one bucket."""
+    report = _sized(LABEL_DOCTOR.read(labelled["label"]),
+                    {"a.png": (768, 512), "b.png": (770, 520), "c.png": (760, 500), "p.png": (512, 768)})
+
+    def thin(**train: object) -> tuple[list[str], list[str]]:
+        judged = for_training(report, TrainConfig(resolution=512, bucket_step=64, **train))
+        found = [f for f in judged.findings if f.code == "small_bucket"]
+        assert len(found) <= 1
+        return (found[0].files if found else [], [im.file for im in judged.images if "small_bucket" in im.flags])
+
+    assert thin(batch_size=2) == (["p.png"], ["p.png"])
+    assert thin(batch_size=1) == ([], [])  # the stale finding and flags are gone
+    assert thin(batch_size=2, repeats=2) == ([], [])
+    assert thin(batch_size=4, aspect_buckets=False) == ([], [])
+    files, _ = thin(batch_size=5, aspect_buckets=False)
+    assert sorted(files) == ["a.png", "b.png", "c.png", "p.png"]
+    judged = for_training(report, TrainConfig(resolution=512, bucket_step=64, batch_size=3))
+    assert "batch size 3" in next(f.title for f in judged.findings if f.code == "small_bucket")
+
+
+def test_label_leaves_buckets_to_train_which_warns_with_the_tuners_batch(labelled: dict, caplog) -> None:
+    """The profile (tiny) says batch 2; label's report has no bucket finding; train's gate, given a
+    tuner batch larger than the dataset, names every image's bucket and the tuner's number."""
+    from tasks.train import train_task
+
+    report = LABEL_DOCTOR.read(labelled["label"])
+    assert not any(f.code == "small_bucket" for f in report.findings)
+    run = labelled["run"]
+    big = report.counts["decodable"] + 1
+    TUNE_TRAIN_CONFIG.write(Path(run.store.local_path(f"{run.key}/tune")), TrainConfig(max_steps=1, batch_size=big))
+    run.set_stage("tune", DONE)
+    with caplog.at_level("WARNING"), pytest.raises(StageError):  # the relevance minimum still stops it
+        train_task.fn(labelled["ref"])
+    warned = [r.getMessage() for r in caplog.records if "aspect buckets" in r.getMessage()]
+    assert warned and f"batch size {big} (tune/train_config.yaml)" in warned[0]

@@ -3,8 +3,8 @@ and ``doctor.html``. The train stage's gate reads the report before any step (``
 
 Why in label and not in train: the report is an output of the stage that made the dataset, so it
 survives a stopped run (train's staged outputs do not), and a resumed run after the minimums are
-changed re-runs only train. Buckets are checked against the profile's ``train`` section; the tuner
-may pick another batch size later.
+changed re-runs only train. Buckets are not checked here: the tuner picks the batch size after
+label, and train's gate checks them against its choice (``datatools.gate.for_training``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def run_doctor(st: Stage, clip: Any, budget: Any, topics: list[str]) -> DoctorRe
     ds = read_folder(st.output_path(LABEL_DATASET))
     ds.source = LABEL_DATASET.run_path
     report = diagnose(ds, concept_prompt(cfg.curate.topic_prompt, topics), clip, cfg.models.clip_scorer, budget,
-                      settings_for(cfg, cfg.label.trigger_word), MeasureCache(home_of(cfg).doctor_cache, cfg.models.clip_scorer))
+                      settings_for(cfg, cfg.label.trigger_word, batch_size=1), MeasureCache(home_of(cfg).doctor_cache, cfg.models.clip_scorer))
     if cfg.doctor.narrative:
         report = narrate(report, cfg.label.llm, home_of(cfg).llm_cache, get_logger().warning, cfg.seed)
     st.output_path(LABEL_DOCTOR), st.output_path(LABEL_DOCTOR_REPORT)  # declared: the contract checks
