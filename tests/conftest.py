@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +26,70 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 for _key in [k for k in os.environ if k.startswith("LORA_FACTORY_")]:
     del os.environ[_key]
+
+
+def _prefect_answers(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _start_prefect_server(home: Path, timeout_s: float = 300.0) -> tuple[subprocess.Popen[bytes], str]:
+    """``prefect server start`` on a free loopback port (a few attempts: the port is picked before
+    the server binds it); returns the process and its API URL once it answers."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(home)
+    for _attempt in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = open(_SESSION_TMP / f"prefect-server-{port}.log", "wb")  # noqa: SIM115 - the child writes it
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                                 "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        api_url = f"http://127.0.0.1:{port}/api"
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None and time.monotonic() < deadline and not _prefect_answers(api_url):
+            time.sleep(0.5)
+        if proc.poll() is None and _prefect_answers(api_url):
+            return proc, api_url
+        _stop(proc)
+    raise RuntimeError(f"the test session's Prefect server did not start (logs in {_SESSION_TMP})")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """One Prefect server for the CLI processes of a session that holds end-to-end tests.
+
+    Why: without ``PREFECT_API_URL`` every ``lora-factory run`` starts a temporary server of its
+    own (seconds each, a minute on a loaded machine); with one server they behave as under
+    ``lora-factory server``. In-process flows keep the temporary server: Prefect read its settings
+    when this process imported it. Tests of the no-server path clear ``PREFECT_API_URL`` themselves.
+    """
+    if not any(item.get_closest_marker("e2e") for item in request.session.items):
+        yield None
+        return
+    # The same database as the temporary servers of in-process flows: tests look runs up in it.
+    proc, api_url = _start_prefect_server(Path(os.environ["PREFECT_HOME"]))
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        yield api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        _stop(proc)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.e2e
 
 
 def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(CLI), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """The CLI without the test session's PREFECT_API_URL: these runs must find the home's server."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return subprocess.run([str(CLI), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def prefect(api_url: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
