@@ -41,7 +41,9 @@ def evaluate(
         from tasks.evaluate.standalone import evaluate_file
 
         # the profile's family belongs to its own base model: --base's is read from its model_index.json
-        ov = {**overrides(sets, home=home), "models.base": base, "models.base_family": family}
+        ov = {"models.base_family": family, **overrides(sets, home=home), "models.base": base}
+        if family is not None:
+            ov["models.base_family"] = family
         cfg = load_config(profile, ov)
         out_dir = out or Path(f"evaluate-{lora_file.stem}")
         result = evaluate_file(lora_file, cfg, out_dir, prompts, references, trigger)

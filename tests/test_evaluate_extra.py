@@ -166,3 +166,18 @@ def test_aesthetic_is_a_reference_score_only_when_configured() -> None:
     assert [(t.score, t.passed) for t in gated] == [("aesthetic_delta", False)]
     with pytest.raises(ConfigError, match="add clip to evaluate.embeddings"):
         add_aesthetic(Scored(), [EmbeddingSet("pixels", rows, rows, rows)], EvaluateConfig(aesthetic_head="tiny:x"))
+
+
+def test_report_shows_the_sample_progression_in_step_order(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tasks.evaluate.report_sections import progression_section
+
+    grids = []
+    for step, colour in ((10, "red"), (20, "green")):
+        grids.append(tmp_path / f"step-{step:06d}.png")
+        Image.new("RGB", (128, 64), colour).save(grids[-1])
+    page = progression_section({"sample_progression": [str(p) for p in grids]})
+    assert page.count("<img") == 2 and page.index("step-000010") < page.index("step-000020")
+    assert "data:image" in page  # inlined: the report stays one file
+    assert "No training samples" in progression_section({"sample_progression": []})

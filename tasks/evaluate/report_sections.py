@@ -40,6 +40,6 @@ def progression_section(r: dict[str, Any]) -> str:
     if not grids:
         return "<p>No training samples (train.sample_every is off, or this LoRA was not trained here).</p>"
     cells = "".join(f"<figure style='display:inline-block;margin:4px'><img alt='{html.escape(p.stem)}' "
-                    f"src='{thumbnail_uri(p, 256)}'><figcaption>{html.escape(p.stem)}</figcaption></figure>"
+                    f"src='{thumbnail_uri(p, 512)}'><figcaption>{html.escape(p.stem)}</figcaption></figure>"
                     for p in grids if p.is_file())
     return f"<div>{cells}</div>"
