@@ -14,7 +14,8 @@ from .common import HomeOpt, ProfileOpt, SetOpt, fail, overrides, runtime_defaul
 
 LoraArg = Annotated[Path, typer.Argument(help="A LoRA .safetensors file (diffusers or kohya format).")]
 BaseOpt = Annotated[str, typer.Option("--base", help="Base model reference: hub id, local folder or tiny:<name>.")]
-FamilyOpt = Annotated[str | None, typer.Option("--family", help="sd15, sdxl or flux (default: the profile's).")]
+FamilyOpt = Annotated[str | None, typer.Option(
+    "--family", help="sd15, sdxl or flux (default: read from the base's model_index.json).")]
 PromptsOpt = Annotated[Path | None, typer.Option("--prompts", help="Prompts, one per line ('leakage: ...' for class prompts).")]
 RefsOpt = Annotated[Path | None, typer.Option("--references", help="Folder of training images (fidelity, copies).")]
 TriggerOpt = Annotated[str | None, typer.Option("--trigger", help="Trigger word (default: from the file's metadata).")]
@@ -39,7 +40,8 @@ def evaluate(
         from lora_factory.profiles import load_config
         from tasks.evaluate.standalone import evaluate_file
 
-        ov = {**overrides(sets, home=home), "models.base": base}
+        # the profile's family belongs to its own base model: --base's is read from its model_index.json
+        ov = {"models.base_family": family, **overrides(sets, home=home), "models.base": base}
         if family is not None:
             ov["models.base_family"] = family
         cfg = load_config(profile, ov)

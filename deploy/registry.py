@@ -65,12 +65,9 @@ def concept_name(concept: str, topics: Sequence[str]) -> str:
 def flavor_base_model(base_ref: str, cache_dir: Path) -> str:
     """What the flavor stores as ``base_model``: the hub id for a hub reference (never the
     weights), else the local directory the reference resolves to (tiny models are built there)."""
-    from lora_factory.models import parse_ref, resolve_ref
+    from lora_factory.models.refs import loadable_ref
 
-    parsed = parse_ref(base_ref)
-    if parsed.kind == "hub":
-        return parsed.target
-    return str(resolve_ref(base_ref, "base", cache_dir))
+    return loadable_ref(base_ref, cache_dir)
 
 
 def log_lora_model(tracker: Tracker, run_id: str, lora_dir: Path, base_model: str,

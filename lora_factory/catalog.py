@@ -130,6 +130,7 @@ EVAL_MODEL_CARD = _out("evaluate", "model_card", "README.md", Text(), "the LoRA'
 EVAL_IMAGES = _out("evaluate", "images", "images", Folder(), "every generated image")
 # deploy ---------------------------------------------------------------------------------------
 DEPLOY_DECISION = _out("deploy", "decision", "decision.json", Json(), "concept, registered version, aliases, verdict, the gate's checks and reasons")
+DEPLOY_REPORT = _out("deploy", "report", "report.html", Text(), "the evaluation report with the gate's decision and registered version")
 
 SPECS: tuple[StageSpec, ...] = (
     StageSpec("crawl", "topics -> candidate images with provenance (Scrapy)",
@@ -152,12 +153,13 @@ SPECS: tuple[StageSpec, ...] = (
               reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG, LABEL_DOCTOR), writes=(TRAIN_LORA, TRAIN_SAMPLES),
               settings=("train", "doctor", "models.base", "models.base_family", "seed"), code=("tasks.train", "training")),
     StageSpec("evaluate", "base vs LoRA on the same seeds",
-              reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG, LABEL_DATASET, LABEL_CAPTION_STATS),
+              reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG, LABEL_DATASET, LABEL_CAPTION_STATS, TRAIN_SAMPLES),
               writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES, EVAL_MODEL_CARD),
-              settings=("evaluate", "models.base", "models.base_family", "models.clip_scorer", "seed"),
+              settings=("evaluate", "models.base", "models.base_family", "models.clip_scorer", "models.dino_scorer",
+                        "seed"),
               code=("tasks.evaluate",)),
     StageSpec("deploy", "apply the gate, register the LoRA (mlflow.diffusers), move aliases",
-              reads=(EVAL_RESULT, TRAIN_LORA, LABEL_LABELS), writes=(DEPLOY_DECISION,),
+              reads=(EVAL_RESULT, EVAL_REPORT, TRAIN_LORA, LABEL_LABELS), writes=(DEPLOY_DECISION, DEPLOY_REPORT),
               settings=("deploy", "models.base"), code=("tasks.deploy", "deploy")),
 )
 

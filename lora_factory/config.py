@@ -24,6 +24,7 @@ class ModelsConfig(Section):
 
     text_embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
     clip_scorer: str = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    dino_scorer: str = "facebook/dinov2-small"  # evaluate's DINO subject fidelity (embedding "dino")
     captioner: str = "Salesforce/blip-image-captioning-base"
     tagger: str = "Qwen/Qwen2.5-0.5B-Instruct"
     base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -408,12 +409,22 @@ class EvaluateConfig(Section):
         "{trigger}, {concept} as a watercolour painting", "{trigger}, {concept} on a beach at noon"])
     leakage_prompts: list[str] = Field(default_factory=lambda: ["a photo of {topic}"])  # no trigger
     max_heldout_captions: int = Field(2, ge=0)  # validation-split captions rendered as prompts
-    # Image embeddings by registered name (tasks/evaluate/embedders.py: clip, pixels); the first
-    # of ``embeddings`` measures fidelity, copying, diversity and leakage; clip also gives CLIP-T.
-    embeddings: list[str] = Field(default_factory=lambda: ["clip", "pixels"], min_length=1)
+    # Image embeddings by registered name (tasks/evaluate/embedders.py: clip, dino, pixels); the first
+    # of ``embeddings`` measures fidelity, copying, diversity and leakage; clip also gives CLIP-T;
+    # dino (models.dino_scorer) is DreamBooth's subject fidelity. Each one's gain: eval.json fidelity_gains.
+    embeddings: list[str] = Field(default_factory=lambda: ["clip", "dino", "pixels"], min_length=1)
     near_copy_threshold: float = Field(0.95, gt=0, le=1)  # cosine to a training image: near copy
     exact_copy_threshold: float = Field(0.999, gt=0, le=1)  # cosine: a copy (an error finding)
     min_weight_delta_rms: float = Field(1e-7, ge=0)  # below: the LoRA does nothing (an error)
+    # Efficiency (tasks/evaluate/efficiency.py): seconds per image p50/p95/p99 and peak memory
+    # without the LoRA, loaded and fused; images rendered one at a time per mode (0: not measured)
+    # from the first ``efficiency_prompts`` prompts.
+    efficiency_images: int = Field(4, ge=0)
+    efficiency_prompts: int = Field(2, ge=1)
+    # A LAION-style aesthetic head on the CLIP image embeddings (tasks/evaluate/aesthetic.py): a
+    # .pth/.safetensors file of linear layers, or tiny:aesthetic (seeded random); empty: off. A
+    # reference score (aesthetic_delta), in the gate only through min_scores/max_scores.
+    aesthetic_head: str = ""
     # Pass/fail per score (lora_factory.schemas.SCORE_KEYS): a score must be >= its min and <= its
     # max; the gate promotes only a LoRA that passes every one. A score that was not measured fails.
     min_scores: dict[str, float] = Field(default_factory=lambda: {"adherence_delta": 0.0})

@@ -186,6 +186,7 @@ SCORE_KEYS = {
     "diversity": "mean pairwise distance of the LoRA images' embeddings (low: mode collapse)",
     "copy_risk": "share of LoRA images nearer than the near-copy threshold to a training image",
     "leakage": "how far the LoRA moves images of the class prompt without the trigger word",
+    "aesthetic_delta": "LoRA minus base aesthetic score (evaluate.aesthetic_head; a reference, not in overall_score)",
 }
 
 

@@ -27,9 +27,18 @@ from deploy.registry import (
     register_candidate,
 )
 from deploy.suggest import SUGGESTION_TAG, suggest
-from lora_factory.catalog import DEPLOY_DECISION, EVAL_GRID, EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
+from lora_factory.catalog import (
+    DEPLOY_DECISION,
+    DEPLOY_REPORT,
+    EVAL_GRID,
+    EVAL_REPORT,
+    EVAL_RESULT,
+    LABEL_LABELS,
+    TRAIN_LORA,
+)
 from lora_factory.context import RunRef, Stage, get_logger, run_stage
 from lora_factory.home import home_of, run_store_for
+from lora_factory.report_decision import with_decision
 
 from ._prefect import stage_task
 
@@ -58,6 +67,7 @@ def _publish(st: Stage, record: dict[str, Any], decision: GateDecision) -> None:
     st.tracker.log_text(st.mlflow_run_id, markdown, "deploy/decision.md")
     st.log_metrics({"promoted": float(record["verdict"] == "promoted"), "model_version": float(record["version"])})
     st.log_artifact(st.output_path(DEPLOY_DECISION))
+    st.log_artifact(st.output_path(DEPLOY_REPORT))
     try:
         from prefect.artifacts import create_markdown_artifact
 
@@ -130,5 +140,6 @@ def deploy_task(ref: RunRef) -> dict[str, Any]:
         if outcome.promote:
             record["exports"] = _export(st, record, facts, result.model_extra.get("resolution"))
         st.write(DEPLOY_DECISION, record)
+        st.write(DEPLOY_REPORT, with_decision(st.read(EVAL_REPORT), record))
         _publish(st, record, decision)
     return record

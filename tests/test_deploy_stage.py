@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_factory.catalog import EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
+from lora_factory.catalog import EVAL_REPORT, EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
 from lora_factory.profiles import load_config
+from lora_factory.report_decision import PENDING, decision_section
 from lora_factory.runstore import DONE
 from lora_factory.schemas import EvalResult
 
@@ -36,9 +37,14 @@ def _run(cfg, tiny_lora: Path, overall: float) -> dict:  # noqa: ANN001 - Factor
     EVAL_RESULT.write(Path(run.store.local_path(f"{run.key}/evaluate")), EvalResult(
         base_ref="tiny:sd", family="sd15", lora_path="l", verdict="pass", resolution=64,
         scores={"overall_score": overall, "fidelity_gain": 0.02, "adherence_delta": 0.0, "copy_risk": 0.0}))
+    EVAL_REPORT.write(Path(run.store.local_path(f"{run.key}/evaluate")),
+                      f"<html><body><h1>eval</h1>{decision_section(None)}</body></html>")
     run.set_stage("evaluate", DONE)
     record = deploy_task.fn(ref)
     assert json.loads((run.stage_path("deploy") / "decision.json").read_text()) == record
+    report = (run.stage_path("deploy") / "report.html").read_text()
+    assert PENDING not in report and f"version <b>{record['version']}</b>" in report
+    assert f"<span class='{'pass' if record['verdict'] == 'promoted' else 'fail'}'>{record['verdict']}</span>" in report
     return record
 
 

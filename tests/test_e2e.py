@@ -83,7 +83,7 @@ def test_every_stage_wrote_its_outputs(factory_run: dict) -> None:
         "tune/train_config.yaml", "tune/rationale.md",
         "train/lora/pytorch_lora_weights.safetensors",
         "evaluate/eval.json", "evaluate/grid.png", "evaluate/report.html", "evaluate/README.md",
-        "deploy/decision.json",
+        "deploy/decision.json", "deploy/report.html",
     ]:
         assert (run_dir / rel).is_file(), rel
     assert not (run_dir / ".staging").exists()
@@ -96,6 +96,9 @@ def test_every_stage_wrote_its_outputs(factory_run: dict) -> None:
     assert {"concept", "generalisation", "leakage"} <= kinds
     assert len(ev["samples"]) == 2 * len(ev["prompts"]) * len(ev["seeds"]) > 0
     assert any(f["code"] == "random_scorer" for f in ev["findings"])
+    assert set(ev["efficiency"]["modes"]) == {"base", "lora", "fused"} and "dino" in ev["fidelity_gains"]
+    decision = json.loads((run_dir / "deploy" / "decision.json").read_text())
+    assert f"version <b>{decision['version']}</b>" in (run_dir / "deploy" / "report.html").read_text()
     card = (run_dir / "evaluate" / "README.md").read_text()
     assert "Not evaluated yet" not in card and "overall_score" in card
 
@@ -182,6 +185,8 @@ def test_mlflow_parent_with_seven_nested_runs_and_registered_version(factory_run
     mv = client.get_model_version(decision["registered_model"], decision["version"])
     assert mv.run_id == next(c for c in children if c.info.run_name == "deploy").info.run_id
     assert client.get_model_version_by_alias(decision["registered_model"], "candidate").version == mv.version
+    evaluate = next(c for c in children if c.info.run_name == "evaluate")
+    assert {"latency_p95_s_base", "latency_p95_s_lora", "latency_p95_s_fused"} <= set(evaluate.data.metrics)
 
 
 def test_the_lora_loads_in_diffusers(factory_run: dict) -> None:

@@ -32,7 +32,8 @@ RES = 64
 PROMPTS = [EvalPrompt("concept", "lfstyle, a yellow ellipse"),
            EvalPrompt("generalisation", "a <b>bold</b> & long prompt about a yellow rectangle at dusk, lfstyle"),
            EvalPrompt("leakage", "a yellow ellipse")]
-EVAL_CFG = EvaluateConfig(num_inference_steps=3, guidance_scale=5.0, seed=1234, num_seeds=2, batch_size=4)
+EVAL_CFG = EvaluateConfig(num_inference_steps=3, guidance_scale=5.0, seed=1234, num_seeds=2, batch_size=4,
+                          efficiency_images=2, efficiency_prompts=1)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,8 @@ def lora_dir(dataset: Path, model_cache: Path, tmp_path_factory: pytest.TempPath
 
 def setup_for(dataset: Path, lora_dir: Path, model_cache: Path) -> EvalSetup:
     return EvalSetup("tiny:sd", "sd15", "tiny:clip", model_cache, RES, "lfstyle",
-                     sorted(dataset.glob("*.png")), training_losses(lora_dir), lora_dir / KOHYA_WEIGHT_NAME)
+                     sorted(dataset.glob("*.png")), training_losses(lora_dir), lora_dir / KOHYA_WEIGHT_NAME,
+                     scorer_refs={"dino": "tiny:dinov2"})
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_eval_json_has_every_metric_per_prompt_and_seed(evaluated) -> None:
     assert len(on_disk["samples"]) == 2 * len(PROMPTS) * 2  # sides x prompts x seeds
     for row in on_disk["samples"]:
         assert (out / "images" / row["file"]).is_file()
-        for metric in ("clip_t", "clip_i", "pixels_fidelity"):
+        for metric in ("clip_t", "clip_i", "dino", "pixels_fidelity"):
             assert math.isfinite(row[metric]) and -1.0 <= row[metric] <= 1.0
     assert set(on_disk["scores"]) == {"overall_score", "fidelity_gain", "adherence_delta", "diversity",
                                       "copy_risk", "leakage"}
@@ -79,6 +81,9 @@ def test_eval_json_has_every_metric_per_prompt_and_seed(evaluated) -> None:
         on_disk["metrics"]["clip_t"]["lora"] - on_disk["metrics"]["clip_t"]["base"])
     assert [t["score"] for t in on_disk["thresholds"]] == ["adherence_delta"]
     assert on_disk["weight_delta_rms"] > 0
+    assert set(on_disk["fidelity_gains"]) == {"clip_i", "dino", "pixels_fidelity"}
+    assert on_disk["fidelity_gains"]["dino"] == pytest.approx(on_disk["metrics"]["dino"]["lora"]
+                                                              - on_disk["metrics"]["dino"]["base"])
     assert on_disk["final_loss"] is not None
 
 
@@ -104,8 +109,9 @@ def test_lora_images_differ_from_base_images_with_the_same_seed(evaluated) -> No
 
 def test_a_random_scorer_is_named_and_the_report_says_so(evaluated) -> None:
     result, out = evaluated
-    assert result.random_scorers == ["clip"]  # pixels needs no weights: its numbers mean something
-    assert any(f.code == "random_scorer" and "carry no meaning" in f.message for f in result.findings)
+    assert result.random_scorers == ["clip", "dino"]  # pixels needs no weights: its numbers mean something
+    random = next(f for f in result.findings if f.code == "random_scorer")
+    assert "carry no meaning" in random.message and "dino" in random.message and "tiny:dinov2" in random.items
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "random tiny model: the numbers it produces carry no meaning" in page
 
@@ -225,6 +231,7 @@ def test_the_standalone_command_evaluates_an_external_kohya_file(lora_dir: Path,
     assert "verdict:" in out and "random_scorer" in out and "pixels_fidelity" not in out
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert [p["kind"] for p in ev["prompts"]] == ["concept", "leakage"]
+    assert ev["family"] == "sd15"  # read from the base's model_index.json: no --family needed
     assert ev["scores"]["fidelity_gain"] is not None and ev["scores"]["leakage"] is not None
 
 
@@ -241,14 +248,32 @@ def test_standalone_bad_input_is_one_line(lora_dir: Path, model_cache: Path, tmp
     save_file(squeezed, str(tmp_path / "other_base.safetensors"))
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing here\n\n")
+    kandinsky = tmp_path / "kandinsky"
+    kandinsky.mkdir()
+    (kandinsky / "model_index.json").write_text('{"_class_name": "KandinskyPipeline"}')
     cases = [
         ((str(text), "--base", "tiny:sd"), "is not a LoRA: not a readable safetensors file"),
         ((str(tmp_path / "model.safetensors"), "--base", "tiny:sd"), "no LoRA weights"),
         ((str(tmp_path / "other_base.safetensors"), "--base", "tiny:sd"), "shape mismatches"),
         ((str(lora_dir / KOHYA_WEIGHT_NAME), "--base", "tiny:sd", "--prompts", str(empty)), "has no prompts"),
+        ((str(lora_dir / KOHYA_WEIGHT_NAME), "--base", str(kandinsky)), "which no model family trains"),
     ]
     for args, expected in cases:
         code, out = _cli(*args, *home, "--out", str(tmp_path / "out"))
         errors = [line for line in out.splitlines() if line.startswith("error:")]  # (and progress bars)
         assert code != 0 and len(errors) == 1 and expected in errors[0] and "Traceback" not in out, out
     assert not (tmp_path / "out").exists()
+
+
+def test_efficiency_is_measured_without_loaded_and_fused(evaluated) -> None:
+    result, out = evaluated
+    eff = json.loads((out / "eval.json").read_text())["efficiency"]
+    assert set(eff["modes"]) == {"base", "lora", "fused"}
+    assert eff["memory_kind"] == "rss_peak_delta" and eff["device"] == "cpu"
+    assert eff["prompts"] == [p.text for p in PROMPTS[:EVAL_CFG.efficiency_prompts]]
+    for rec in eff["modes"].values():
+        assert rec["images"] == len(rec["seconds"]) == EVAL_CFG.efficiency_images
+        assert 0 < rec["p50"] <= rec["p95"] <= rec["p99"] and rec["peak_memory_mib"] >= 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "LoRA fused" in page and "resident-set peak" in page
+    assert "Deploy has not run yet" in page  # the decision section deploy fills in

@@ -26,7 +26,10 @@ def render_model_card(
     eval_scores: dict[str, float] | None = None,
     sample_grid: str | None = None,
     files: dict[str, str] | None = None,
+    load_from: str | None = None,
 ) -> str:
+    """``load_from``: what ``from_pretrained`` loads for ``base_ref`` (``models.refs.loadable_ref``:
+    the hub id, or the local folder a ``tiny:`` or local model is in); default ``base_ref``."""
     front: dict[str, Any] = {
         "base_model": base_ref,
         "library_name": "diffusers",
@@ -48,10 +51,15 @@ def render_model_card(
         "## Use it", "",
         "```python",
         "from diffusers import DiffusionPipeline",
-        f'pipe = DiffusionPipeline.from_pretrained("{base_ref}")',
+        f'pipe = DiffusionPipeline.from_pretrained("{load_from or base_ref}")',
         f'pipe.load_lora_weights("<this folder>", weight_name="{files.get("diffusers", "")}")',
         "```", "",
     ]
+    if base_ref.strip().startswith("tiny:"):
+        lines += [f"`{base_ref}` is lora-factory's random-init test model: `from_pretrained` cannot read that "
+                  "reference, so the snippet names the folder it was built into on the training machine. "
+                  f'Elsewhere, `lora_factory.models.resolve_ref("{base_ref}", "base", CACHE_DIR)` builds the '
+                  "same model (seeded) and returns its folder.", ""]
     if files.get("kohya"):
         lines += [f"A1111 / ComfyUI: copy `{files['kohya']}` into the LoRA folder.", ""]
     lines += ["## Training", "", "| setting | value |", "|---|---|"]

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from lora_factory.models.refs import loadable_ref
+
 from .export_kohya import KOHYA_WEIGHT_NAME, modelspec_metadata, save_kohya, stamp_metadata
 from .families import ModelFamily
 from .job import TrainJob, TrainResult
@@ -69,4 +71,5 @@ def save_adapter(pipe: Any, family: ModelFamily, job: TrainJob, data: TrainData,
         result={"steps": result.steps, "final_loss": round(result.final_loss, 6),
                 "val_loss": None if result.val_loss is None else round(result.val_loss, 6),
                 "stopped_early": result.stopped_early, "seed": job.seed},
-        eval_scores=card.eval_scores, sample_grid=grid_name, files=files), encoding="utf-8")
+        eval_scores=card.eval_scores, sample_grid=grid_name, files=files,
+        load_from=loadable_ref(job.base_ref, job.cache_dir)), encoding="utf-8")

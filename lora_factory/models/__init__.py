@@ -9,6 +9,7 @@ from lora_factory.models.clip_scorer import ClipScorer
 from lora_factory.models.loaders import (
     load_captioner,
     load_clip_scorer,
+    load_dino_scorer,
     load_pipeline,
     load_tagger,
     load_text_embedder,
@@ -26,6 +27,7 @@ __all__ = [
     "build_tiny",
     "load_captioner",
     "load_clip_scorer",
+    "load_dino_scorer",
     "load_pipeline",
     "load_tagger",
     "load_text_embedder",

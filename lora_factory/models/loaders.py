@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lora_factory.errors import ModelUnavailableError
 from lora_factory.models.captioner import Captioner
 from lora_factory.models.clip_scorer import ClipScorer
+from lora_factory.models.dino_scorer import DinoScorer
 from lora_factory.models.families import (
     FAMILY_PIPELINES,
     check_declared,
@@ -37,6 +38,11 @@ def load_text_embedder(ref: str, cache_dir: Path, device: str = "cpu") -> Senten
 def load_clip_scorer(ref: str, cache_dir: Path, device: str = "cpu") -> ClipScorer:
     """An open_clip model directory (hub layout) wrapped as a ``ClipScorer``."""
     return ClipScorer.from_dir(resolve_ref(ref, "clip_scorer", cache_dir), device=device)
+
+
+def load_dino_scorer(ref: str, cache_dir: Path, device: str = "cpu") -> DinoScorer:
+    """A transformers DINOv2 model directory wrapped as a ``DinoScorer``."""
+    return DinoScorer.from_dir(resolve_ref(ref, "dino_scorer", cache_dir), device=device)
 
 
 def load_captioner(ref: str, cache_dir: Path, device: str = "cpu") -> Captioner:

@@ -95,3 +95,13 @@ def resolve_ref(ref: str, role: str, cache_dir: Path) -> Path:
             )
         return path.resolve()
     return resolve_hub(parsed.target, role)
+
+
+def loadable_ref(ref: str, cache_dir: Path) -> str:
+    """What ``DiffusionPipeline.from_pretrained`` can load for ``ref``: the hub id for a hub
+    reference (never the weights), else the local directory it resolves to (a ``tiny:`` model is
+    built there first; ``from_pretrained`` cannot read ``tiny:<name>``)."""
+    parsed = parse_ref(ref)
+    if parsed.kind == "hub":
+        return parsed.target
+    return str(resolve_ref(ref, "base", cache_dir))

@@ -19,6 +19,7 @@ from lora_factory.models.build_cache import build_once
 from lora_factory.models.tiny_captioner import CAPTIONER_CONFIG, build_captioner
 from lora_factory.models.tiny_clip import CLIP_CONFIG, build_clip
 from lora_factory.models.tiny_diffusion import SD15_CONFIG, SDXL_CONFIG, build_sd15, build_sdxl
+from lora_factory.models.tiny_dino import DINO_CONFIG, build_dino
 from lora_factory.models.tiny_flux import FLUX_CONFIG, build_flux
 from lora_factory.models.tiny_tagger import TAGGER_CONFIG, build_tagger
 
@@ -46,12 +47,13 @@ TINY_MODELS: dict[str, TinyModel] = {
         TinyModel("sdxl", build_sdxl, SDXL_CONFIG, "Stable Diffusion XL pipeline", "StableDiffusionXLPipeline"),
         TinyModel("flux", build_flux, FLUX_CONFIG, "FLUX.1-dev pipeline (flow matching)", "FluxPipeline"),
         TinyModel("clip", build_clip, CLIP_CONFIG, "open_clip ViT CLIP model"),
+        TinyModel("dinov2", build_dino, DINO_CONFIG, "DINOv2 image encoder (transformers Dinov2Model)"),
         TinyModel("captioner", build_captioner, CAPTIONER_CONFIG, "BLIP image captioner"),
         TinyModel("tagger", build_tagger, TAGGER_CONFIG, "Qwen2 chat LM"),
     )
 }
 # ``tiny:<role>`` spellings of the config's role names.
-ALIASES: dict[str, str] = {"clip_scorer": "clip", "sd15": "sd"}
+ALIASES: dict[str, str] = {"clip_scorer": "clip", "sd15": "sd", "dino_scorer": "dinov2"}
 
 
 def canonical_name(name: str) -> str | None:

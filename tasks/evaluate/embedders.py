@@ -4,12 +4,13 @@ Why a registry: every metric is a pure function of embeddings, so a scorer is ju
 images into L2-normalised rows. ``clip`` is the profile's CLIP scorer (it also embeds texts, for
 CLIP-T); ``pixels`` needs no learned weights at all — a colour histogram next to the image
 downscaled to a few pixels — so its numbers mean something even on the random tiny models.
-A DINOv2 embedder registers the same way.
+``dino`` is a DINOv2 model (``models.dino_scorer``): the DreamBooth paper's subject-fidelity
+embedding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ class Embedder:
     embed_texts: Callable[[Sequence[str]], np.ndarray] | None = None
 
 
-Factory = Callable[[str, Path, str], Embedder]  # (clip scorer ref, model cache, device) -> Embedder
+Factory = Callable[[str, Path, str], Embedder]  # (its model ref, model cache, device) -> Embedder
 EMBEDDERS: dict[str, Factory] = {}
 
 
@@ -50,10 +51,13 @@ def register(name: str) -> Callable[[Factory], Factory]:
     return wrap
 
 
-def load_embedder(name: str, clip_ref: str, cache_dir: Path, device: str = "cpu") -> Embedder:
+def load_embedder(name: str, clip_ref: str, cache_dir: Path, device: str = "cpu",
+                  refs: Mapping[str, str] | None = None) -> Embedder:
+    """Embedding ``name`` with its model: ``clip_ref`` for clip, ``refs[name]`` for the others
+    that load one (``dino``: ``models.dino_scorer``)."""
     if name not in EMBEDDERS:
         raise ConfigError(f"evaluate.embeddings: unknown embedding {name!r} (known: {', '.join(sorted(EMBEDDERS))})")
-    return EMBEDDERS[name](clip_ref, cache_dir, device)
+    return EMBEDDERS[name]({"clip": clip_ref, **(refs or {})}.get(name, ""), cache_dir, device)
 
 
 def pixel_embedding(image: Image.Image) -> np.ndarray:
@@ -84,3 +88,11 @@ def _clip(clip_ref: str, cache_dir: Path, device: str) -> Embedder:
     return Embedder("clip", clip_ref, is_random_ref(clip_ref),
                     lambda ims: l2_normalise(scorer.embed_images(list(ims))),
                     lambda texts: l2_normalise(scorer.embed_texts(list(texts))))
+
+
+@register("dino")
+def _dino(dino_ref: str, cache_dir: Path, device: str) -> Embedder:
+    from lora_factory.models import load_dino_scorer
+
+    scorer = load_dino_scorer(dino_ref, cache_dir, device=device)
+    return Embedder("dino", dino_ref, is_random_ref(dino_ref), lambda ims: l2_normalise(scorer.embed_images(list(ims))))

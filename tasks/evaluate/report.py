@@ -12,13 +12,16 @@ from typing import Any
 
 from PIL import Image
 
+from lora_factory.report_decision import decision_section
+
 from .._html import thumbnail_uri
 from .metrics import WEIGHTS
+from .report_sections import efficiency_section, progression_section
 
 STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; }
 table { border-collapse: collapse; margin-bottom: 1em; } td, th { border: 1px solid #ccc; padding: 4px 8px; }
 img { image-rendering: pixelated; max-width: 100%; } .warn { background: #fff3cd; padding: .5em; }
-.fail { color: #b00; } .pass { color: #070; }"""
+.fail { color: #b00; } .pass { color: #070; } .skipped { color: #777; }"""
 
 
 def _num(v: Any) -> str:
@@ -101,5 +104,8 @@ scorers {html.escape(", ".join(f"{k}={v}" for k, v in r["scorers"].items()))}. S
 <h2>Metrics, base vs LoRA</h2>{_metrics(r)}
 <h2>Per prompt</h2>{_per_prompt(r)}
 <h2>Nearest training images (worst copies)</h2>{_copies(r, images_dir)}
+<h2>Efficiency</h2>{efficiency_section(r)}
+<h2>Sample progression during training</h2>{progression_section(r)}
+{decision_section(None)}
 </body></html>
 """

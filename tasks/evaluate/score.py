@@ -99,3 +99,9 @@ def per_prompt(prompts: list[EvalPrompt], prompt_index: list[int], out: Scored) 
             row[name] = {side: _mean(np.asarray(v)[mask]) for side, v in sides.items()}
         rows.append(row)
     return rows
+
+
+def fidelity_gains(out: Scored) -> dict[str, float | None]:
+    """LoRA minus base fidelity per embedding (clip_i, dino, pixels_fidelity, ...)."""
+    names = set(FIDELITY_NAMES.values())
+    return {k: m.gain for k, m in out.metrics.items() if k in names or k.endswith("_fidelity")}

@@ -15,16 +15,19 @@ from PIL import Image
 from lora_factory.catalog import EVAL_GRID, EVAL_IMAGES, EVAL_REPORT, EVAL_RESULT
 from lora_factory.config import EvaluateConfig
 from lora_factory.errors import StageError
+from lora_factory.models.refs import is_random_ref
 from lora_factory.schemas import EvalResult, Finding
 
 from . import findings as fnd
+from .aesthetic import add_aesthetic, aesthetic_delta
+from .efficiency import measure_base, measure_loaded
 from .embedders import Embedder, load_embedder
 from .generate import Sample, render, scheduler_of
 from .grid import make_grid
 from .portability import KeyReport, check_keys, max_difference, portability_record
 from .prompts import EvalPrompt, seeds_for, strip_trigger
 from .report import render_report
-from .score import EmbeddingSet, Scored, headline_scores, per_prompt, score_set
+from .score import EmbeddingSet, Scored, fidelity_gains, headline_scores, per_prompt, score_set
 from .verdict import judge
 
 STAGE = "evaluate"
@@ -45,6 +48,8 @@ class EvalSetup:
     references: list[Path] = field(default_factory=list)  # training images (fidelity, copies)
     losses: list[float] = field(default_factory=list)  # the training loss per step, if known
     kohya_file: Path | None = None  # the same LoRA in kohya format: checked for portability
+    sample_grids: list[Path] = field(default_factory=list)  # the trainer's sample grids, oldest first
+    scorer_refs: dict[str, str] = field(default_factory=dict)  # embedding -> model ref (dino: models.dino_scorer)
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Rendered:
     seeds: list[int]
     scheduler: dict[str, Any]
     portability: dict[str, Any] = field(default_factory=dict)
+    efficiency: dict[str, Any] = field(default_factory=dict)
 
 
 def training_losses(lora_dir: Path) -> list[float]:
@@ -80,14 +86,17 @@ def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cf
         raise StageError(f"{lora_file.name} is not a LoRA for {setup.base_ref} ({setup.family}): {keys.line()}")
     scheduler = scheduler_of(pipe)
     base = render(pipe, prompts, seeds, "base", **kw)
+    timing = (prompts[:cfg.efficiency_prompts], cfg.seed, cfg.efficiency_images, kw)
+    base_time = measure_base(pipe, *timing) if cfg.efficiency_images else None
     pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
     if scheduler_of(pipe) != scheduler:
         raise StageError("loading the LoRA changed the pipeline's scheduler; base and LoRA would not compare")
     lora = render(pipe, prompts, seeds, "lora", **kw)
+    efficiency = measure_loaded(pipe, *timing, base=base_time) if base_time else {}
     portability = {}
     if setup.kohya_file is not None:
         portability = check_portability(pipe, setup, {lora_file.name: keys}, lora[0], prompts, kw)
-    return Rendered(base, lora, seeds, scheduler, portability)
+    return Rendered(base, lora, seeds, scheduler, portability, efficiency)
 
 
 def check_portability(pipe: Any, setup: EvalSetup, keys: dict[str, KeyReport], reference: Sample,
@@ -150,11 +159,13 @@ def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfi
     if not lora_file.is_file():
         raise StageError(f"no LoRA weights at {lora_file}; run the train stage")
     rendered = render_both(setup, lora_file, prompts, cfg)
-    embedders = [load_embedder(n, setup.clip_ref, setup.cache_dir) for n in cfg.embeddings]
+    embedders = [load_embedder(n, setup.clip_ref, setup.cache_dir, refs=setup.scorer_refs) for n in cfg.embeddings]
     scored = Scored()
     kinds = [prompts[s.prompt_index].kind for s in rendered.base]
-    for es in embed_all(embedders, rendered, prompts, setup):
+    sets = embed_all(embedders, rendered, prompts, setup)
+    for es in sets:
         score_set(es, kinds, cfg, scored)
+    scorers = {e.name: e.ref for e in embedders} | add_aesthetic(scored, sets, cfg)
     found, rms = silent_failures(rendered, lora_file, cfg, setup.losses)
     if rendered.portability and not rendered.portability["passed"]:
         problems = [f"{n}: {f['problem']}" for n, f in rendered.portability["files"].items() if not f["ok"]]
@@ -169,9 +180,11 @@ def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfi
                              message=f"LoRA images reproduce a training image (cosine >= {cfg.exact_copy_threshold})"))
     result = judge(EvalResult(
         base_ref=setup.base_ref, family=setup.family, lora_path=str(lora_file),
-        scorers={e.name: e.ref for e in embedders}, random_scorers=[e.name for e in embedders if e.random],
-        metrics=scored.metrics, scores=headline_scores(scored, primary), findings=found, verdict="fail",
-        portability=rendered.portability,
+        scorers=scorers, random_scorers=[n for n, ref in scorers.items() if is_random_ref(ref)],
+        metrics=scored.metrics, scores=headline_scores(scored, primary) | aesthetic_delta(scored),
+        findings=found, verdict="fail",
+        portability=rendered.portability, efficiency=rendered.efficiency,
+        sample_progression=[str(p) for p in setup.sample_grids], fidelity_gains=fidelity_gains(scored),
         primary_embedding=primary, prompts=[p.as_dict() for p in prompts], seeds=rendered.seeds,
         steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, resolution=setup.resolution,
         scheduler=rendered.scheduler, weight_delta_rms=rms, num_training_images=len(setup.references),

@@ -11,6 +11,7 @@ from safetensors import SafetensorError, safe_open
 from lora_factory.config import FactoryConfig
 from lora_factory.errors import ConfigError
 from lora_factory.home import home_of
+from lora_factory.models.families import config_family
 from lora_factory.schemas import EvalResult
 from lora_factory.textfiles import read_user_text
 from training.dataset import IMAGE_SUFFIXES
@@ -69,6 +70,9 @@ def evaluate_file(lora_file: Path, cfg: FactoryConfig, out_dir: Path, prompts_fi
         e = cfg.evaluate
         prompts = build_prompts(Concept(trigger, "the subject", meta.get("modelspec.description")),
                                 e.prompts, e.generalisation_prompts, e.leakage_prompts, [])
-    setup = EvalSetup(cfg.models.base, cfg.models.base_family, cfg.models.clip_scorer, home_of(cfg).models,
-                      cfg.evaluate.resolution or cfg.train.resolution, trigger, reference_images(references))
+    models_dir = home_of(cfg).models
+    family = config_family(cfg.models.base, cfg.models.base_family, models_dir)
+    setup = EvalSetup(cfg.models.base, family, cfg.models.clip_scorer, models_dir,
+                      cfg.evaluate.resolution or cfg.train.resolution, trigger, reference_images(references),
+                      scorer_refs={"dino": cfg.models.dino_scorer})
     return evaluate_lora(lora_file, prompts, cfg.evaluate, setup, out_dir)

@@ -16,6 +16,7 @@ from lora_factory.catalog import (
     LABEL_CAPTION_STATS,
     LABEL_DATASET,
     TRAIN_LORA,
+    TRAIN_SAMPLES,
     TUNE_TRAIN_CONFIG,
 )
 from lora_factory.config import FactoryConfig, TrainConfig
@@ -29,6 +30,7 @@ from training.model_card import with_eval_scores
 from training.save import MODEL_CARD_NAME
 
 from .._prefect import stage_task
+from .efficiency import efficiency_metrics
 from .prompts import Concept, EvalPrompt, build_prompts
 from .stage import STAGE, EvalSetup, evaluate_lora, training_losses
 
@@ -57,6 +59,7 @@ def log_result(st: Stage, result: EvalResult) -> None:
     for name, pair in result.metrics.items():
         flat |= {f"{name}_{side}": v for side, v in (("base", pair.base), ("lora", pair.lora)) if v is not None}
     flat |= {"eval_pass": float(result.verdict == "pass"), "eval_errors": float(len(result.errors()))}
+    flat |= efficiency_metrics((result.model_extra or {}).get("efficiency") or {})
     clip_t = result.metrics.get("clip_t")
     if clip_t is not None and clip_t.gain is not None:
         flat["clip_t_delta"] = clip_t.gain  # the tuner's history ranks past runs by it
@@ -89,7 +92,9 @@ def evaluate_task(ref: RunRef) -> dict[str, Any]:
         lora_dir = st.input_path(TRAIN_LORA)
         setup = EvalSetup(cfg.models.base, cfg.models.base_family, cfg.models.clip_scorer, home_of(cfg).models,
                           cfg.evaluate.resolution or tcfg.resolution, stats.trigger_word or cfg.label.trigger_word,
-                          references, training_losses(lora_dir))
+                          references, training_losses(lora_dir), scorer_refs={"dino": cfg.models.dino_scorer})
+        samples_dir = st.input_path(TRAIN_SAMPLES)
+        setup.sample_grids = sorted(samples_dir.glob("step-*.png")) if samples_dir.is_dir() else []
         if (lora_dir / KOHYA_WEIGHT_NAME).is_file():
             setup.kohya_file = lora_dir / KOHYA_WEIGHT_NAME
         st.log_params({**cfg.evaluate.model_dump(), "resolved_prompts": [p.text for p in prompts],
@@ -101,6 +106,8 @@ def evaluate_task(ref: RunRef) -> dict[str, Any]:
 
         with Image.open(st.output_path(EVAL_GRID)) as grid:
             st.tracker.client.log_image(st.mlflow_run_id, grid.copy(), artifact_file="eval_grid.png")
+            # step-indexed too, at the training's last step: the UI's image slider next to the samples
+            st.tracker.client.log_image(st.mlflow_run_id, grid.copy(), key="eval_grid", step=len(setup.losses))
         for output in (EVAL_RESULT, EVAL_REPORT, EVAL_MODEL_CARD):
             st.log_artifact(st.output_path(output))
     return {"verdict": result.verdict, **{k: v for k, v in result.scores.items() if v is not None}}

@@ -1,0 +1,45 @@
+"""Report sections added after the first report: efficiency, reference scores (aesthetic) and
+the training's sample progression. Separate from ``report`` so each stays one screen long."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from .._html import thumbnail_uri
+
+MEMORY_KINDS = {"cuda_peak_allocated": "CUDA allocator peak (torch.cuda.max_memory_allocated)",
+                "rss_peak_delta": "process resident-set peak above its size at the start (CPU)"}
+
+
+def _sec(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def efficiency_section(r: dict[str, Any]) -> str:
+    eff = r.get("efficiency") or {}
+    if not eff.get("modes"):
+        return "<p>Not measured (evaluate.efficiency_images = 0).</p>"
+    labels = {"base": "without LoRA", "lora": "LoRA loaded", "fused": "LoRA fused"}
+    rows = "".join(
+        f"<tr><td>{labels.get(m, html.escape(m))}</td><td>{rec['images']}</td><td>{_sec(rec['p50'])}</td>"
+        f"<td>{_sec(rec['p95'])}</td><td>{_sec(rec['p99'])}</td><td>{rec['peak_memory_mib']:.1f}</td></tr>"
+        for m, rec in eff["modes"].items())
+    kind = MEMORY_KINDS.get(eff["memory_kind"], eff["memory_kind"])
+    return (f"<p>Seconds per image, one image per call on <code>{html.escape(eff['device'])}</code>, "
+            f"{len(eff['prompts'])} fixed prompt{'' if len(eff['prompts']) == 1 else 's'}, seed {eff['seed']}, after one uncounted warm-up. "
+            f"Peak memory: {html.escape(kind)}.</p>"
+            "<table><tr><th>mode</th><th>images</th><th>p50 s</th><th>p95 s</th><th>p99 s</th>"
+            f"<th>peak MiB</th></tr>{rows}</table>")
+
+
+def progression_section(r: dict[str, Any]) -> str:
+    """The trainer's sample grids (same prompts and noise every time), oldest first."""
+    grids = [Path(p) for p in r.get("sample_progression") or []]
+    if not grids:
+        return "<p>No training samples (train.sample_every is off, or this LoRA was not trained here).</p>"
+    cells = "".join(f"<figure style='display:inline-block;margin:4px'><img alt='{html.escape(p.stem)}' "
+                    f"src='{thumbnail_uri(p, 512)}'><figcaption>{html.escape(p.stem)}</figcaption></figure>"
+                    for p in grids if p.is_file())
+    return f"<div>{cells}</div>"
