@@ -78,7 +78,7 @@ def _print_summary(result: dict[str, Any]) -> None:
         f"  run id        {result['run_id']}",
         f"  run directory {result['run_dir']}",
         f"  LoRA weights  {result['run_dir']}/train/lora/pytorch_lora_weights.safetensors",
-        f"  evaluation    {result['run_dir']}/evaluate/report.html",
+        f"  evaluation    {result['run_dir']}/deploy/report.html (with the gate's decision)",
         f"  curation      {result['run_dir']}/curate/report.html",
         f"  MLflow        {uri} (parent run {result['mlflow_parent_run_id']})",
     ]
