@@ -32,9 +32,10 @@ def _print_progress(line: str) -> None:
 def crawl(spec: CrawlSpec) -> dict[str, Any]:
     """Run the crawl to completion (or a bound) and write the crawl directory: a url list
     through ``spiders.urlcrawl`` (no page to parse: no Scrapy), anything else the topic spider."""
-    from .urlcrawl import crawl_url_list, uses_url_fetcher
+    from .urlcrawl import SWITCH_INTERVAL_S, crawl_url_list, uses_url_fetcher
 
     if uses_url_fetcher(spec):
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         return crawl_url_list(spec, _print_progress)
     from scrapy.crawler import AsyncCrawlerProcess
 

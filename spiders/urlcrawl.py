@@ -31,6 +31,10 @@ from .spec import CrawlSpec
 from .urlfetch import Counts, Fetcher, Refused
 from .workpool import WorkPool
 
+# The event loop shares the GIL with the work pool: ``spiders.run`` (the crawl's own process)
+# makes threads hand it back after 0.5 ms instead of 5, so a decode does not hold up the downloads.
+SWITCH_INTERVAL_S = 0.0005
+
 
 def uses_url_fetcher(spec: CrawlSpec) -> bool:
     """A url list crawled by one process (a distributed run shares Scrapy's Redis frontier)."""
@@ -55,6 +59,7 @@ class UrlListCrawl:
         state = self.record.open_journal()
         seen = set(state.images) | state.images_done
         self.queue.extend(state.pending_images)
+        new: list[tuple[str, dict[str, Any]]] = []
         for topic, candidates in self.spec.images.items():
             for candidate in candidates:
                 url = candidate["image_url"]
@@ -65,8 +70,9 @@ class UrlListCrawl:
                 if (why := scheme_refusal(url)) is not None:
                     self._reject(shown_url(url), meta, "unsupported_scheme", why)
                     continue
-                self.record.requested_image(url, meta)
-                self.queue.append((url, meta))
+                new.append((url, meta))
+        self.record.requested_images(new)  # journaled before any is fetched, in one write
+        self.queue.extend(new)
 
     def bound_reached(self) -> str | None:
         if self.bounds.images_full():
