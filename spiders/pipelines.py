@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Self
 from scrapy.exceptions import DropItem
 from scrapy.utils.defer import deferred_from_coro
 
+from .intake import MERGED, OVER_LIMIT, admit
+
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
@@ -38,16 +40,13 @@ class ContentStorePipeline:
 
     def process_item(self, item: dict[str, Any]) -> dict[str, Any]:
         spider: Any = self.crawler.spider
-        item_id = item["item_id"]
-        if self.record.merge(item_id, item["image_url"]):
-            raise DropItem(f"same bytes as item {item_id[:12]}", log_level="DEBUG")
-        if not spider.bounds.reserve_image(item.get("topic")):
-            self.record.drop_over_limit(item["image_url"])
-            spider.check_image_bounds()  # another worker may have used up a shared bound
+        row = admit(self.record, spider.bounds, item)
+        if row == MERGED:
+            raise DropItem(f"same bytes as item {item['item_id'][:12]}", log_level="DEBUG")
+        spider.check_image_bounds()  # another worker may have used up a shared bound
+        if row == OVER_LIMIT:
             raise DropItem("max_images reached", log_level="DEBUG")
-        row = {**item, "other_urls": []}
-        self.record.add_item(row)
-        spider.check_image_bounds()
+        assert isinstance(row, dict)
         return row
 
 

@@ -220,7 +220,15 @@ class CrawlRecord:
         self._log({"e": "req_page", "key": key, "req": {"url": url, "topic": topic, "depth": depth}})
 
     def requested_image(self, url: str, meta: Mapping[str, Any]) -> None:
-        self._log({"e": "req_image", "url": url, "meta": dict(meta)})
+        self.requested_images([(url, meta)])
+
+    def requested_images(self, requests: list[tuple[str, Mapping[str, Any]]]) -> None:
+        """Journal many image requests in one write (a url list's thousands at the start)."""
+        if self._journal is not None and requests:
+            self._journal.write("".join(
+                json.dumps({"e": "req_image", "url": url, "meta": dict(meta)}, default=str) + "\n"
+                for url, meta in requests))
+            self._journal.flush()
 
     def checkpoint(self, force: bool = False) -> None:
         """Journal this session's counts (at most every ``COUNTERS_EVERY_S``, or now)."""

@@ -6,6 +6,9 @@ stdin carries the ``CrawlSpec`` as JSON (``spiders.spec``; on stdin because it m
 password), stdout only progress lines ("crawl: 12 pages, 40 images, 3 rejected"), stderr the
 log, the exit code success; the results are the files in ``out_dir``.
 
+A ``crawl.source: urls`` list is fetched without Scrapy (``spiders.urlcrawl``), with the same
+checks, journal and outputs.
+
 SIGINT (sent by the parent when it is interrupted or cancelled) stops the crawl gracefully:
 in-flight downloads finish, the journal and the crawl directory are written (finish reason
 ``interrupted``), so the next attempt continues where this one stopped.
@@ -27,7 +30,13 @@ def _print_progress(line: str) -> None:
 
 
 def crawl(spec: CrawlSpec) -> dict[str, Any]:
-    """Run the topic spider to completion (or a bound) and write the crawl directory."""
+    """Run the crawl to completion (or a bound) and write the crawl directory: a url list
+    through ``spiders.urlcrawl`` (no page to parse: no Scrapy), anything else the topic spider."""
+    from .urlcrawl import SWITCH_INTERVAL_S, crawl_url_list, uses_url_fetcher
+
+    if uses_url_fetcher(spec):
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        return crawl_url_list(spec, _print_progress)
     from scrapy.crawler import AsyncCrawlerProcess
 
     from .settings import scrapy_settings

@@ -24,9 +24,7 @@ check, the content hash and the write to the image store run in a small thread p
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,14 +40,14 @@ from scrapy.utils.response import get_base_url
 from twisted.python.failure import Failure
 from w3lib.url import canonicalize_url
 
-from lora_factory.manifest import item_id_for
-
 from .bounds import LocalBounds, SharedBounds
 from .extract import ImageRef, extract_page, refused_links
 from .failures import failure_reason
 from .guard import FETCH_SCHEMES, scheme_refusal, shown_url
-from .images import ImageRejected, declared_type, inspect_image, type_is_acceptable
+from .images import ImageRejected, declared_type, type_is_acceptable
+from .intake import check_and_store, image_item, listed_image_meta
 from .meta import IMAGE_KEY, IMAGE_META, PAGE_KEY, PAGE_URL, STOP_META
+from .optout import AI_OPT_OUTS, bot_token, image_opt_out, robots_directives
 from .pipelines import close_spider_soon
 from .quality import Relevance, link_text, page_quality, page_summary_text
 from .record import CrawlRecord
@@ -60,8 +58,6 @@ IMAGE_PRIORITY = 100  # a page's images are fetched before the crawl goes deeper
 FRIENDLY_REASONS = {"closespider_timeout": "timeout", "shutdown": "interrupted"}
 # The bounds in the order they are reported when several were hit.
 BOUND_ORDER = ("max_images", "max_images_per_topic", "max_pages", "max_depth")
-_DIRECTIVES_WITH_COLON = {"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"}
-_UA_PREFIX = re.compile(r"^\s*([A-Za-z0-9_.*-]+)\s*:\s*(.*)$")
 
 
 def seed_domains(topics_to_urls: dict[str, list[str]]) -> list[str]:
@@ -69,28 +65,6 @@ def seed_domains(topics_to_urls: dict[str, list[str]]) -> list[str]:
     return sorted(
         {urlsplit(u).hostname or "" for urls in topics_to_urls.values() for u in urls} - {""}
     )
-
-
-def bot_token(user_agent: str) -> str:
-    """The product token robots directives may address: "LoRAFactoryBot/0.1 (...)" -> lorafactorybot."""
-    return user_agent.split("/", 1)[0].split()[0].lower() if user_agent.strip() else ""
-
-
-def robots_directives(values: list[str], bot: str) -> set[str]:
-    """Directives from X-Robots-Tag values or meta robots contents that apply to ``bot``.
-
-    ``X-Robots-Tag: otherbot: noai`` addresses another crawler and is ignored; ``noai``,
-    ``*: noai`` and ``lorafactorybot: noai`` apply.
-    """
-    out: set[str] = set()
-    for value in values:
-        m = _UA_PREFIX.match(value)
-        if m and m[1].lower() not in _DIRECTIVES_WITH_COLON:
-            if m[1].lower() not in ("*", bot):
-                continue
-            value = m[2]
-        out.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return out
 
 
 def header_values(headers: Headers, name: bytes) -> list[str]:
@@ -175,12 +149,7 @@ class TopicSpider(scrapy.Spider):
                 url = candidate["image_url"]
                 if url in self._images or shown_url(url) in self._images:
                     continue
-                meta = {
-                    **{k: v for k, v in candidate.items() if k != "image_url"},
-                    "topic": topic,
-                    "robots": "allowed" if self.config.obey_robots else "not_checked",
-                }
-                meta.setdefault("license", "unknown")
+                meta = listed_image_meta(candidate, topic, self.config)
                 if self._refuse_image(url, meta):
                     continue
                 self._images.add(url)
@@ -247,7 +216,7 @@ class TopicSpider(scrapy.Spider):
         page = extract_page(sel, get_base_url(response))
         row["title"] = page.title
         row["n_images"] = len(page.images)
-        found = directives & {"noai", "noimageai"} if self.config.honour_noai else set()
+        found = directives & AI_OPT_OUTS if self.config.honour_noai else set()
         opted_out = ", ".join(sorted(found))
         if opted_out:
             self._add_page(row, key, "parsed", "noai", f"page opts out of AI use ({opted_out})")
@@ -417,13 +386,11 @@ class TopicSpider(scrapy.Spider):
         if not type_is_acceptable(content_type):
             request.meta[STOP_META] = ("not_image", f"Content-Type {declared_type(content_type)}")
             raise StopDownload(fail=False)
-        if self.config.honour_noai:
-            directives = robots_directives(header_values(headers, b"X-Robots-Tag"), self.bot)
-            if found := directives & {"noai", "noimageai"}:
-                request.meta[STOP_META] = (
-                    "noai", f"X-Robots-Tag {', '.join(sorted(found))} on the image",
-                )
-                raise StopDownload(fail=False)
+        if self.config.honour_noai and (
+            why := image_opt_out(header_values(headers, b"X-Robots-Tag"), self.bot)
+        ):
+            request.meta[STOP_META] = ("noai", why)
+            raise StopDownload(fail=False)
 
     async def parse_image(self, response: Response) -> AsyncIterator[dict[str, Any]]:
         provenance = response.meta[IMAGE_META]
@@ -434,34 +401,13 @@ class TopicSpider(scrapy.Spider):
             return
         content_type = response.headers.get(b"Content-Type", b"").decode("latin-1")
         try:
-            stored = await self.work.run(self._check_and_store, response.body, content_type)
+            stored = await self.work.run(
+                check_and_store, response.body, content_type, self.config, self.record
+            )
         except ImageRejected as rejected:
             self._reject(url, provenance, rejected.reason, rejected.detail)
             return
-        yield {**provenance, "image_url": url, "crawl_time": datetime.now(UTC), **stored}
-
-    def _check_and_store(self, body: bytes, content_type: str) -> dict[str, Any]:
-        """In the work pool: validate and decode, name by content hash, write to the store.
-
-        Only the content-addressed store is touched here (idempotent and thread-safe); which URL
-        becomes the item and which is a byte copy or over a bound is decided by the pipeline, on
-        the reactor thread. Raises ``ImageRejected``.
-        """
-        info = inspect_image(body, content_type, self.config.max_image_pixels)
-        side = self.config.min_image_side
-        if min(info.width, info.height) < side:
-            raise ImageRejected(
-                "too_small", f"{info.width}x{info.height} px < min_image_side {side}"
-            )
-        item_id = item_id_for(info.data)
-        return {
-            "width": info.width,
-            "height": info.height,
-            "mime_type": info.mime_type,
-            "item_id": item_id,
-            "image_path": self.record.store_image(item_id, info.ext, info.data),
-            "num_bytes": len(info.data),
-        }
+        yield image_item(url, provenance, stored)
 
     def image_failed(self, failure: Failure) -> None:
         request = failure.request  # type: ignore[attr-defined]
