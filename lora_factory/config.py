@@ -508,6 +508,7 @@ class ServeConfig(Section):
     rate_burst: int = Field(40, ge=1)
     max_steps: int = Field(50, ge=1)
     max_prompt_chars: int = Field(500, ge=1)
+    generate_queue: int = Field(4, ge=0)  # /generate requests waiting behind the running one; more: 429
     alias_refresh_s: float = Field(5.0, ge=0)  # how often a concept's champion alias is re-read
     device: str = "cpu"
     # retrain triggers: a low rolling mean rating, or enough new rated / corrected samples

@@ -117,11 +117,28 @@ class FeedbackStore:
     def add_feedback(self, concept: str, rating: int, *, generation_id: str | None = None,
                      run_id: str | None = None, comment: str | None = None,
                      corrected_caption: str | None = None) -> int:
+        return self.add_feedback_many([{
+            "generation_id": generation_id, "run_id": run_id, "concept": concept, "rating": rating,
+            "comment": comment, "corrected_caption": corrected_caption}])[0]
+
+    def add_feedback_many(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert ``rows`` (the feedback columns but id and created_at) in one transaction: one
+        commit for a whole batch of ratings. Returns their ids, in order."""
+        if not rows:
+            return []
+        now = datetime.now(UTC)
+        query = feedback.insert().returning(feedback.c.id, sort_by_parameter_order=True)
         with self._writing() as con:
-            result = con.execute(feedback.insert().values(
-                generation_id=generation_id, run_id=run_id, concept=concept, rating=rating,
-                comment=comment, corrected_caption=corrected_caption, created_at=datetime.now(UTC)))
-        return int(result.inserted_primary_key[0])
+            result = con.execute(query, [{**row, "created_at": now} for row in rows])
+            return [int(r.id) for r in result]
+
+    def generation_concepts(self, generation_ids: set[str]) -> dict[str, str]:
+        """Generation id -> concept, for those of ``generation_ids`` this store knows."""
+        if not generation_ids:
+            return {}
+        query = sa.select(generations.c.id, generations.c.concept).where(generations.c.id.in_(generation_ids))
+        with self.engine.connect() as con:
+            return {r.id: r.concept for r in con.execute(query)}
 
     def count_feedback(self, concept: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(feedback)
