@@ -42,7 +42,9 @@ def make_service(cfg: FactoryConfig, token: str, emit: Emitter | None = None,
     if emit is None and cfg.serve.emit_events:
         warm_up_prefect()
     store = FeedbackStore(feedback_url(cfg))
+    generating, metrics = GenerateQueue(cfg.serve.generate_queue), ServeMetrics()
+    metrics.generate_queue.set_function(generating.held)
     return Service(cfg=cfg.serve, token=token, store=store, writer=FeedbackWriter(store, cfg.serve),
-                   pool=make_pool(cfg) if generate else None,
-                   generating=GenerateQueue(cfg.serve.generate_queue), emit=emit or prefect_emitter,
-                   metrics=ServeMetrics(), limiter=RateLimiter(cfg.serve.rate_per_s, cfg.serve.rate_burst))
+                   pool=make_pool(cfg) if generate else None, generating=generating,
+                   emit=emit or prefect_emitter, metrics=metrics,
+                   limiter=RateLimiter(cfg.serve.rate_per_s, cfg.serve.rate_burst))
