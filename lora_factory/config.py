@@ -27,6 +27,8 @@ class ModelsConfig(Section):
     captioner: str = "Salesforce/blip-image-captioning-base"
     tagger: str = "Qwen/Qwen2.5-0.5B-Instruct"
     base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    # serving's output filter (serve.safety_filter); loaded only when that is on
+    safety_checker: str = "CompVis/stable-diffusion-safety-checker"
     # None: read from the base model's model_index.json when the run starts (and stored in the
     # run's config); set, it must be the model's own family.
     base_family: Literal["sd15", "sdxl", "flux", "sd3"] | None = None
@@ -509,6 +511,9 @@ class ServeConfig(Section):
     max_steps: int = Field(50, ge=1)
     max_prompt_chars: int = Field(500, ge=1)
     generate_queue: int = Field(4, ge=0)  # /generate requests waiting behind the running one; more: 429
+    # output safety filter (models.safety_checker) on every generated image; a block answers 451
+    safety_filter: bool = False
+    safety_adjustment: float = Field(0.0, ge=-2, le=2)  # added to each concept score: > 0 stricter
     alias_refresh_s: float = Field(5.0, ge=0)  # how often a concept's champion alias is re-read
     device: str = "cpu"
     # retrain triggers: a low rolling mean rating, or enough new rated / corrected samples

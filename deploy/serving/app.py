@@ -6,6 +6,7 @@ token; ``/generate`` and ``/feedback`` are rate-limited per client; every body i
 from __future__ import annotations
 
 import asyncio
+import io
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from .feedback_writer import FeedbackRejected, FeedbackWriter, Rating
 from .generate_queue import GenerateQueue
 from .limits import BodyLimitMiddleware, RateLimiter
 from .metrics import CONTENT_TYPE, MetricsMiddleware, ServeMetrics
+from .safety import SafetyFilter
 from .triggers import Emitter
 
 
@@ -70,6 +72,7 @@ class Service:
     emit: Emitter
     metrics: ServeMetrics
     limiter: RateLimiter
+    safety: SafetyFilter | None = None
 
     def close(self) -> None:
         self.writer.close()
@@ -132,9 +135,29 @@ def _generate(svc: Service, req: GenerateRequest) -> Response:
     except FactoryError as e:
         raise HTTPException(503, str(e)) from e
     svc.metrics.model_version.labels(req.concept).set(float(image.model_version))
+    if svc.safety is not None:
+        blocked = _blocked(svc, req, image.model_version, image.png)
+        if blocked is not None:
+            return blocked
     gen = svc.store.add_generation(req.concept, image.model_version, req.prompt, req.seed, req.steps)
     return Response(image.png, media_type="image/png", headers={
         "X-Generation-Id": gen.id, "X-Model-Version": image.model_version, "X-Concept": req.concept})
+
+
+def _blocked(svc: Service, req: GenerateRequest, version: str, png: bytes) -> Response | None:
+    """None when the filter lets the image through; else the 451 answer, the block recorded."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(png)) as image:
+        found = svc.safety.check(image)  # type: ignore[union-attr]
+    if not found.blocked:
+        return None
+    block_id = svc.store.add_block(req.concept, version, req.prompt, req.seed, req.steps, found.score)
+    svc.metrics.safety_blocked.labels(req.concept).inc()
+    return JSONResponse({"error": "the output safety filter blocked this image (serve.safety_filter): "
+                                  "try another prompt or seed", "blocked": True, "block_id": block_id,
+                         "score": found.score}, status_code=451,
+                        headers={"X-Model-Version": version, "X-Concept": req.concept})
 
 
 async def _queued_generate(svc: Service, req: GenerateRequest) -> Response:
@@ -196,4 +219,5 @@ def _routes(app: FastAPI, svc: Service, auth: Any, limit: Any) -> None:
         ratings = [r["rating"] for r in rows]
         return {"concept": concept, "count": len(rows),
                 "mean_rating": sum(ratings) / len(ratings) if ratings else None,
-                "corrected": sum(1 for r in rows if r["corrected_caption"])}
+                "corrected": sum(1 for r in rows if r["corrected_caption"]),
+                "safety_blocked": svc.store.count_blocks(concept)}

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from lora_factory.errors import ConfigError, StoreError
 from lora_factory.secrets import redact_url
 
-from .schema import feedback, generations, migrate, trigger_events
+from .schema import feedback, generations, migrate, safety_blocks, trigger_events
 
 
 def default_url(home: Path) -> str:
@@ -106,6 +106,20 @@ class FeedbackStore:
         with self._writing() as con:
             con.execute(generations.insert().values(**gen.__dict__, created_at=datetime.now(UTC)))
         return gen
+
+    def add_block(self, concept: str, model_version: str, prompt: str, seed: int, steps: int,
+                  score: float) -> int:
+        """Record an output the safety filter blocked (without the image)."""
+        with self._writing() as con:
+            result = con.execute(safety_blocks.insert().values(
+                concept=concept, model_version=model_version, prompt=prompt, seed=seed, steps=steps,
+                score=score, created_at=datetime.now(UTC)))
+        return int(result.inserted_primary_key[0])
+
+    def count_blocks(self, concept: str) -> int:
+        query = sa.select(sa.func.count()).select_from(safety_blocks).where(safety_blocks.c.concept == concept)
+        with self.engine.connect() as con:
+            return int(con.execute(query).scalar_one())
 
     def generation(self, generation_id: str) -> Generation | None:
         with self.engine.connect() as con:

@@ -15,6 +15,7 @@ from .feedback_writer import FeedbackWriter
 from .generate_queue import GenerateQueue
 from .limits import RateLimiter
 from .metrics import ServeMetrics
+from .safety import SafetyFilter
 from .triggers import Emitter, prefect_emitter, warm_up_prefect
 
 
@@ -47,4 +48,10 @@ def make_service(cfg: FactoryConfig, token: str, emit: Emitter | None = None,
     return Service(cfg=cfg.serve, token=token, store=store, writer=FeedbackWriter(store, cfg.serve),
                    pool=make_pool(cfg) if generate else None, generating=generating,
                    emit=emit or prefect_emitter, metrics=metrics,
-                   limiter=RateLimiter(cfg.serve.rate_per_s, cfg.serve.rate_burst))
+                   limiter=RateLimiter(cfg.serve.rate_per_s, cfg.serve.rate_burst),
+                   safety=make_safety(cfg) if cfg.serve.safety_filter else None)
+
+
+def make_safety(cfg: FactoryConfig) -> SafetyFilter:
+    """Loaded at start, so a missing checker is one line before the server listens."""
+    return SafetyFilter(cfg.models.safety_checker, home_of(cfg).models, cfg.serve.safety_adjustment)

@@ -20,6 +20,7 @@ from lora_factory.models.tiny_captioner import CAPTIONER_CONFIG, build_captioner
 from lora_factory.models.tiny_clip import CLIP_CONFIG, build_clip
 from lora_factory.models.tiny_diffusion import SD15_CONFIG, SDXL_CONFIG, build_sd15, build_sdxl
 from lora_factory.models.tiny_flux import FLUX_CONFIG, build_flux
+from lora_factory.models.tiny_safety import SAFETY_CONFIG, build_safety
 from lora_factory.models.tiny_tagger import TAGGER_CONFIG, build_tagger
 
 # Bump when a builder changes in a way its config does not show.
@@ -48,10 +49,11 @@ TINY_MODELS: dict[str, TinyModel] = {
         TinyModel("clip", build_clip, CLIP_CONFIG, "open_clip ViT CLIP model"),
         TinyModel("captioner", build_captioner, CAPTIONER_CONFIG, "BLIP image captioner"),
         TinyModel("tagger", build_tagger, TAGGER_CONFIG, "Qwen2 chat LM"),
+        TinyModel("safety", build_safety, SAFETY_CONFIG, "Stable Diffusion safety checker (output filter)"),
     )
 }
 # ``tiny:<role>`` spellings of the config's role names.
-ALIASES: dict[str, str] = {"clip_scorer": "clip", "sd15": "sd"}
+ALIASES: dict[str, str] = {"clip_scorer": "clip", "sd15": "sd", "safety_checker": "safety"}
 
 
 def canonical_name(name: str) -> str | None:
