@@ -454,6 +454,11 @@ class ExportConfig(Section):
     loras_dir: str = ""  # a ComfyUI / A1111 models/loras folder; empty: none
     # A production variant, saved beside the store copy: fp16 weights, or the base with the LoRA fused in.
     variant: Literal["none", "fp16", "fused"] = "none"
+    # Hugging Face Hub model repo (user/name) the LoRA files and card are pushed to; empty: no push.
+    # The write token comes from the environment variable named here (never from config).
+    hub_repo: str = ""
+    hub_private: bool = True
+    hub_token_env: str = Field("HF_TOKEN", min_length=1)
 
 
 class DeployConfig(Section):
