@@ -68,6 +68,15 @@ def _handler(record: HubRecord) -> type[BaseHTTPRequestHandler]:
     return Hub
 
 
+def go_online(monkeypatch: Any) -> None:
+    """The suite runs with HF_HUB_OFFLINE=1, which huggingface_hub reads once at import; lift it
+    for a test whose hub is this loopback server."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
 @contextmanager
 def fake_hub() -> Iterator[tuple[str, HubRecord]]:
     """(base URL, record) of a hub stand-in on a free loopback port."""

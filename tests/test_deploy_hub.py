@@ -1,10 +1,11 @@
 """The optional Hugging Face Hub push: off by default, one line without a token, and the upload
 itself with huggingface_hub's HfApi against a loopback stand-in of the hub's upload API
-(HF_ENDPOINT); the token reaches the hub's Authorization header and nothing else."""
+(HF_ENDPOINT); the token reaches the hub's Authorization header and nothing else. The deploy
+stage's push (and that the token is nowhere in MLflow, decision.json, logs or the home) is
+tested in test_deploy_stage, on the deploy run that test makes anyway."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,19 +14,14 @@ import pytest
 from deploy.hub import HubPushError, hub_token, push_lora
 from lora_factory.profiles import load_config
 
-from .hub_server import fake_hub
+from .hub_server import fake_hub, go_online
 
 TOKEN = "hf_test_token_0123456789abcdefXYZ"
 
 
 @pytest.fixture()
 def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The suite runs with HF_HUB_OFFLINE=1, which huggingface_hub reads once at import; the
-    push goes to a loopback server only."""
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    go_online(monkeypatch)
 
 
 def test_the_push_is_off_by_default() -> None:
@@ -75,34 +71,3 @@ def test_a_refused_push_is_one_line_without_the_token(tiny_lora: Path, monkeypat
             push_lora(tiny_lora, "me/x", TOKEN, True, "m")
     assert "pushing to the Hugging Face Hub repo 'me/x' failed: " in str(err.value) and "404" in str(err.value)
     assert "\n" not in str(err.value) and TOKEN not in str(err.value)
-
-
-@pytest.mark.e2e
-@pytest.mark.usefixtures("online")
-def test_the_deploy_stage_pushes_and_records_no_token(tiny_lora: Path, model_cache: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
-    from mlflow.tracking import MlflowClient
-
-    from .test_deploy_stage import _run
-
-    caplog.set_level(logging.DEBUG)
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "models").symlink_to(model_cache)
-    cfg = load_config("tiny", {"home": str(home), "deploy.gate.on_missing": "skip",
-                               "deploy.export.hub_repo": "me/lighthouse"}, environ={})
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with fake_hub() as (base, hub):
-        monkeypatch.setenv("HF_ENDPOINT", base)
-        record = _run(cfg, tiny_lora, 0.30)
-    assert record["verdict"] == "promoted" and record["exports"]["hub"].startswith(f"{base}/me/lighthouse/commit/")
-    assert "pytorch_lora_weights.safetensors" in hub.files
-    run = MlflowClient(f"sqlite:///{home}/mlflow.db").get_run(
-        MlflowClient(f"sqlite:///{home}/mlflow.db").get_model_version("lighthouse", record["version"]).run_id)
-    recorded = json.dumps([run.data.params, run.data.tags, record])
-    assert "HF_TOKEN" in recorded and TOKEN not in recorded  # the variable's name only
-    assert TOKEN not in caplog.text
-    for f in home.rglob("*"):
-        if f.is_file() and f.suffix in {".json", ".log", ".txt", ".yaml", ".md", ".jsonl"}:
-            assert TOKEN not in f.read_text(errors="replace"), f
