@@ -16,8 +16,9 @@ from pathlib import Path
 
 from lora_factory.errors import FactoryError
 from lora_factory.secrets import MASK
+from training.save import MODEL_CARD_NAME
 
-ALLOW = ["*.safetensors", "README.md", "*.json"]  # weights, card, training args; not the sample grids
+ALLOW = ["*.safetensors", MODEL_CARD_NAME, "*.json"]  # weights, card, training args; not the sample grids
 
 
 class HubPushError(FactoryError):
