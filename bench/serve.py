@@ -2,7 +2,8 @@
 
 - ``feedback``: ``POST /feedback`` requests/s and p50/p99 latency at ``--clients`` concurrent
   keep-alive clients for ``--duration`` seconds against a ``lora-factory serve`` subprocess on
-  loopback (SQLite store, rate limit off). Targets: ≥ 500 req/s, p99 < 50 ms, zero errors.
+  loopback (SQLite store, rate limit off), and the server's CPU ms per request (the figure that
+  does not depend on what else runs). Targets: ≥ 500 req/s, p99 < 50 ms, zero errors.
 - ``generate``: ``POST /generate`` latency on ``tiny:sd`` (2 steps, 64 px), alternating two
   concepts whose random LoRAs are registered as champions in a fresh MLflow SQLite registry.
 - ``switch``: switching concepts by ``set_adapters`` on one loaded pipeline vs reloading the
@@ -73,10 +74,21 @@ async def _load(base: str, clients: int, duration: float) -> dict[str, float]:
             "p99_ms": round(1000 * _percentile(latencies, 0.99), 2), "errors": len(errors)}
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_feedback(tmp: Path, clients: int, duration: float) -> dict[str, float]:
-    with serve_process(tmp / "feedback-home", TOKEN, "serve.rate_per_s=0") as (base, _):
+    """Besides the rates, the server's CPU milliseconds per request: on a machine others load,
+    the figure that does not move with their load."""
+    with serve_process(tmp / "feedback-home", TOKEN, "serve.rate_per_s=0") as (base, proc):
         request("POST", f"{base}/feedback", {"run_id": "w", "concept": "bench", "rating": 4}, token=TOKEN)
-        return asyncio.run(_load(base, clients, duration))
+        cpu = _cpu_seconds(proc.pid)
+        result = asyncio.run(_load(base, clients, duration))
+        result["server_cpu_ms_per_request"] = round(1000 * (_cpu_seconds(proc.pid) - cpu) / max(1, result["requests"]), 3)
+        return result
 
 
 def _registry(tmp: Path, models: Path) -> tuple[Path, dict[str, Path]]:

@@ -59,4 +59,4 @@ def serve(
         uvicorn.run(build_app(svc), host=cfg.serve.host, port=cfg.serve.port, log_level="warning",
                     access_log=False)
     finally:
-        svc.store.close()
+        svc.close()

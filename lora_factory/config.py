@@ -28,6 +28,8 @@ class ModelsConfig(Section):
     captioner: str = "Salesforce/blip-image-captioning-base"
     tagger: str = "Qwen/Qwen2.5-0.5B-Instruct"
     base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    # serving's output filter (serve.safety_filter); loaded only when that is on
+    safety_checker: str = "CompVis/stable-diffusion-safety-checker"
     # None: read from the base model's model_index.json when the run starts (and stored in the
     # run's config); set, it must be the model's own family.
     base_family: Literal["sd15", "sdxl", "flux", "sd3"] | None = None
@@ -463,6 +465,11 @@ class ExportConfig(Section):
     loras_dir: str = ""  # a ComfyUI / A1111 models/loras folder; empty: none
     # A production variant, saved beside the store copy: fp16 weights, or the base with the LoRA fused in.
     variant: Literal["none", "fp16", "fused"] = "none"
+    # Hugging Face Hub model repo (user/name) the LoRA files and card are pushed to; empty: no push.
+    # The write token comes from the environment variable named here (never from config).
+    hub_repo: str = ""
+    hub_private: bool = True
+    hub_token_env: str = Field("HF_TOKEN", min_length=1)
 
 
 class DeployConfig(Section):
@@ -519,6 +526,10 @@ class ServeConfig(Section):
     rate_burst: int = Field(40, ge=1)
     max_steps: int = Field(50, ge=1)
     max_prompt_chars: int = Field(500, ge=1)
+    generate_queue: int = Field(4, ge=0)  # /generate requests waiting behind the running one; more: 429
+    # output safety filter (models.safety_checker) on every generated image; a block answers 451
+    safety_filter: bool = False
+    safety_adjustment: float = Field(0.0, ge=-2, le=2)  # added to each concept score: > 0 stricter
     alias_refresh_s: float = Field(5.0, ge=0)  # how often a concept's champion alias is re-read
     device: str = "cpu"
     # retrain triggers: a low rolling mean rating, or enough new rated / corrected samples

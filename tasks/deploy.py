@@ -18,6 +18,7 @@ from deploy.approval import ApprovalOutcome, ask, decide
 from deploy.decision import dataset_hash, decision_record, licence_summary, version_tags
 from deploy.export import fp16_copy, fused_pipeline, modelspec, to_loras_folder, to_store
 from deploy.gate import GateDecision, gate, render_markdown
+from deploy.hub import hub_token, push_lora
 from deploy.registry import (
     champion_score,
     concept_name,
@@ -112,6 +113,9 @@ def _export(st: Stage, record: dict[str, Any], facts: dict[str, str], resolution
             elif ecfg.variant == "fused":
                 fused_pipeline(lora_dir, cfg.models.base, cfg.models.base_family, home_of(cfg).models, folder / "fused")
             done["store"] = to_store(folder, run_store_for(cfg).store, concept, version, record)
+    if ecfg.hub_repo:
+        done["hub"] = push_lora(lora_dir, ecfg.hub_repo, hub_token(ecfg.hub_token_env), ecfg.hub_private,
+                                f"{concept} v{version} by lora-factory")
     return done
 
 
@@ -119,6 +123,8 @@ def _export(st: Stage, record: dict[str, Any], facts: dict[str, str], resolution
 def deploy_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
         cfg = st.config.deploy
+        if cfg.export.hub_repo:
+            hub_token(cfg.export.hub_token_env)  # a missing token stops here, before anything is registered
         concept = concept_name(cfg.concept, ref.topics)
         st.log_params({**cfg.model_dump(), "concept": concept})
         result = st.read(EVAL_RESULT)

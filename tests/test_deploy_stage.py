@@ -5,6 +5,7 @@ suggestion and exports nothing."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from lora_factory.profiles import load_config
 from lora_factory.report_decision import PENDING, decision_section
 from lora_factory.runstore import DONE
 from lora_factory.schemas import EvalResult
+
+from .hub_server import fake_hub, go_online
+
+HF_TOKEN = "hf_test_token_0123456789abcdefXYZ"
 
 pytestmark = pytest.mark.e2e
 
@@ -48,15 +53,26 @@ def _run(cfg, tiny_lora: Path, overall: float) -> dict:  # noqa: ANN001 - Factor
     return record
 
 
-def test_deploy_stage_promotes_then_rejects(tiny_lora: Path, model_cache: Path, tmp_path: Path) -> None:
+def test_deploy_stage_promotes_then_rejects(tiny_lora: Path, model_cache: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The promoted version is also pushed to a loopback Hugging Face Hub stand-in; its token is
+    nowhere in what the run records."""
     from mlflow.tracking import MlflowClient
 
+    caplog.set_level(logging.DEBUG)
     home = tmp_path / "home"
     home.mkdir()
     (home / "models").symlink_to(model_cache)
     cfg = load_config("tiny", {"home": str(home), "deploy.gate.on_missing": "skip",
-                               "deploy.export.loras_dir": str(tmp_path / "loras")}, environ={})
-    first = _run(cfg, tiny_lora, 0.30)
+                               "deploy.export.loras_dir": str(tmp_path / "loras"),
+                               "deploy.export.hub_repo": "me/lighthouse"}, environ={})
+    go_online(monkeypatch)
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+    with fake_hub() as (hub_url, hub):
+        monkeypatch.setenv("HF_ENDPOINT", hub_url)
+        first = _run(cfg, tiny_lora, 0.30)
+    assert first["exports"]["hub"].startswith(f"{hub_url}/me/lighthouse/commit/")
+    assert {"pytorch_lora_weights.safetensors", "README.md"} <= set(hub.files)
     assert first["verdict"] == "promoted" and first["concept"] == "lighthouse"
     assert first["aliases"] == ["candidate", "champion"] and first["suggestion"] is None
     assert "skipped: portability" in first["reason"] and first["approval"]["status"] == "not_required"
@@ -75,3 +91,10 @@ def test_deploy_stage_promotes_then_rejects(tiny_lora: Path, model_cache: Path, 
     deploy_run = client.get_run(mv.run_id)
     assert deploy_run.data.tags["verdict"] == "rejected"
     assert json.loads(deploy_run.data.tags["suggestion"])["changes"]["max_steps"] == 1.25
+    first_run = client.get_run(client.get_model_version("lighthouse", first["version"]).run_id)
+    recorded = json.dumps([first_run.data.params, first_run.data.tags, first, second])
+    assert "HF_TOKEN" in recorded and HF_TOKEN not in recorded  # the variable's name only
+    assert HF_TOKEN not in caplog.text
+    for f in home.rglob("*"):
+        if f.is_file() and f.suffix in {".json", ".log", ".txt", ".yaml", ".md", ".jsonl"}:
+            assert HF_TOKEN not in f.read_text(errors="replace"), f

@@ -48,7 +48,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[Re
     svc = make_service(cfg, TOKEN, emit=events.append, generate=False)
     with serve_in_thread(build_app(svc)) as base:
         yield base, events
-    svc.store.close()
+    svc.close()
 
 
 def _feedback(base: str, body: Any, token: str | None = TOKEN) -> tuple[int, dict[str, Any]]:
@@ -122,7 +122,7 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
         assert [a[0] for a in answers] == [201, 201, 201, 429]
         assert int(answers[3][1]["retry-after"]) >= 1 and "rate limit" in json.loads(answers[3][2])["error"]
         assert request("GET", f"{base}/health")[0] == 200  # health is never limited
-    svc.store.close()
+    svc.close()
 
 
 def test_low_ratings_and_new_data_emit_retrain_events_once(api: tuple[str, list]) -> None:

@@ -81,8 +81,8 @@ class AdapterPool:
         self._checked: dict[str, float] = {}  # concept -> when its alias was last read
 
     def loaded(self) -> dict[str, str]:
-        """Concept -> served version."""
-        return {c: ch.version for c, ch in self._loaded.items()}
+        """Concept -> served version (a copy first: the generation thread may be changing it)."""
+        return {c: ch.version for c, ch in dict(self._loaded).items()}
 
     def forget_checks(self) -> None:
         """Make the next request of each concept re-read its alias (admin refresh)."""

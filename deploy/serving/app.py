@@ -5,8 +5,9 @@ token; ``/generate`` and ``/feedback`` are rate-limited per client; every body i
 
 from __future__ import annotations
 
+import asyncio
+import io
 import secrets
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lora_factory.config import ServeConfig
@@ -22,9 +24,12 @@ from lora_factory.errors import FactoryError
 from .adapters import AdapterPool, BaseMismatchError
 from .champion import NoChampionError
 from .feedback_store import FeedbackStore
+from .feedback_writer import FeedbackRejected, FeedbackWriter, Rating
+from .generate_queue import GenerateQueue
 from .limits import BodyLimitMiddleware, RateLimiter
 from .metrics import CONTENT_TYPE, MetricsMiddleware, ServeMetrics
-from .triggers import Emitter, due_events, record
+from .safety import SafetyFilter
+from .triggers import Emitter
 
 
 class GenerateRequest(BaseModel):
@@ -55,16 +60,24 @@ class FeedbackRequest(BaseModel):
 
 @dataclass
 class Service:
-    """What the routes share: settings, the store, the adapter pool, metrics, the trigger hook."""
+    """What the routes share: settings, the store and its writer thread, the adapter pool and the
+    bounded queue in front of it, metrics, the trigger hook."""
 
     cfg: ServeConfig
     token: str
     store: FeedbackStore
+    writer: FeedbackWriter
     pool: AdapterPool | None
+    generating: GenerateQueue
     emit: Emitter
     metrics: ServeMetrics
     limiter: RateLimiter
-    trigger_lock: threading.Lock
+    safety: SafetyFilter | None = None
+
+    def close(self) -> None:
+        self.writer.close()
+        self.generating.close()
+        self.store.close()
 
 
 def _one_line(exc: RequestValidationError) -> str:
@@ -90,13 +103,15 @@ def build_app(svc: Service) -> FastAPI:
     app.state.service = svc
     _errors(app)
 
-    def authorized(request: Request) -> None:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a hop per request for
+    # what takes microseconds
+    async def authorized(request: Request) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), svc.token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
-    def limited(request: Request) -> None:
+    async def limited(request: Request) -> None:
         wait = svc.limiter.retry_after(request.client.host if request.client else "?")
         if wait:
             raise HTTPException(429, f"rate limit of {svc.cfg.rate_per_s:g}/s per client exceeded",
@@ -110,14 +125,9 @@ def build_app(svc: Service) -> FastAPI:
 
 
 def _generate(svc: Service, req: GenerateRequest) -> Response:
-    if len(req.prompt) > svc.cfg.max_prompt_chars:
-        raise HTTPException(422, f"prompt: at most {svc.cfg.max_prompt_chars} characters (serve.max_prompt_chars)")
-    if req.steps > svc.cfg.max_steps:
-        raise HTTPException(422, f"steps: at most {svc.cfg.max_steps} (serve.max_steps)")
-    if svc.pool is None:
-        raise HTTPException(503, "this server was started without image generation")
+    """Runs on the generation thread: CPU-bound, never on the event loop."""
     try:
-        image = svc.pool.generate(req.concept, req.prompt, req.seed, req.steps)
+        image = svc.pool.generate(req.concept, req.prompt, req.seed, req.steps)  # type: ignore[union-attr]
     except NoChampionError as e:
         raise HTTPException(404, str(e)) from e
     except BaseMismatchError as e:
@@ -125,40 +135,62 @@ def _generate(svc: Service, req: GenerateRequest) -> Response:
     except FactoryError as e:
         raise HTTPException(503, str(e)) from e
     svc.metrics.model_version.labels(req.concept).set(float(image.model_version))
+    if svc.safety is not None:
+        blocked = _blocked(svc, req, image.model_version, image.png)
+        if blocked is not None:
+            return blocked
     gen = svc.store.add_generation(req.concept, image.model_version, req.prompt, req.seed, req.steps)
     return Response(image.png, media_type="image/png", headers={
         "X-Generation-Id": gen.id, "X-Model-Version": image.model_version, "X-Concept": req.concept})
 
 
-def _feedback(svc: Service, req: FeedbackRequest) -> dict[str, Any]:
-    concept = req.concept
-    if req.generation_id is not None:
-        gen = svc.store.generation(req.generation_id)
-        if gen is None:
-            raise HTTPException(404, f"generation_id {req.generation_id!r} is unknown to this server")
-        if concept is not None and concept != gen.concept:
-            raise HTTPException(422, f"concept {concept!r} does not match the generation's {gen.concept!r}")
-        concept = gen.concept
-    if concept is None:  # the request model already refuses this; kept for direct callers
-        raise HTTPException(422, "feedback on a run_id needs the concept")
-    fid = svc.store.add_feedback(concept, req.rating, generation_id=req.generation_id, run_id=req.run_id,
-                                 comment=req.comment, corrected_caption=req.corrected_caption)
-    svc.metrics.feedback.labels(concept, str(req.rating)).inc()
-    events: list[str] = []
-    if svc.cfg.emit_events:
-        with svc.trigger_lock:  # one decision at a time, so an event is not sent twice
-            due = due_events(svc.store, concept, svc.cfg)
-            record(svc.store, due)
-        for event in due:
-            svc.emit(event)
-            svc.metrics.events.labels(event.event).inc()
-            events.append(event.event)
-    return {"id": fid, "concept": concept, "events": events}
+def _blocked(svc: Service, req: GenerateRequest, version: str, png: bytes) -> Response | None:
+    """None when the filter lets the image through; else the 451 answer, the block recorded."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(png)) as image:
+        found = svc.safety.check(image)  # type: ignore[union-attr]
+    if not found.blocked:
+        return None
+    block_id = svc.store.add_block(req.concept, version, req.prompt, req.seed, req.steps, found.score)
+    svc.metrics.safety_blocked.labels(req.concept).inc()
+    return JSONResponse({"error": "the output safety filter blocked this image (serve.safety_filter): "
+                                  "try another prompt or seed", "blocked": True, "block_id": block_id,
+                         "score": found.score}, status_code=451,
+                        headers={"X-Model-Version": version, "X-Concept": req.concept})
+
+
+async def _queued_generate(svc: Service, req: GenerateRequest) -> Response:
+    if len(req.prompt) > svc.cfg.max_prompt_chars:
+        raise HTTPException(422, f"prompt: at most {svc.cfg.max_prompt_chars} characters (serve.max_prompt_chars)")
+    if req.steps > svc.cfg.max_steps:
+        raise HTTPException(422, f"steps: at most {svc.cfg.max_steps} (serve.max_steps)")
+    if svc.pool is None:
+        raise HTTPException(503, "this server was started without image generation")
+    future = svc.generating.submit(_generate, svc, req)
+    if future is None:
+        raise HTTPException(429, f"{svc.generating.capacity} generations running or waiting "
+                            "(serve.generate_queue): try again later",
+                            {"Retry-After": str(svc.generating.retry_after())})
+    return await asyncio.wrap_future(future)
+
+
+async def _feedback(svc: Service, req: FeedbackRequest) -> dict[str, Any]:
+    rating = Rating(req.rating, req.concept, req.generation_id, req.run_id, req.comment, req.corrected_caption)
+    try:
+        written = await asyncio.wrap_future(svc.writer.submit(rating))
+    except FeedbackRejected as e:
+        raise HTTPException(e.status, e.message) from e
+    svc.metrics.feedback.labels(written.concept, str(req.rating)).inc()
+    for event in written.events:  # recorded already; sending may be a network call
+        await run_in_threadpool(svc.emit, event)
+        svc.metrics.events.labels(event.event).inc()
+    return {"id": written.id, "concept": written.concept, "events": [e.event for e in written.events]}
 
 
 def _routes(app: FastAPI, svc: Service, auth: Any, limit: Any) -> None:
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # on the event loop: answered whatever the threads do
         loaded = svc.pool.loaded() if svc.pool else {}
         return {"status": "ok", "feedback_schema": svc.store.version, "served": loaded}
 
@@ -167,12 +199,12 @@ def _routes(app: FastAPI, svc: Service, auth: Any, limit: Any) -> None:
         return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE)
 
     @app.post("/generate", dependencies=[limit])
-    def generate(req: GenerateRequest) -> Response:
-        return _generate(svc, req)
+    async def generate(req: GenerateRequest) -> Response:
+        return await _queued_generate(svc, req)
 
     @app.post("/feedback", dependencies=[auth, limit], status_code=201)
-    def feedback(req: FeedbackRequest) -> dict[str, Any]:
-        return _feedback(svc, req)
+    async def feedback(req: FeedbackRequest) -> dict[str, Any]:
+        return await _feedback(svc, req)
 
     @app.post("/admin/refresh", dependencies=[auth, limit])
     def refresh() -> dict[str, Any]:
@@ -187,4 +219,5 @@ def _routes(app: FastAPI, svc: Service, auth: Any, limit: Any) -> None:
         ratings = [r["rating"] for r in rows]
         return {"concept": concept, "count": len(rows),
                 "mean_rating": sum(ratings) / len(ratings) if ratings else None,
-                "corrected": sum(1 for r in rows if r["corrected_caption"])}
+                "corrected": sum(1 for r in rows if r["corrected_caption"]),
+                "safety_blocked": svc.store.count_blocks(concept)}

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from lora_factory.errors import ConfigError, StoreError
 from lora_factory.secrets import redact_url
 
-from .schema import feedback, generations, migrate, trigger_events
+from .schema import feedback, generations, migrate, safety_blocks, trigger_events
 
 
 def default_url(home: Path) -> str:
@@ -107,6 +107,20 @@ class FeedbackStore:
             con.execute(generations.insert().values(**gen.__dict__, created_at=datetime.now(UTC)))
         return gen
 
+    def add_block(self, concept: str, model_version: str, prompt: str, seed: int, steps: int,
+                  score: float) -> int:
+        """Record an output the safety filter blocked (without the image)."""
+        with self._writing() as con:
+            result = con.execute(safety_blocks.insert().values(
+                concept=concept, model_version=model_version, prompt=prompt, seed=seed, steps=steps,
+                score=score, created_at=datetime.now(UTC)))
+        return int(result.inserted_primary_key[0])
+
+    def count_blocks(self, concept: str) -> int:
+        query = sa.select(sa.func.count()).select_from(safety_blocks).where(safety_blocks.c.concept == concept)
+        with self.engine.connect() as con:
+            return int(con.execute(query).scalar_one())
+
     def generation(self, generation_id: str) -> Generation | None:
         with self.engine.connect() as con:
             row = con.execute(sa.select(generations).where(generations.c.id == generation_id)).first()
@@ -117,11 +131,28 @@ class FeedbackStore:
     def add_feedback(self, concept: str, rating: int, *, generation_id: str | None = None,
                      run_id: str | None = None, comment: str | None = None,
                      corrected_caption: str | None = None) -> int:
+        return self.add_feedback_many([{
+            "generation_id": generation_id, "run_id": run_id, "concept": concept, "rating": rating,
+            "comment": comment, "corrected_caption": corrected_caption}])[0]
+
+    def add_feedback_many(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert ``rows`` (the feedback columns but id and created_at) in one transaction: one
+        commit for a whole batch of ratings. Returns their ids, in order."""
+        if not rows:
+            return []
+        now = datetime.now(UTC)
+        query = feedback.insert().returning(feedback.c.id, sort_by_parameter_order=True)
         with self._writing() as con:
-            result = con.execute(feedback.insert().values(
-                generation_id=generation_id, run_id=run_id, concept=concept, rating=rating,
-                comment=comment, corrected_caption=corrected_caption, created_at=datetime.now(UTC)))
-        return int(result.inserted_primary_key[0])
+            result = con.execute(query, [{**row, "created_at": now} for row in rows])
+            return [int(r.id) for r in result]
+
+    def generation_concepts(self, generation_ids: set[str]) -> dict[str, str]:
+        """Generation id -> concept, for those of ``generation_ids`` this store knows."""
+        if not generation_ids:
+            return {}
+        query = sa.select(generations.c.id, generations.c.concept).where(generations.c.id.in_(generation_ids))
+        with self.engine.connect() as con:
+            return {r.id: r.concept for r in con.execute(query)}
 
     def count_feedback(self, concept: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(feedback)

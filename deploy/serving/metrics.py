@@ -25,6 +25,10 @@ class ServeMetrics:
                                    ["concept"], registry=self.registry)
         self.feedback = Counter("lora_serve_feedback", "Ratings received, by concept and rating",
                                 ["concept", "rating"], registry=self.registry)
+        self.generate_queue = Gauge("lora_serve_generate_queue", "Generations running or waiting",
+                                    registry=self.registry)
+        self.safety_blocked = Counter("lora_serve_safety_blocked", "Outputs the safety filter blocked",
+                                      ["concept"], registry=self.registry)
         self.events = Counter("lora_serve_retrain_events", "Retrain events emitted",
                               ["event"], registry=self.registry)
 

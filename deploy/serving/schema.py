@@ -58,6 +58,19 @@ trigger_events = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Added by migration 3: outputs the safety filter blocked (the image itself is never kept).
+safety_blocks = sa.Table(
+    "safety_blocks", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("concept", sa.String(250), nullable=False, index=True),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("steps", sa.Integer, nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 def _v1(con: Connection) -> None:
     for table in (generations, feedback):
@@ -68,7 +81,11 @@ def _v2(con: Connection) -> None:
     trigger_events.create(con)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(con: Connection) -> None:
+    safety_blocks.create(con)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 LATEST = len(MIGRATIONS)
 
 

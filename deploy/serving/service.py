@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from lora_factory.config import FactoryConfig
@@ -12,8 +11,11 @@ from .adapters import AdapterPool
 from .app import Service
 from .champion import Champion, champion_version, resolve_champion
 from .feedback_store import FeedbackStore, default_url
+from .feedback_writer import FeedbackWriter
+from .generate_queue import GenerateQueue
 from .limits import RateLimiter
 from .metrics import ServeMetrics
+from .safety import SafetyFilter
 from .triggers import Emitter, prefect_emitter, warm_up_prefect
 
 
@@ -40,7 +42,16 @@ def make_service(cfg: FactoryConfig, token: str, emit: Emitter | None = None,
     """``generate=False``: a feedback-only service that never loads a model (bench, tests)."""
     if emit is None and cfg.serve.emit_events:
         warm_up_prefect()
-    return Service(cfg=cfg.serve, token=token, store=FeedbackStore(feedback_url(cfg)),
-                   pool=make_pool(cfg) if generate else None, emit=emit or prefect_emitter,
-                   metrics=ServeMetrics(), limiter=RateLimiter(cfg.serve.rate_per_s, cfg.serve.rate_burst),
-                   trigger_lock=threading.Lock())
+    store = FeedbackStore(feedback_url(cfg))
+    generating, metrics = GenerateQueue(cfg.serve.generate_queue), ServeMetrics()
+    metrics.generate_queue.set_function(generating.held)
+    return Service(cfg=cfg.serve, token=token, store=store, writer=FeedbackWriter(store, cfg.serve),
+                   pool=make_pool(cfg) if generate else None, generating=generating,
+                   emit=emit or prefect_emitter, metrics=metrics,
+                   limiter=RateLimiter(cfg.serve.rate_per_s, cfg.serve.rate_burst),
+                   safety=make_safety(cfg) if cfg.serve.safety_filter else None)
+
+
+def make_safety(cfg: FactoryConfig) -> SafetyFilter:
+    """Loaded at start, so a missing checker is one line before the server listens."""
+    return SafetyFilter(cfg.models.safety_checker, home_of(cfg).models, cfg.serve.safety_adjustment)

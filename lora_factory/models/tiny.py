@@ -21,6 +21,7 @@ from lora_factory.models.tiny_clip import CLIP_CONFIG, build_clip
 from lora_factory.models.tiny_diffusion import SD15_CONFIG, SDXL_CONFIG, build_sd15, build_sdxl
 from lora_factory.models.tiny_dino import DINO_CONFIG, build_dino
 from lora_factory.models.tiny_flux import FLUX_CONFIG, build_flux
+from lora_factory.models.tiny_safety import SAFETY_CONFIG, build_safety
 from lora_factory.models.tiny_tagger import TAGGER_CONFIG, build_tagger
 
 # Bump when a builder changes in a way its config does not show.
@@ -50,10 +51,11 @@ TINY_MODELS: dict[str, TinyModel] = {
         TinyModel("dinov2", build_dino, DINO_CONFIG, "DINOv2 image encoder (transformers Dinov2Model)"),
         TinyModel("captioner", build_captioner, CAPTIONER_CONFIG, "BLIP image captioner"),
         TinyModel("tagger", build_tagger, TAGGER_CONFIG, "Qwen2 chat LM"),
+        TinyModel("safety", build_safety, SAFETY_CONFIG, "Stable Diffusion safety checker (output filter)"),
     )
 }
 # ``tiny:<role>`` spellings of the config's role names.
-ALIASES: dict[str, str] = {"clip_scorer": "clip", "sd15": "sd", "dino_scorer": "dinov2"}
+ALIASES: dict[str, str] = {"clip_scorer": "clip", "sd15": "sd", "dino_scorer": "dinov2", "safety_checker": "safety"}
 
 
 def canonical_name(name: str) -> str | None:
