@@ -25,7 +25,7 @@ from lora_factory.models.tiny_safety import SAFETY_CONFIG, build_safety
 from lora_factory.models.tiny_tagger import TAGGER_CONFIG, build_tagger
 
 # Bump when a builder changes in a way its config does not show.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: the SD/SDXL VAEs keep colour (tiny_vae.py)
 TINY_SEED = 0
 _LIBRARIES = ("torch", "diffusers", "transformers", "open_clip_torch", "safetensors")
 

@@ -19,6 +19,7 @@ from lora_factory.models.clip_tokenizer import (
     write_vocab_files,
 )
 from lora_factory.models.seeding import seeded
+from lora_factory.models.tiny_vae import make_colour_preserving
 
 # SD1.5's noise schedule; every SD1.x/SDXL checkpoint was trained with it.
 _BETAS: dict[str, Any] = {
@@ -68,7 +69,7 @@ SD15_CONFIG: dict[str, Any] = {
         "attention_head_dim": 4,  # diffusers' SD1.x naming: this is the number of heads
         "norm_num_groups": 32,
     },
-    "vae": {**_VAE, "scaling_factor": 0.18215},
+    "vae": {**_VAE, "norm_num_groups": 1, "scaling_factor": 0.18215},
     "text_encoder": {**_TEXT, "hidden_act": "quick_gelu"},
     "scheduler": {**_BETAS, "skip_prk_steps": True, "set_alpha_to_one": False},
 }
@@ -92,7 +93,7 @@ SDXL_CONFIG: dict[str, Any] = {
         "projection_class_embeddings_input_dim": 6 * 8 + 32,
         "norm_num_groups": 32,
     },
-    "vae": {**_VAE, "scaling_factor": 0.13025},
+    "vae": {**_VAE, "norm_num_groups": 1, "scaling_factor": 0.13025},
     "text_encoder": {**_TEXT, "hidden_act": "quick_gelu"},
     "text_encoder_2": {**_TEXT, "hidden_act": "gelu"},
     "scheduler": {
@@ -111,7 +112,7 @@ def _shared_parts(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     with seeded(seed):
         unet = UNet2DConditionModel(**cfg["unet"])
     with seeded(seed + 1):
-        vae = AutoencoderKL(**cfg["vae"])
+        vae = make_colour_preserving(AutoencoderKL(**cfg["vae"]))
     with seeded(seed + 2):
         text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
     return {
