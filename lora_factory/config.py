@@ -234,6 +234,9 @@ class LabelConfig(Section):
     allow_unknown_license: bool = False
     # Review: an edited copy of label/captions.csv; its captions win (source "human").
     review_file: str | None = None
+    # Feedback samples (written by the retrain flow): served images with a user's corrected
+    # caption, added to the training folder with caption source "feedback".
+    feedback_dir: str | None = None
     report_thumbnail_px: int = Field(160, ge=32, le=1024)
 
     @field_validator("template")
@@ -300,6 +303,9 @@ class TrainConfig(Section):
     # Data-parallel processes (one per GPU; CPU processes work too). >1: the train task starts
     # them with torchrun; `accelerate launch --multi_gpu -m training.launch` works the same way.
     num_processes: int = Field(1, ge=1)
+    # Start from these LoRA weights (a diffusers pytorch_lora_weights.safetensors, e.g. the
+    # champion's: retrain.from_champion) instead of a fresh zero adapter; its rank must be train.rank.
+    init_lora: str = ""
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     # The frozen denoiser loaded quantised by bitsandbytes (CUDA only; QLoRA-style: the LoRA still
     # trains in fp32 and is saved unquantised): nf4 (4-bit NormalFloat, bf16 compute) or int8.
@@ -516,6 +522,17 @@ class ServeConfig(Section):
     rating_window: int = Field(50, ge=1)
     new_data_count: int = Field(50, ge=1)
     emit_events: bool = True
+    keep_images: bool = True  # store each served PNG, so a corrected caption can become a training sample
+
+
+class RetrainConfig(Section):
+    """The ``retrain`` flow (``flows/retrain.py``): what a concept's run takes from its feedback."""
+
+    sample_min_rating: int = Field(4, ge=1, le=5)  # corrected caption + at least this rating: a training sample
+    low_rating: int = Field(2, ge=1, le=5)  # prompts rated at or below this join the evaluation prompts
+    max_eval_prompts: int = Field(8, ge=0)  # at most this many of them (the newest)
+    max_samples: int = Field(500, ge=0)  # at most this many feedback samples (the newest)
+    from_champion: bool = False  # start training from the champion's LoRA weights (train.init_lora)
 
 
 class FactoryConfig(Section):
@@ -537,6 +554,7 @@ class FactoryConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     @field_validator("profile")
     @classmethod

@@ -58,16 +58,16 @@ def test_a_migration_keeps_the_rows_of_an_older_schema(store_url: str) -> None:
         con.execute(schema.feedback.insert().values(concept="old", rating=3, created_at=sa.func.now()))
         assert not sa.inspect(con).has_table("trigger_events")
     engine.dispose()
-    store = FeedbackStore(store_url)  # migrates 1 -> 2
+    store = FeedbackStore(store_url)  # migrates 1 -> 3
     try:
-        assert store.version == schema.LATEST == 2
+        assert store.version == schema.LATEST == 3
         assert store.count_feedback("old") == 1
         assert store.last_trigger("old", "x") == 0  # the new table is there
         with store.engine.connect() as con:
-            assert [r.version for r in con.execute(sa.select(schema.schema_version))] == [1, 2]
+            assert [r.version for r in con.execute(sa.select(schema.schema_version))] == [1, 2, 3]
     finally:
         store.close()
-    assert FeedbackStore(store_url).version == 2  # reopening applies nothing twice
+    assert FeedbackStore(store_url).version == 3  # reopening applies nothing twice
 
 
 def test_a_newer_database_is_refused(tmp_path: Path) -> None:

@@ -125,7 +125,8 @@ def _generate(svc: Service, req: GenerateRequest) -> Response:
     except FactoryError as e:
         raise HTTPException(503, str(e)) from e
     svc.metrics.model_version.labels(req.concept).set(float(image.model_version))
-    gen = svc.store.add_generation(req.concept, image.model_version, req.prompt, req.seed, req.steps)
+    gen = svc.store.add_generation(req.concept, image.model_version, req.prompt, req.seed, req.steps,
+                                   png=image.png if svc.cfg.keep_images else None)
     return Response(image.png, media_type="image/png", headers={
         "X-Generation-Id": gen.id, "X-Model-Version": image.model_version, "X-Concept": req.concept})
 
