@@ -53,3 +53,22 @@ def test_a_rank_mismatch_is_one_clear_line(champion: Path, model_cache: Path) ->
     pipe = load_pipeline("tiny:sd", "sd15", model_cache)
     with pytest.raises(StageError, match=r"set train.rank to the file's rank"):
         add_trainable_loras(pipe, small_cfg(rank=8, init_lora=str(champion)), 0, family_for("sd15"))
+
+
+def test_retrain_from_champion_pins_the_champions_adapter(champion: Path, tmp_path: Path) -> None:
+    from deploy.serving.champion import NoChampionError
+    from deploy.serving.retrain_plan import champion_overrides
+    from lora_factory.profiles import load_config
+
+    from .serve_helpers import register_champion
+
+    cfg = load_config("tiny", {"home": str(tmp_path / "home"), "retrain.from_champion": True}, environ={})
+    with pytest.raises(NoChampionError):
+        champion_overrides(cfg, "boat", tmp_path / "dl")
+    register_champion(cfg.tracking.uri, tmp_path / "artifacts", "boat", champion)
+    extra = champion_overrides(cfg, "boat", tmp_path / "dl")
+    assert Path(extra["train.init_lora"]).read_bytes() == champion.read_bytes()  # the registered file
+    assert (extra["train.rank"], extra["train.alpha"], extra["train.train_text_encoder"]) == (4, 4.0, False)
+    run_cfg = load_config("tiny", extra, environ={})
+    assert {"rank", "alpha", "target_modules", "init_lora"} <= set(run_cfg.tune.pin)  # the tuner keeps them
+    assert sorted(run_cfg.train.target_modules or []) == sorted(family_for("sd15").default_targets)

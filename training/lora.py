@@ -3,6 +3,7 @@ trainable parameters under component-prefixed names, and saving the diffusers-fo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,20 @@ def init_from_lora(pipe: Any, path: Path) -> dict[str, int]:
         set_peft_model_state_dict(module, {k: own[k].to(dtype) for k in current}, adapter_name="default")
         loaded[name] = len(current)
     return loaded
+
+
+def adapter_settings(path: Path) -> dict[str, Any]:
+    """The ``train`` settings a LoRA file was trained with (from the PEFT configs ``save_lora``
+    stores in its metadata): what a run continuing from it must use."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path / LORA_WEIGHT_NAME if path.is_dir() else path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata") or "{}")
+    denoiser = next((d for d in DENOISERS if f"{d}.r" in meta), None)
+    if denoiser is None:
+        raise StageError(f"{path} carries no LoRA configuration in its metadata: it was not saved by "
+                         "lora-factory; set train.rank, train.alpha and train.target_modules by hand")
+    targets = meta.get(f"{denoiser}.target_modules") or []
+    return {"rank": int(meta[f"{denoiser}.r"]), "alpha": float(meta.get(f"{denoiser}.lora_alpha") or meta[f"{denoiser}.r"]),
+            "target_modules": sorted(targets), "train_text_encoder": any(f"{t}.r" in meta for t in TEXT_ENCODERS)}

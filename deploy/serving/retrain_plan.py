@@ -17,6 +17,7 @@ from typing import Any
 from lora_factory.config import FactoryConfig
 from lora_factory.feedback_samples import FeedbackSample, sample_file_name, write_samples
 
+from .champion import resolve_champion
 from .feedback_store import FeedbackStore
 
 
@@ -93,3 +94,14 @@ def retrain_plan(store: FeedbackStore, concept: str, reason: str, cfg: FactoryCo
         plan.samples_dir = str(folder)
         plan.overrides["label.feedback_dir"] = str(folder)
     return plan
+
+
+def champion_overrides(cfg: FactoryConfig, concept: str, cache_dir: Path) -> dict[str, Any]:
+    """``retrain.from_champion``: train from the champion's LoRA file, with the rank, alpha and
+    targets it was trained with (pinned, so the tuner keeps them). ``NoChampionError`` when the
+    concept has none."""
+    from training.lora import adapter_settings
+
+    champ = resolve_champion(cfg.tracking.uri, concept, cache_dir)
+    settings = adapter_settings(champ.lora_file)
+    return {"train.init_lora": str(champ.lora_file), **{f"train.{k}": v for k, v in settings.items()}}
