@@ -273,6 +273,9 @@ class TuneConfig(Section):
     history: bool = True  # learn from past runs in the tracking store
     history_neighbours: int = Field(5, ge=1, le=50)  # similar past runs that may shift a value
     pin: list[str] = Field(default_factory=list)  # train keys kept as set
+    # Apply the suggestion the concept's last deploy left when it rejected its candidate
+    # (factors on max_steps, rank, learning_rate; training.tuner.suggestion).
+    apply_suggestion: bool = True
 
     @field_validator("pin")
     @classmethod
