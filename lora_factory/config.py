@@ -463,6 +463,17 @@ class ExportConfig(Section):
     variant: Literal["none", "fp16", "fused"] = "none"
 
 
+class RefineConfig(Section):
+    """The bounded auto-refine loop (``deploy/refine.py``): a rejected candidate starts another
+    run with the gate's suggestion applied, each attempt its own run linked to the first."""
+
+    attempts: int = Field(0, ge=0, le=10)  # extra runs after a rejection; 0: off
+    max_images_cap: int = Field(5000, ge=1)  # more_data never raises crawl.max_images past this
+    # Set by the loop on the runs it starts (MLflow tags lora_factory.refine_of / refine_attempt):
+    of: str = ""  # the first run's id
+    attempt: int = Field(0, ge=0)  # this run's attempt number (0: the first run)
+
+
 class DeployConfig(Section):
     # The registered model (one per concept): models:/<concept>@champion. Empty: from the topics.
     concept: str = ""
@@ -476,6 +487,7 @@ class DeployConfig(Section):
     approval_timeout_s: int = Field(86400, ge=1)
     on_timeout: Literal["reject", "approve", "wait"] = "reject"  # wait: no timeout
     export: ExportConfig = Field(default_factory=ExportConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
 
 
 class StoreConfig(Section):
