@@ -39,7 +39,7 @@ def _train_value(key: str, value: float, factor: float) -> float | int:
     if key == "rank":
         return max(1, 2 ** round(math.log2(max(1.0, value * factor))))
     if key == "max_steps":
-        return max(1, round(value * factor))
+        return max(1, math.floor(value * factor + 0.5))  # half up: 2 x1.25 is 3 steps, not 2
     return float(f"{value * factor:.2g}")
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +15,7 @@ import pytest
 from deploy.refine import next_attempt
 from lora_factory.profiles import load_config
 
+CLI = Path(sys.executable).parent / "lora-factory"
 TRAINED = {"max_steps": 20, "rank": 4, "learning_rate": 1e-3}
 
 
@@ -69,3 +76,29 @@ def test_later_attempts_link_to_the_first_run() -> None:
     assert step is not None and step.attempt == 2
     assert (step.overrides["deploy.refine.of"], step.overrides["deploy.refine.attempt"]) == ("run-a", 2)
     assert load_config("tiny", {}, environ={}).deploy.refine.attempts == 0  # off unless asked
+
+
+@pytest.mark.e2e
+def test_a_rejected_run_is_refined_once_in_its_own_linked_run(tmp_path: Path) -> None:
+    """The smallest real loop: a bar no candidate reaches, one refine attempt, then it stops."""
+    home = tmp_path / "home"
+    proc = subprocess.run(
+        [str(CLI), "run", "-t", "lighthouse", "--max-images", "10", "--home", str(home),
+         "--set", "deploy.gate.min_overall_score=100", "--set", "deploy.refine.attempts=1",
+         "--set", "train.max_steps=4", "--set", "evaluate.num_seeds=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = sorted((home / "runs").iterdir())  # exactly two runs: the attempt bound holds
+    state = {r: json.loads((r / "run.json").read_text()) for r in (first, second)}
+    decision = json.loads((first / "deploy" / "decision.json").read_text())
+    assert decision["verdict"] == "rejected" and "overall_score" in decision["reason"]
+    factor = decision["suggestion"]["changes"]["max_steps"]
+    cfg2 = state[second]["config"]
+    assert cfg2["deploy"]["refine"] == {"attempts": 1, "max_images_cap": 5000, "of": first.name, "attempt": 1}
+    assert cfg2["crawl"]["max_images"] == 15 and cfg2["train"]["max_steps"] == math.floor(4 * factor + 0.5)
+    trained = (second / "tune" / "train_config.yaml").read_text()
+    assert f"max_steps: {cfg2['train']['max_steps']}" in trained  # the tuner kept the attempt's value
+    assert json.loads((second / "deploy" / "decision.json").read_text())["verdict"] == "rejected"
+    with sqlite3.connect(home / "mlflow.db") as con:
+        tags = dict(con.execute("SELECT key, value FROM tags WHERE key LIKE 'lora_factory.refine%'").fetchall())
+    assert tags == {"lora_factory.refine_of": first.name, "lora_factory.refine_attempt": "1"}
