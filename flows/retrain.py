@@ -33,7 +33,7 @@ def retrain(concept: str, reason: str = "manual", profile: str = "tiny",
     work = home_of(cfg).work / "retrain" / topic_key(concept)
     store = FeedbackStore(feedback_url(cfg))
     try:
-        plan = retrain_plan(store, concept, reason, cfg, work / "samples")
+        plan = retrain_plan(store, concept, reason, cfg, work / "feedback-samples")
     finally:
         store.close()
     log.info("retrain %s (%s): %d ratings, mean %s, %d low-rated prompts added to the evaluation, "
