@@ -79,13 +79,16 @@ def test_later_attempts_link_to_the_first_run() -> None:
 
 
 @pytest.mark.e2e
-def test_a_rejected_run_is_refined_once_in_its_own_linked_run(tmp_path: Path) -> None:
+def test_a_rejected_run_is_refined_once_in_its_own_linked_run(tmp_path: Path, model_cache: Path) -> None:
     """The smallest real loop: a bar no candidate reaches, one refine attempt, then it stops."""
     home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(model_cache)  # the session's tiny models, not built again
+    sets = ["deploy.gate.min_overall_score=100", "deploy.refine.attempts=1", "train.max_steps=4",
+            "evaluate.num_seeds=1", "evaluate.num_inference_steps=2", "label.tagger=keywords"]
     proc = subprocess.run(
         [str(CLI), "run", "-t", "lighthouse", "--max-images", "10", "--home", str(home),
-         "--set", "deploy.gate.min_overall_score=100", "--set", "deploy.refine.attempts=1",
-         "--set", "train.max_steps=4", "--set", "evaluate.num_seeds=1"],
+         *[arg for s in sets for arg in ("--set", s)]],
         cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = sorted((home / "runs").iterdir())  # exactly two runs: the attempt bound holds

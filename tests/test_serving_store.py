@@ -51,6 +51,18 @@ def test_feedback_round_trip_and_questions_of_the_triggers(store_url: str) -> No
         store.close()
 
 
+def test_served_images_are_kept_with_their_generation(store_url: str) -> None:
+    store = FeedbackStore(store_url)
+    try:
+        png = bytes(range(256)) * 40  # binary, with NUL bytes
+        kept = store.add_generation("lighthouse", "3", "a lighthouse", 1, 4, png=png)
+        bare = store.add_generation("lighthouse", "3", "a lighthouse", 2, 4)
+        assert store.generation_png(kept.id) == png
+        assert store.generation_png(bare.id) is None and store.generation_png("nope") is None
+    finally:
+        store.close()
+
+
 def test_a_migration_keeps_the_rows_of_an_older_schema(store_url: str) -> None:
     engine = sa.create_engine(store_url)
     assert schema.migrate(engine, target=1) == 1
