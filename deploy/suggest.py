@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from training.tuner.suggestion import SUGGESTION_TAG  # the deploy run's tag the next tuner reads
+
 from .gate import GateDecision
 
-SUGGESTION_TAG = "suggestion"  # on the deploy stage's MLflow run: JSON of Suggestion + text
+__all__ = ["SUGGESTION_TAG", "Suggestion", "suggest"]
 
 # failed check -> (changes, why). Factors multiply the value the run trained with.
 _RULES: dict[str, tuple[dict[str, float], str]] = {

@@ -19,7 +19,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import Field
 
+from deploy.refine import RefineStep, next_attempt
 from lora_factory import catalog
+from lora_factory.catalog import DEPLOY_DECISION, TUNE_TRAIN_CONFIG
 from lora_factory.context import RunRef, check_cache, get_logger
 from lora_factory.dag import render_markdown
 from lora_factory.errors import FactoryError
@@ -89,6 +91,16 @@ def _attach_summary(ref: RunRef) -> None:
                               description=f"Run {ref.run_id}: stage timings")
     except Exception as e:  # noqa: BLE001 - see the docstring
         get_logger().warning("run %s: could not attach the summary: %s", ref.run_id, e)
+
+
+def refine_step(ref: RunRef) -> RefineStep | None:
+    """The auto-refine loop's next attempt after this finished run (``deploy.refine``), if any."""
+    if not ref.config.deploy.refine.attempts:
+        return None
+    run = ref.run_dir()
+    record = DEPLOY_DECISION.read(run.stage_path("deploy"))
+    trained = TUNE_TRAIN_CONFIG.read(run.stage_path("tune")).model_dump()
+    return next_attempt(record, trained, ref.config, ref.run_id)
 
 
 def build_overrides(
@@ -173,10 +185,19 @@ def lora_factory(
     finish_run(ref, ok=True)
     _attach_summary(ref)
     run = ref.run_dir()
-    return {
+    out = {
         "run_id": ref.run_id,
         "run_dir": run.url,
         "mlflow_parent_run_id": ref.parent_run_id,
         "tracking_uri": ref.config.tracking.uri,
         "deploy": results.get("deploy") or run.state()["stages"]["deploy"].get("summary"),
     }
+    step = refine_step(ref)
+    if step is not None:  # a rejected candidate: the next attempt, its own run (bounded by deploy.refine)
+        log.info("run %s: auto-refine: %s", ref.run_id, "; ".join(step.why))
+        try:
+            out["refined"] = lora_factory(topics=ref.topics, profile=profile, overrides={**extra, **step.overrides})
+        except FactoryError as e:  # this run finished; the attempt's own run records its failure
+            log.warning("run %s: auto-refine attempt %d failed: %s", ref.run_id, step.attempt, e)
+            out["refined"] = {"attempt": step.attempt, "error": str(e)}
+    return out

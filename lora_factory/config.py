@@ -237,6 +237,9 @@ class LabelConfig(Section):
     allow_unknown_license: bool = False
     # Review: an edited copy of label/captions.csv; its captions win (source "human").
     review_file: str | None = None
+    # Feedback samples (written by the retrain flow): served images with a user's corrected
+    # caption, added to the training folder with caption source "feedback".
+    feedback_dir: str | None = None
     report_thumbnail_px: int = Field(160, ge=32, le=1024)
 
     @field_validator("template")
@@ -273,6 +276,9 @@ class TuneConfig(Section):
     history: bool = True  # learn from past runs in the tracking store
     history_neighbours: int = Field(5, ge=1, le=50)  # similar past runs that may shift a value
     pin: list[str] = Field(default_factory=list)  # train keys kept as set
+    # Apply the suggestion the concept's last deploy left when it rejected its candidate
+    # (factors on max_steps, rank, learning_rate; training.tuner.suggestion).
+    apply_suggestion: bool = True
 
     @field_validator("pin")
     @classmethod
@@ -303,6 +309,9 @@ class TrainConfig(Section):
     # Data-parallel processes (one per GPU; CPU processes work too). >1: the train task starts
     # them with torchrun; `accelerate launch --multi_gpu -m training.launch` works the same way.
     num_processes: int = Field(1, ge=1)
+    # Start from these LoRA weights (a diffusers pytorch_lora_weights.safetensors, e.g. the
+    # champion's: retrain.from_champion) instead of a fresh zero adapter; its rank must be train.rank.
+    init_lora: str = ""
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     # The frozen denoiser loaded quantised by bitsandbytes (CUDA only; QLoRA-style: the LoRA still
     # trains in fp32 and is saved unquantised): nf4 (4-bit NormalFloat, bf16 compute) or int8.
@@ -472,6 +481,17 @@ class ExportConfig(Section):
     hub_token_env: str = Field("HF_TOKEN", min_length=1)
 
 
+class RefineConfig(Section):
+    """The bounded auto-refine loop (``deploy/refine.py``): a rejected candidate starts another
+    run with the gate's suggestion applied, each attempt its own run linked to the first."""
+
+    attempts: int = Field(0, ge=0, le=10)  # extra runs after a rejection; 0: off
+    max_images_cap: int = Field(5000, ge=1)  # more_data never raises crawl.max_images past this
+    # Set by the loop on the runs it starts (MLflow tags lora_factory.refine_of / refine_attempt):
+    of: str = ""  # the first run's id
+    attempt: int = Field(0, ge=0)  # this run's attempt number (0: the first run)
+
+
 class DeployConfig(Section):
     # The registered model (one per concept): models:/<concept>@champion. Empty: from the topics.
     concept: str = ""
@@ -485,6 +505,7 @@ class DeployConfig(Section):
     approval_timeout_s: int = Field(86400, ge=1)
     on_timeout: Literal["reject", "approve", "wait"] = "reject"  # wait: no timeout
     export: ExportConfig = Field(default_factory=ExportConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
 
 
 class StoreConfig(Section):
@@ -538,6 +559,17 @@ class ServeConfig(Section):
     rating_window: int = Field(50, ge=1)
     new_data_count: int = Field(50, ge=1)
     emit_events: bool = True
+    keep_images: bool = True  # store each served PNG, so a corrected caption can become a training sample
+
+
+class RetrainConfig(Section):
+    """The ``retrain`` flow (``flows/retrain.py``): what a concept's run takes from its feedback."""
+
+    sample_min_rating: int = Field(4, ge=1, le=5)  # corrected caption + at least this rating: a training sample
+    low_rating: int = Field(2, ge=1, le=5)  # prompts rated at or below this join the evaluation prompts
+    max_eval_prompts: int = Field(8, ge=0)  # at most this many of them (the newest)
+    max_samples: int = Field(500, ge=0)  # at most this many feedback samples (the newest)
+    from_champion: bool = False  # start training from the champion's LoRA weights (train.init_lora)
 
 
 class FactoryConfig(Section):
@@ -559,6 +591,7 @@ class FactoryConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     @field_validator("profile")
     @classmethod

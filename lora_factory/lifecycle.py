@@ -116,6 +116,17 @@ def git_sha() -> str | None:
         return None
 
 
+# On the MLflow parent run of an auto-refine attempt (deploy/refine.py): the first run's id and
+# the attempt number, so the attempts of one concept's refinement are found together.
+REFINE_OF_TAG = "lora_factory.refine_of"
+REFINE_ATTEMPT_TAG = "lora_factory.refine_attempt"
+
+
+def _refine_tags(cfg: FactoryConfig) -> dict[str, str]:
+    rc = cfg.deploy.refine
+    return {REFINE_OF_TAG: rc.of, REFINE_ATTEMPT_TAG: str(rc.attempt)} if rc.of else {}
+
+
 def start_run(cfg: FactoryConfig, topics: list[str]) -> RunRef:
     """Create the run directory (locked by this process) and the MLflow parent run. If tracking
     refuses the run, it is recorded as failed, not left "running"."""
@@ -134,6 +145,7 @@ def start_run(cfg: FactoryConfig, topics: list[str]) -> RunRef:
                 "lora_factory.profile": cfg.profile,
                 "lora_factory.topics": ", ".join(topics),
                 "lora_factory.run_dir": run.url,
+                **_refine_tags(cfg),
                 **({"mlflow.source.git.commit": sha} if sha else {}),
             },
         )

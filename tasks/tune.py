@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from deploy.registry import concept_name
 from lora_factory.catalog import (
     CURATE_STATS,
     LABEL_CAPTION_STATS,
@@ -33,6 +34,7 @@ from training.tuner import (
     stats_from,
 )
 from training.tuner.history import FEATURE_PREFIX, VALUE_PREFIX
+from training.tuner.suggestion import PastSuggestion, load_suggestion
 
 from ._prefect import stage_task
 
@@ -40,10 +42,10 @@ STAGE = "tune"
 
 
 def run_tune(curate_stats: CurateStats, caption_stats: CaptionStats, cfg: FactoryConfig, out: Path,
-             history: list[PastRun] | None = None) -> Recommendation:
+             history: list[PastRun] | None = None, suggestion: PastSuggestion | None = None) -> Recommendation:
     """Recommend and write ``train_config.yaml`` and ``rationale.md`` into ``out``."""
     family = family_for(cfg.models.base_family, cfg.models.base)
-    request = request_for(cfg, stats_from(curate_stats, caption_stats), family, history or [])
+    request = request_for(cfg, stats_from(curate_stats, caption_stats), family, history or [], suggestion)
     rec = recommend(request, cfg.tune.strategy)
     TUNE_TRAIN_CONFIG.write(out, rec.config)
     TUNE_RATIONALE.write(out, markdown(rec))
@@ -58,6 +60,16 @@ def past_runs(cfg: FactoryConfig, exclude_parent: str | None) -> list[PastRun]:
     return load_history(cfg.tracking.uri, cfg.tracking.experiment, family.name, exclude_parent)
 
 
+def last_suggestion(cfg: FactoryConfig, topics: list[str], exclude_parent: str | None) -> PastSuggestion | None:
+    """The concept's last rejection's advice, when the tuner applies it (``tune.apply_suggestion``)."""
+    if not cfg.tune.apply_suggestion or cfg.tune.strategy != "auto":
+        return None
+    if not topics and not cfg.deploy.concept.strip():
+        return None  # no concept to look up
+    return load_suggestion(cfg.tracking.uri, cfg.tracking.experiment, concept_name(cfg.deploy.concept, topics),
+                           exclude_parent)
+
+
 # The values logged as params (the whole config is the run's train_config.yaml artifact and the
 # train stage's params); few, so reading 1,000 past runs back stays fast.
 HEADLINE = ("rank", "alpha", "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps",
@@ -69,6 +81,7 @@ def tracking_record(rec: Recommendation, history_runs: int = 0) -> tuple[dict[st
     headline values, the dataset's features) and the memory estimate."""
     params = {"strategy": rec.strategy, "family": rec.request.family.name, "task_type": rec.task or "",
               "pinned": ",".join(sorted(rec.request.pinned)),
+              "suggestion_from": rec.request.suggestion.run_id if rec.request.suggestion else "",
               **{f"{VALUE_PREFIX}{k}": getattr(rec.config, k) for k in HEADLINE}}
     metrics = {**{f"{FEATURE_PREFIX}{k}": v for k, v in rec.request.stats.features().items()},
                "memory_estimate_gib": rec.memory.gib(), "history_runs": float(history_runs),
@@ -81,7 +94,10 @@ def tune_task(ref: RunRef) -> dict[str, object]:
     with run_stage(ref, STAGE) as st:
         cfg = st.config
         history = past_runs(cfg, ref.parent_run_id)
-        rec = run_tune(st.read(CURATE_STATS), st.read(LABEL_CAPTION_STATS), cfg, st.out, history)
+        suggestion = last_suggestion(cfg, ref.topics, ref.parent_run_id)
+        if suggestion is not None:
+            st.log.info("tune: applying the suggestion of rejected run %s: %s", suggestion.run_id, suggestion.changes)
+        rec = run_tune(st.read(CURATE_STATS), st.read(LABEL_CAPTION_STATS), cfg, st.out, history, suggestion)
         st.log.info("tune: %s", headline(rec))
         params, metrics = tracking_record(rec, len(history))
         st.log_params(params)

@@ -274,3 +274,33 @@ def test_the_exported_folder_loads_as_an_imagefolder_and_in_sd_scripts(demo: dic
     stats = LABEL_CAPTION_STATS.read(out)
     assert stats.num_images == len(rows) and stats.coverage == 1.0 and stats.tokens_max <= stats.token_budget
     assert LABEL_LABELS.read(out).num_rows == len(rows)
+
+
+# -- feedback samples (the retrain flow's label.feedback_dir) ----------------------------------
+def test_feedback_samples_join_the_training_folder_with_their_provenance(demo: dict) -> None:
+    import io
+
+    from PIL import Image
+
+    from lora_factory.feedback_samples import FeedbackSample, sample_file_name, write_samples
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    png = buf.getvalue()
+    sample = FeedbackSample(sample_file_name(png), "a red boat at dawn", "g" * 32, 7, 5, "lfstyle, a boat", "3")
+    folder = write_samples(demo["tmp"] / "fb", [(sample, png)])
+    out = demo["tmp"] / "with-feedback"
+    cfg = load_config("tiny", {"label.feedback_dir": str(folder)}, environ={})
+    result = run_label(demo["curate"], demo["crawl"], out, cfg, LabelModels())
+    rows = [json.loads(line) for line in (out / "dataset" / "metadata.jsonl").read_text().splitlines()]
+    (fb,) = [r for r in rows if r["caption_source"] == "feedback"]
+    assert fb["text"] == "lfstyle, a red boat at dawn"  # fitted like a person's caption: trigger once
+    assert fb["source_url"] == f"feedback:generation/{'g' * 32}" and fb["license"] == "generated"
+    assert (out / "dataset" / fb["file_name"]).read_bytes() == png
+    plain = run_label(demo["curate"], demo["crawl"], demo["tmp"] / "without-feedback",
+                      load_config("tiny", environ={}), LabelModels())
+    assert len(rows) == len(result.labels) == len(plain.labels) + 1  # every crawl image is still there
+    assert next(r for r in read_records(out / "dataset") if r.item_id == fb["item_id"]).caption == fb["text"]
+    keep = {d["item_id"]: d for d in LABEL_DECISIONS.read(out).to_pylist()}[fb["item_id"]]
+    assert keep["decision"] == "keep" and "rated 5" in keep["detail"]
+    assert LABEL_CAPTION_STATS.read(out).sources["feedback"] == 1

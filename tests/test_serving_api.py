@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from deploy.serving.app import build_app
+from deploy.serving.feedback_store import FeedbackStore
 from deploy.serving.service import make_service
 from deploy.serving.triggers import RetrainEvent
 from lora_factory.profiles import location_config
@@ -216,6 +217,11 @@ def test_adapters_swap_per_request_and_follow_the_alias(registry: dict[str, Any]
         fb = request("POST", f"{base}/feedback", {"generation_id": h3["x-generation-id"], "rating": 2,
                                                   "corrected_caption": "lfstyle, a lighthouse"}, token=TOKEN)
         assert fb[0] == 201 and json.loads(fb[2])["concept"] == "lighthouse"
+        store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")  # the served PNG, kept for a retrain
+        try:
+            assert np.array_equal(_pixels(store.generation_png(h3["x-generation-id"]) or b""), light_v2)
+        finally:
+            store.close()
         health = json.loads(request("GET", f"{base}/health")[2])
         assert health["served"] == {"lighthouse": moved, "sailboat": registry["versions"]["sailboat"]}
         metrics = request("GET", f"{base}/metrics")[2].decode()

@@ -4,6 +4,7 @@ a flow run for that concept. Also what the retrain run takes from the feedback."
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,10 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from deploy.serving.feedback_store import FeedbackStore
 from deploy.serving.retrain_plan import retrain_plan
+from lora_factory.feedback_samples import read_samples
 from lora_factory.profiles import load_config
+from lora_factory.schemas import CaptionStats
+from tasks.evaluate.task import run_prompts
 
 from .serve_helpers import ROOT, free_port, request, serve_process, wait_for
 
@@ -43,6 +48,41 @@ def test_low_rated_prompts_join_the_evaluation_prompts(tmp_path: Path) -> None:
     assert prompts[:-1] == cfg.evaluate.prompts and prompts[-1] == "a {{red}} boat at night"
     assert prompts[-1].format(topic="x", trigger="y") == "a {red} boat at night"
     assert load_config("tiny", plan.overrides).evaluate.prompts == prompts  # a valid override
+    stats = CaptionStats(num_images=3, captioned=3, coverage=1, words_mean=3, words_median=3, words_max=4,
+                         trigger_word="lfstyle")
+    rendered = run_prompts(load_config("tiny", plan.overrides), stats, ["boat"], [])
+    assert [p.text for p in rendered if p.text == "a {red} boat at night"] == ["a {red} boat at night"]
+
+
+def _png(shade: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (shade, 40, 90)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_well_rated_corrected_captions_become_feedback_samples(tmp_path: Path) -> None:
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
+    try:
+        good = store.add_generation("boat", "3", "lfstyle, a boat", 1, 2, png=_png(10))
+        poor = store.add_generation("boat", "3", "lfstyle, a ship", 2, 2, png=_png(20))
+        unkept = store.add_generation("boat", "3", "lfstyle, a raft", 3, 2)  # serve.keep_images off
+        store.add_feedback("boat", 4, generation_id=good.id, corrected_caption="an old caption")
+        store.add_feedback("boat", 5, generation_id=good.id, corrected_caption="lfstyle,  a red boat")
+        store.add_feedback("boat", 1, generation_id=poor.id, corrected_caption="lfstyle, a ship")
+        store.add_feedback("boat", 5, generation_id=unkept.id, corrected_caption="lfstyle, a raft")
+        store.add_feedback("boat", 5, run_id="r1", corrected_caption="no image to attach it to")
+        cfg = load_config("tiny")
+        plan = retrain_plan(store, "boat", "lora.feedback.new-data", cfg, tmp_path / "samples")
+        again = retrain_plan(store, "boat", "lora.feedback.new-data", cfg, tmp_path / "samples")
+    finally:
+        store.close()
+    assert plan.corrected_captions == 5 and plan.samples == 1
+    assert again.samples_dir == plan.samples_dir  # the same feedback: the same folder (label's cache holds)
+    assert load_config("tiny", plan.overrides).label.feedback_dir == plan.samples_dir
+    ((sample, image),) = read_samples(plan.samples_dir)
+    assert image.read_bytes() == _png(10)  # the image that was served
+    assert (sample.caption, sample.generation_id, sample.rating) == ("lfstyle, a red boat", good.id, 5)
+    assert plan.low_prompts == ["lfstyle, a ship"]
 
 
 def _prefect(api: str, *args: str, env: dict[str, str]) -> None:

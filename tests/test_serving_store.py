@@ -51,6 +51,18 @@ def test_feedback_round_trip_and_questions_of_the_triggers(store_url: str) -> No
         store.close()
 
 
+def test_served_images_are_kept_with_their_generation(store_url: str) -> None:
+    store = FeedbackStore(store_url)
+    try:
+        png = bytes(range(256)) * 40  # binary, with NUL bytes
+        kept = store.add_generation("lighthouse", "3", "a lighthouse", 1, 4, png=png)
+        bare = store.add_generation("lighthouse", "3", "a lighthouse", 2, 4)
+        assert store.generation_png(kept.id) == png
+        assert store.generation_png(bare.id) is None and store.generation_png("nope") is None
+    finally:
+        store.close()
+
+
 def test_a_migration_keeps_the_rows_of_an_older_schema(store_url: str) -> None:
     engine = sa.create_engine(store_url)
     assert schema.migrate(engine, target=1) == 1
@@ -58,17 +70,18 @@ def test_a_migration_keeps_the_rows_of_an_older_schema(store_url: str) -> None:
         con.execute(schema.feedback.insert().values(concept="old", rating=3, created_at=sa.func.now()))
         assert not sa.inspect(con).has_table("trigger_events")
     engine.dispose()
-    store = FeedbackStore(store_url)  # migrates 1 -> 3
+    store = FeedbackStore(store_url)  # migrates 1 -> 4
     try:
-        assert store.version == schema.LATEST == 3
+        assert store.version == schema.LATEST == 4
         assert store.count_feedback("old") == 1
         assert store.last_trigger("old", "x") == 0  # the new tables are there
         assert store.count_blocks("old") == 0
+        assert store.generation_png("none") is None
         with store.engine.connect() as con:
-            assert [r.version for r in con.execute(sa.select(schema.schema_version))] == [1, 2, 3]
+            assert [r.version for r in con.execute(sa.select(schema.schema_version))] == [1, 2, 3, 4]
     finally:
         store.close()
-    assert FeedbackStore(store_url).version == 3  # reopening applies nothing twice
+    assert FeedbackStore(store_url).version == 4  # reopening applies nothing twice
 
 
 def test_a_newer_database_is_refused(tmp_path: Path) -> None:

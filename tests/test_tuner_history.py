@@ -164,3 +164,71 @@ def test_prodigy_runs_do_not_vote_on_an_adamw_learning_rate() -> None:
     rec = recommend(TuneRequest(TARGET, family_row("sd15"), history=[prodigy, adamw]))
     assert rec.config.optimizer == "adamw8bit" and rec.config.learning_rate == 1e-4  # only the AdamW run votes
     assert rec.config.rank == 32  # rank and steps still learn from the Prodigy run
+
+
+# -- the last rejection's suggestion ---------------------------------------------------------------
+def deploy_run(tracker: Tracker, parent: str, run_id: str, concept: str, verdict: str, start: int,
+               changes: dict[str, float] | None = None) -> str:
+    """A deploy stage run as tasks/deploy tags it (verdict, concept, the suggestion's JSON)."""
+    import json
+
+    from deploy.suggest import SUGGESTION_TAG
+
+    tags = {"mlflow.parentRunId": parent, "lora_factory.stage": "deploy", "lora_factory.run_id": run_id,
+            "verdict": verdict, "concept": concept}
+    if changes:
+        tags[SUGGESTION_TAG] = json.dumps({"changes": changes, "why": ["the LoRA barely moved"], "text": "..."})
+    run = tracker.client.create_run(tracker.experiment_id, start_time=start, run_name="deploy", tags=tags)
+    tracker.end(run.info.run_id)
+    return run.info.run_id
+
+
+def test_the_next_run_applies_the_last_rejections_suggestion(store: dict) -> None:
+    from training.tuner.suggestion import load_suggestion
+
+    uri, parents = store["uri"], store["parents"]
+    tracker = Tracker(uri, "lora-factory")
+    t0 = 1_700_000_000_000
+    deploy_run(tracker, parents["good"], "run-good", "lighthouse", "rejected", t0, {"max_steps": 1.5, "rank": 2.0})
+    newest = deploy_run(tracker, parents["best"], "run-best", "lighthouse", "rejected", t0 + 10,
+                        {"max_steps": 1.5, "rank": 2.0, "more_data": 1.5})
+    deploy_run(tracker, parents["worst"], "run-worst", "sailboat", "rejected", t0 + 20, {"max_steps": 0.7})
+    deploy_run(tracker, parents["far"], "run-far", "sailboat", "promoted", t0 + 30)
+    found = load_suggestion(uri, "lora-factory", "lighthouse")
+    assert found is not None and (found.run_id, found.mlflow_run_id) == ("run-best", newest)
+    assert found.values == {"max_steps": 1500, "rank": 32, "learning_rate": 2e-4}  # what run-best trained with
+    assert load_suggestion(uri, "lora-factory", "sailboat") is None  # its newest deploy promoted
+    assert load_suggestion(uri, "lora-factory", "lighthouse", exclude_parent=parents["best"]).run_id == "run-good"
+    assert load_suggestion(uri, "lora-factory", "no-such-concept") is None
+
+    rec = recommend(TuneRequest(TARGET, family_row("sd15"), suggestion=found))
+    assert rec.config.max_steps == 2250 and rec.config.rank == 64 and rec.config.alpha == 32  # alpha follows
+    for key in ("max_steps", "rank"):
+        assert rec.choices[key].source == "suggestion" and "run run-best was rejected" in rec.choices[key].why
+    text = markdown(rec)
+    assert "## Last rejection" in text and "`max_steps` 1500 -> 2250" in text and "more data x1.5" in text
+    assert "| `max_steps` | `2250` | last rejection |" in text
+    from lora_factory.config import TrainConfig
+
+    pinned = recommend(TuneRequest(TARGET, family_row("sd15"), base=TrainConfig(max_steps=300),
+                                   pinned=frozenset({"max_steps"}), suggestion=found))
+    assert pinned.config.max_steps == 300 and "`max_steps` x1.5 (pinned)" in markdown(pinned)
+
+
+def test_the_tune_stage_looks_up_its_concepts_suggestion(store: dict) -> None:
+    from lora_factory.profiles import load_config
+    from tasks.tune import last_suggestion
+
+    tracker = Tracker(store["uri"], "lora-factory")
+    deploy_run(tracker, store["parents"]["good"], "run-good", "stage-concept", "rejected", 1_700_000_100_000,
+               {"learning_rate": 0.5})
+    cfg = load_config("tiny", {"tracking.uri": store["uri"], "tune.strategy": "auto"}, environ={})
+    found = last_suggestion(cfg, ["stage-concept"], None)
+    assert found is not None and found.changes == {"learning_rate": 0.5}
+    rec = recommend(TuneRequest(TARGET, family_row("sd15"), suggestion=found))
+    assert tracking_record(rec)[0]["suggestion_from"] == "run-good"
+    assert last_suggestion(cfg.model_copy(update={"deploy": cfg.deploy.model_copy(update={"concept": "other"})}),
+                           ["stage-concept"], None) is None  # deploy.concept names the concept
+    off = load_config("tiny", {"tracking.uri": store["uri"], "tune.strategy": "auto", "tune.apply_suggestion": False},
+                      environ={})
+    assert last_suggestion(off, ["stage-concept"], None) is None

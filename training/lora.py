@@ -3,6 +3,7 @@ trainable parameters under component-prefixed names, and saving the diffusers-fo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,66 @@ def save_lora(pipe: Any, out_dir: Path) -> Path:
         kwargs[f"{name}_lora_adapter_metadata"] = getattr(pipe, name).peft_config["default"].to_dict()
     type(pipe).save_lora_weights(save_directory=out_dir, safe_serialization=True, **kwargs)
     return out_dir / LORA_WEIGHT_NAME
+
+
+def _peft_keys(component: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A component's part of a diffusers LoRA file with PEFT's key names (``save_lora``'s inverse:
+    UNet and text-encoder keys were renamed to diffusers' ``lora.down``/``lora.up``, transformer
+    keys kept PEFT's)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+
+    prefix = f"{component}."
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if own and component != "transformer" and not any("lora_A" in k for k in own):
+        own = convert_unet_state_dict_to_peft(own)
+    return own
+
+
+def init_from_lora(pipe: Any, path: Path) -> dict[str, int]:
+    """Copy a diffusers LoRA file's weights (``train.init_lora``, e.g. the champion's) into the
+    freshly injected adapters, so training continues from it instead of from zero. Every adapted
+    component must find all its weights, with the same shapes; returns the tensors loaded per
+    component."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_WEIGHT_NAME
+    setting = f"train.init_lora = {str(path)!r}"
+    if not path.is_file():
+        raise StageError(f"{setting} does not exist: point it at a {LORA_WEIGHT_NAME} (or its folder)")
+    state = load_file(str(path))
+    loaded: dict[str, int] = {}
+    for name, current in lora_state(pipe).items():
+        own = _peft_keys(name, state)
+        missing = sorted(set(current) - set(own))
+        if missing:
+            raise StageError(f"{setting} has no weights for {len(missing)} of the {name}'s LoRA tensors "
+                             f"(e.g. {missing[0]}): train with the same train.target_modules as it was")
+        bad = [k for k in current if tuple(own[k].shape) != tuple(current[k].shape)]
+        if bad:
+            raise StageError(f"{setting}: {bad[0]} has shape {tuple(own[bad[0]].shape)}, the adapter's is "
+                             f"{tuple(current[bad[0]].shape)}: set train.rank to the file's rank")
+        module = getattr(pipe, name)
+        dtype = next(iter(current.values())).dtype
+        set_peft_model_state_dict(module, {k: own[k].to(dtype) for k in current}, adapter_name="default")
+        loaded[name] = len(current)
+    return loaded
+
+
+def adapter_settings(path: Path) -> dict[str, Any]:
+    """The ``train`` settings a LoRA file was trained with (from the PEFT configs ``save_lora``
+    stores in its metadata): what a run continuing from it must use."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path / LORA_WEIGHT_NAME if path.is_dir() else path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata") or "{}")
+    denoiser = next((d for d in DENOISERS if f"{d}.r" in meta), None)
+    if denoiser is None:
+        raise StageError(f"{path} carries no LoRA configuration in its metadata: it was not saved by "
+                         "lora-factory; set train.rank, train.alpha and train.target_modules by hand")
+    targets = meta.get(f"{denoiser}.target_modules") or []
+    return {"rank": int(meta[f"{denoiser}.r"]), "alpha": float(meta.get(f"{denoiser}.lora_alpha") or meta[f"{denoiser}.r"]),
+            "target_modules": sorted(targets), "train_text_encoder": any(f"{t}.r" in meta for t in TEXT_ENCODERS)}

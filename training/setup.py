@@ -22,7 +22,7 @@ from .distributed import World, barrier, init_world
 from .families import ModelFamily, denoiser_of
 from .feature_cache import module_fingerprint
 from .job import TrainJob
-from .lora import add_loras, text_encoders
+from .lora import add_loras, init_from_lora, text_encoders
 from .optim import make_lr_scheduler, make_optimizer
 from .prior import class_image_dir, ensure_class_images
 from .state import LoopState
@@ -97,6 +97,9 @@ def load_frozen_pipeline(job: TrainJob, family: ModelFamily, device: torch.devic
 def add_trainable_loras(pipe: Any, cfg: TrainConfig, seed: int, family: ModelFamily) -> dict[str, torch.nn.Parameter]:
     """The LoRAs (the denoiser, optionally the text encoders): the only trainable weights."""
     named = add_loras(pipe, cfg, seed, family)
+    if cfg.init_lora:  # continue from another adapter (the champion's) instead of from zero
+        loaded = init_from_lora(pipe, Path(cfg.init_lora))
+        log.info("LoRA initialised from %s (%s)", cfg.init_lora, ", ".join(f"{k}: {v} tensors" for k, v in loaded.items()))
     denoiser = getattr(pipe, family.denoiser)
     if cfg.gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()

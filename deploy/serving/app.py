@@ -139,7 +139,8 @@ def _generate(svc: Service, req: GenerateRequest) -> Response:
         blocked = _blocked(svc, req, image.model_version, image.png)
         if blocked is not None:
             return blocked
-    gen = svc.store.add_generation(req.concept, image.model_version, req.prompt, req.seed, req.steps)
+    gen = svc.store.add_generation(req.concept, image.model_version, req.prompt, req.seed, req.steps,
+                                   png=image.png if svc.cfg.keep_images else None)
     return Response(image.png, media_type="image/png", headers={
         "X-Generation-Id": gen.id, "X-Model-Version": image.model_version, "X-Concept": req.concept})
 

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from lora_factory.errors import ConfigError, StoreError
 from lora_factory.secrets import redact_url
 
-from .schema import feedback, generations, migrate, safety_blocks, trigger_events
+from .schema import feedback, generation_images, generations, migrate, safety_blocks, trigger_events
 
 
 def default_url(home: Path) -> str:
@@ -101,10 +101,14 @@ class FeedbackStore:
             yield con
 
     def add_generation(self, concept: str, model_version: str, prompt: str, seed: int,
-                       steps: int) -> Generation:
+                       steps: int, png: bytes | None = None) -> Generation:
+        """Record a served image; with ``png`` its bytes too (in the same transaction), so a
+        later corrected caption has the image it describes."""
         gen = Generation(uuid.uuid4().hex, concept, model_version, prompt, seed, steps)
         with self._writing() as con:
             con.execute(generations.insert().values(**gen.__dict__, created_at=datetime.now(UTC)))
+            if png is not None:
+                con.execute(generation_images.insert().values(generation_id=gen.id, png=png))
         return gen
 
     def add_block(self, concept: str, model_version: str, prompt: str, seed: int, steps: int,
@@ -120,6 +124,13 @@ class FeedbackStore:
         query = sa.select(sa.func.count()).select_from(safety_blocks).where(safety_blocks.c.concept == concept)
         with self.engine.connect() as con:
             return int(con.execute(query).scalar_one())
+
+    def generation_png(self, generation_id: str) -> bytes | None:
+        """The PNG served for ``generation_id`` (None: not kept, ``serve.keep_images`` off)."""
+        query = sa.select(generation_images.c.png).where(generation_images.c.generation_id == generation_id)
+        with self.engine.connect() as con:
+            found = con.execute(query).scalar()
+        return bytes(found) if found is not None else None
 
     def generation(self, generation_id: str) -> Generation | None:
         with self.engine.connect() as con:

@@ -71,6 +71,14 @@ safety_blocks = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Added by migration 4: the PNG of a served generation (``serve.keep_images``), so a rating with a
+# corrected caption can later become a training sample of the concept's retrain run.
+generation_images = sa.Table(
+    "generation_images", metadata,
+    sa.Column("generation_id", sa.String(32), sa.ForeignKey("generations.id"), primary_key=True),
+    sa.Column("png", sa.LargeBinary, nullable=False),
+)
+
 
 def _v1(con: Connection) -> None:
     for table in (generations, feedback):
@@ -85,7 +93,11 @@ def _v3(con: Connection) -> None:
     safety_blocks.create(con)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+def _v4(con: Connection) -> None:
+    generation_images.create(con)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 LATEST = len(MIGRATIONS)
 
 

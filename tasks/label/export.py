@@ -36,12 +36,15 @@ def metadata_row(label: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_dataset(labels: list[dict[str, Any]], items: dict[str, dict[str, Any]], crawl_dir: Path,
-                  dataset_dir: Path) -> None:
-    """Copy each labelled image next to its caption sidecar and list them in metadata.jsonl."""
+                  dataset_dir: Path, extra_images: dict[str, Path] | None = None) -> None:
+    """Copy each labelled image next to its caption sidecar and list them in metadata.jsonl
+    (``extra_images``: item id -> file, for images that are not the crawl's: feedback samples)."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
+    extra = extra_images or {}
     lines = []
     for label in labels:
-        src = crawl_dir / items[label["item_id"]]["image_path"]
+        iid = label["item_id"]
+        src = extra[iid] if iid in extra else crawl_dir / items[iid]["image_path"]
         shutil.copyfile(src, dataset_dir / label["file_name"])
         (dataset_dir / f"{Path(label['file_name']).stem}{CAPTION_EXTENSION}").write_text(
             label["caption"] + "\n", encoding="utf-8")

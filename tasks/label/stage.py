@@ -50,6 +50,7 @@ from .candidates import (
 from .captioning import captioner_captions, vlm_captions
 from .datasheet import render_datasheet
 from .export import dataset_file_name, kohya_dataset_config, write_dataset
+from .feedback import feedback_labels
 from .keywords import KeywordTagger
 from .licenses import PolicyResult, apply_license_policy
 from .report import render_report
@@ -86,6 +87,7 @@ class LabelResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     notes: list[str] = field(default_factory=list)
     reviewed_out: list[dict[str, Any]] = field(default_factory=list)  # labels a reviewer set to keep = no
+    feedback_images: dict[str, Path] = field(default_factory=dict)  # item id -> image, of feedback samples
 
     @property
     def dropped(self) -> list[dict[str, Any]]:
@@ -212,15 +214,19 @@ def label_items(items: list[dict[str, Any]], crawl_dir: Path, cfg: LabelConfig, 
                 continue
             labels.append(label)
             decisions.append(decision(ic.item["item_id"], STAGE, True, detail=f"caption from {label['caption_source']}"))
+    fb = feedback_labels(cfg, budget, STAGE, {lab["item_id"] for lab in labels})
+    labels += fb.labels
+    decisions += fb.decisions
     counts = {**tag_stats.as_dict(), **(models.tag_chat.counts() if hasattr(models.tag_chat, 'counts') else {})}
     stats = caption_stats(labels, cfg, token_budget=budget.limit, summary=summary, traits=traits, tagger=counts)
-    return LabelResult(labels, decisions, policy, stats, tag_stats, timings, list(models.notes), reviewed_out)
+    return LabelResult(labels, decisions, policy, stats, tag_stats, timings, list(models.notes), reviewed_out,
+                       fb.images)
 
 
 def write_outputs(result: LabelResult, items: dict[str, dict[str, Any]], crawl_dir: Path, out: Path,
                   cfg: FactoryConfig, title: str, image_dir: str) -> None:
     """Everything under ``label/`` (the dataset folder first: the report reads its images)."""
-    write_dataset(result.labels, items, crawl_dir, LABEL_DATASET.at(out))
+    write_dataset(result.labels, items, crawl_dir, LABEL_DATASET.at(out), result.feedback_images)
     LABEL_KOHYA_TOML.write(out, kohya_dataset_config(cfg.train, image_dir, cfg.label.template))
     LABEL_LABELS.write(out, result.labels)
     LABEL_CAPTION_STATS.write(out, result.stats)

@@ -11,7 +11,8 @@ from .families import GIB
 from .recommend import Recommendation
 
 SOURCE_LABEL = {"prior": "community default", "rule": "statistics rule", "history": "past runs",
-                "pinned": "your pin", "memory": "memory fit", "budget": "time budget", "profile": "profile"}
+                "pinned": "your pin", "memory": "memory fit", "budget": "time budget", "profile": "profile",
+                "suggestion": "last rejection"}
 
 
 def _fmt(value: Any) -> str:

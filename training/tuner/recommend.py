@@ -26,6 +26,7 @@ from .history import SHIFTED, PastRun, Shift, nearest, shift
 from .inputs import TuneStats
 from .memory import MemoryEstimate, estimate, fit_to_budget
 from .rules import PRIORS, Prior
+from .suggestion import TUNED, PastSuggestion
 
 FLOW_FAMILIES = ("flux", "sd3")  # trained with flow matching: no min-SNR weighting
 
@@ -50,6 +51,7 @@ class TuneRequest:
     task_type: str | None = None
     history: Sequence[PastRun] = ()
     history_neighbours: int = 5
+    suggestion: PastSuggestion | None = None  # the concept's last rejection's advice
 
 
 @dataclass
@@ -209,6 +211,44 @@ def _history(d: Draft, p: Prior, req: TuneRequest, task: str) -> Shift | None:
     return moved
 
 
+def _suggested_value(key: str, value: float, factor: float) -> float | int:
+    if key == "rank":
+        lo, hi = rules.RANK_BOUNDS
+        return max(lo, min(hi, rules.power_of_two(value * factor)))
+    if key == "max_steps":
+        return max(10, round(value * factor / 10) * 10)
+    return _round_lr(value * factor)
+
+
+def _suggestion(d: Draft, req: TuneRequest) -> list[str]:
+    """Apply the last rejection's factors to this run's values (not to pinned ones); returns the
+    rationale's section on it."""
+    s = req.suggestion
+    if s is None:
+        return []
+    because = "; ".join(s.why) or "see its decision.json"
+    done, skipped = [], []
+    for key in TUNED:
+        factor = s.changes.get(key)
+        if factor is None:
+            continue
+        if key in req.pinned or (key == "learning_rate" and d["optimizer"] == "prodigy"):
+            skipped.append(f"`{key}` x{factor:g} (pinned)" if key in req.pinned else
+                           f"`{key}` x{factor:g} (Prodigy sets its own step size)")
+            continue
+        old = s.values.get(key, d[key])  # the value the rejected run trained with, when known
+        new = d.set(key, _suggested_value(key, float(old), factor),
+                    f"{old:g} (run {s.run_id}'s) x{factor:g}: {s.cite} it ({because})", "suggestion")
+        done.append(f"`{key}` {old:g} -> {new:g}")
+    if "more_data" in s.changes:
+        skipped.append(f"more data x{s.changes['more_data']:g} (not the tuner's: raise crawl.max_images, "
+                       "or let deploy.refine_attempts do it)")
+    return ["", "## Last rejection", "",
+            f"Run {s.run_id} of `{s.concept}` was rejected by the gate ({because}); its suggestion "
+            f"({', '.join(f'{k} x{v:g}' for k, v in sorted(s.changes.items()))}) is applied to this run's values.",
+            "", f"Applied: {', '.join(done) or 'nothing'}." + (f" Not applied: {', '.join(skipped)}." if skipped else "")]
+
+
 def _fit(d: Draft, req: TuneRequest) -> tuple[TrainConfig, MemoryEstimate]:
     cfg = _validated(d)
     fit = fit_to_budget(cfg, req.family, req.gpu_gb, set(req.pinned))
@@ -250,6 +290,7 @@ def recommend_auto(req: TuneRequest) -> Recommendation:
     task, task_why = rules.task_of(req.stats, req.task_type)
     _core(d, p, req.family, req.stats, task)
     moved = _history(d, p, req, task)
+    notes = _suggestion(d, req)
     _data_and_loss(d, p, req.stats, task, flow=req.family.base_family in FLOW_FAMILIES)
     rank = d["rank"]
     d.set("alpha", rank * p.alpha_ratio, f"rank {rank} x {p.alpha_ratio:g} (the family's alpha/rank)", "prior")
@@ -260,7 +301,7 @@ def recommend_auto(req: TuneRequest) -> Recommendation:
     for key in TrainConfig.model_fields:
         if key not in d.choices:
             d.choices[key] = Choice(getattr(cfg, key), "from the profile (not a tuned setting)", "profile")
-    return Recommendation(cfg, d.choices, estimate(cfg, req.family), req, "auto", task, task_why, moved)
+    return Recommendation(cfg, d.choices, estimate(cfg, req.family), req, "auto", task, task_why, moved, notes)
 
 
 def recommend_profile(req: TuneRequest) -> Recommendation:
@@ -279,12 +320,12 @@ STRATEGIES = {"auto": recommend_auto, "profile": recommend_profile}
 
 
 def request_for(cfg: FactoryConfig, stats: TuneStats, family: FamilyRow,
-                history: Sequence[PastRun] = ()) -> TuneRequest:
+                history: Sequence[PastRun] = (), suggestion: PastSuggestion | None = None) -> TuneRequest:
     """The request a factory config makes: its train section as the base, its pins, its budget."""
     t = cfg.tune
     return TuneRequest(stats=stats, family=family, base=cfg.train, pinned=frozenset(t.pin), gpu_gb=t.gpu_gb,
                        time_budget_h=t.time_budget_h, seconds_per_step=t.seconds_per_step, task_type=t.task_type,
-                       history=tuple(history), history_neighbours=t.history_neighbours)
+                       history=tuple(history), history_neighbours=t.history_neighbours, suggestion=suggestion)
 
 
 def recommend(req: TuneRequest, strategy: str = "auto") -> Recommendation:
