@@ -159,7 +159,8 @@ SPECS: tuple[StageSpec, ...] = (
                         "seed"),
               code=("tasks.evaluate",)),
     StageSpec("deploy", "apply the gate, register the LoRA (mlflow.diffusers), move aliases",
-              reads=(EVAL_RESULT, EVAL_REPORT, TRAIN_LORA, LABEL_LABELS), writes=(DEPLOY_DECISION, DEPLOY_REPORT),
+              reads=(EVAL_RESULT, EVAL_REPORT, EVAL_MODEL_CARD, TRAIN_LORA, LABEL_LABELS),
+              writes=(DEPLOY_DECISION, DEPLOY_REPORT),
               settings=("deploy", "models.base"), code=("tasks.deploy", "deploy")),
 )
 

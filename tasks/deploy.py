@@ -32,6 +32,7 @@ from lora_factory.catalog import (
     DEPLOY_DECISION,
     DEPLOY_REPORT,
     EVAL_GRID,
+    EVAL_MODEL_CARD,
     EVAL_REPORT,
     EVAL_RESULT,
     LABEL_LABELS,
@@ -40,6 +41,7 @@ from lora_factory.catalog import (
 from lora_factory.context import RunRef, Stage, get_logger, run_stage
 from lora_factory.home import home_of, run_store_for
 from lora_factory.report_decision import with_decision
+from training.save import MODEL_CARD_NAME
 
 from ._prefect import stage_task
 
@@ -94,6 +96,17 @@ def _approval(st: Stage, ref: RunRef, decision: GateDecision, concept: str, vers
     return decide(decision.promote, cfg.approval == "required", answer, cfg.on_timeout)
 
 
+def _adapter_folder(st: Stage, tmp: Path) -> Path:
+    """The adapter as it ships: the trainer's files (no sample grids) with the evaluated model
+    card (the scores; evaluate's README.md) in place of the trainer's "not evaluated yet" one."""
+    folder = tmp / "adapter"
+    shutil.copytree(st.input_path(TRAIN_LORA), folder, ignore=shutil.ignore_patterns("samples"))
+    card = st.input_path(EVAL_MODEL_CARD)
+    if card.is_file():
+        shutil.copyfile(card, folder / MODEL_CARD_NAME)
+    return folder
+
+
 def _export(st: Stage, record: dict[str, Any], facts: dict[str, str], resolution: int | None) -> dict[str, str]:
     """Copy a promoted version to the configured targets; returns target -> where."""
     cfg, ecfg = st.config, st.config.deploy.export
@@ -104,18 +117,19 @@ def _export(st: Stage, record: dict[str, Any], facts: dict[str, str], resolution
                          facts["licences"], f"LoRA for {facts['topics']} trained by lora-factory")
         done["loras_dir"] = str(to_loras_folder(lora_dir, Path(ecfg.loras_dir).expanduser(), concept,
                                                 cfg.models.base_family, meta, facts["trigger_word"]))
-    if ecfg.store or ecfg.variant != "none":
-        with tempfile.TemporaryDirectory(prefix="lf-variant-") as tmp:
-            folder = Path(tmp) / "adapter"
-            shutil.copytree(lora_dir, folder, ignore=shutil.ignore_patterns("samples"))
+    if not (ecfg.store or ecfg.variant != "none" or ecfg.hub_repo):
+        return done
+    with tempfile.TemporaryDirectory(prefix="lf-adapter-") as tmp:
+        folder = _adapter_folder(st, Path(tmp))
+        if ecfg.hub_repo:  # before the variants join the folder: the hub gets the adapter only
+            done["hub"] = push_lora(folder, ecfg.hub_repo, hub_token(ecfg.hub_token_env), ecfg.hub_private,
+                                    f"{concept} v{version} by lora-factory")
+        if ecfg.store or ecfg.variant != "none":
             if ecfg.variant == "fp16":
                 fp16_copy(lora_dir, folder / "fp16")
             elif ecfg.variant == "fused":
                 fused_pipeline(lora_dir, cfg.models.base, cfg.models.base_family, home_of(cfg).models, folder / "fused")
             done["store"] = to_store(folder, run_store_for(cfg).store, concept, version, record)
-    if ecfg.hub_repo:
-        done["hub"] = push_lora(lora_dir, ecfg.hub_repo, hub_token(ecfg.hub_token_env), ecfg.hub_private,
-                                f"{concept} v{version} by lora-factory")
     return done
 
 

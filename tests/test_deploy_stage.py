@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_factory.catalog import EVAL_REPORT, EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
+from lora_factory.catalog import EVAL_MODEL_CARD, EVAL_REPORT, EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
 from lora_factory.profiles import load_config
 from lora_factory.report_decision import PENDING, decision_section
 from lora_factory.runstore import DONE
@@ -20,6 +20,7 @@ from lora_factory.schemas import EvalResult
 from .hub_server import fake_hub, go_online
 
 HF_TOKEN = "hf_test_token_0123456789abcdefXYZ"
+EVALUATED_CARD = "# lighthouse\n\n## Evaluation\n\noverall_score 0.30 (evaluate's card)\n"
 
 pytestmark = pytest.mark.e2e
 
@@ -44,6 +45,7 @@ def _run(cfg, tiny_lora: Path, overall: float) -> dict:  # noqa: ANN001 - Factor
         scores={"overall_score": overall, "fidelity_gain": 0.02, "adherence_delta": 0.0, "copy_risk": 0.0}))
     EVAL_REPORT.write(Path(run.store.local_path(f"{run.key}/evaluate")),
                       f"<html><body><h1>eval</h1>{decision_section(None)}</body></html>")
+    EVAL_MODEL_CARD.write(Path(run.store.local_path(f"{run.key}/evaluate")), EVALUATED_CARD)
     run.set_stage("evaluate", DONE)
     record = deploy_task.fn(ref)
     assert json.loads((run.stage_path("deploy") / "decision.json").read_text()) == record
@@ -73,6 +75,7 @@ def test_deploy_stage_promotes_then_rejects(tiny_lora: Path, model_cache: Path, 
         first = _run(cfg, tiny_lora, 0.30)
     assert first["exports"]["hub"].startswith(f"{hub_url}/me/lighthouse/commit/")
     assert {"pytorch_lora_weights.safetensors", "README.md"} <= set(hub.files)
+    assert hub.files["README.md"] == EVALUATED_CARD.encode()  # the card with the scores, not the trainer's
     assert first["verdict"] == "promoted" and first["concept"] == "lighthouse"
     assert first["aliases"] == ["candidate", "champion"] and first["suggestion"] is None
     assert "skipped: portability" in first["reason"] and first["approval"]["status"] == "not_required"
