@@ -67,6 +67,17 @@ def close_runners() -> None:
         _runners.clear()
 
 
+def run_batch(fn: Callable[[B], R], batch: B, torch_threads: int | None) -> R:
+    """On a worker: ``fn(batch)`` with torch's intra-op threads set as configured (their count
+    changes the order of float sums, so the last bits of an embedding)."""
+    if torch_threads is not None:
+        import torch
+
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+    return fn(batch)
+
+
 def dask_map(cfg: RuntimeConfig) -> Mapper:
     """A mapper that runs each batch on the cluster and returns the results in batch order."""
 
@@ -74,7 +85,7 @@ def dask_map(cfg: RuntimeConfig) -> Mapper:
         if not batches:
             return []
         client = dask_runner(cfg).client
-        futures = [client.submit(fn, b, pure=False) for b in batches]
+        futures = [client.submit(run_batch, fn, b, cfg.dask_torch_threads, pure=False) for b in batches]
         return client.gather(futures)
 
     return run

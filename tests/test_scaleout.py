@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lora_factory.config import RuntimeConfig
 from lora_factory.profiles import load_config
@@ -22,7 +23,8 @@ from tasks.label.task import load_models as label_models
 from .curate_demo_items import demo_items
 
 PER_KIND = 2
-DASK = RuntimeConfig(executor="dask", dask_workers=2, batch_items=4)
+# The workers use as many torch threads as this process, so even the floats' last bits agree.
+DASK = RuntimeConfig(executor="dask", dask_workers=2, batch_items=4, dask_torch_threads=torch.get_num_threads())
 
 
 def _files(folder: Path) -> dict[str, bytes]:
