@@ -176,3 +176,14 @@ def extract_features(paths: list[Path], exact: bool = True) -> ImageFeatures:
             continue
         fb.add(i, img, rotated, exact)
     return fb.build()
+
+
+def concat_features(parts: list[ImageFeatures]) -> ImageFeatures:
+    """The rows of ``parts`` one after another (batches measured apart, e.g. on other workers)."""
+    if not parts:
+        return FeatureBuilder(0).build()
+    arrays = {k: np.concatenate([getattr(p, k) for p in parts]) for k in (
+        "ok", "width", "height", "exif_rotated", "encode_quality", "laplacian_var", "brightness", "dark_fraction",
+        "bright_fraction", "contrast", "entropy", "phash", "dhash")}
+    return ImageFeatures(error=[e for p in parts for e in p.error],
+                         pixel_sha256=[h for p in parts for h in p.pixel_sha256], **arrays)

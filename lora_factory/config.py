@@ -533,6 +533,22 @@ class ServerConfig(Section):
     start_timeout_s: float = Field(180.0, gt=0)
 
 
+class RuntimeConfig(Section):
+    """Where the per-item batches of curate (decode, hash, embed), label (captions, re-ranking
+    embeddings) and evaluate run: ``local`` in the stage's process, ``dask`` on a Dask cluster
+    (prefect-dask). Outputs are identical either way, so no stage's cache key reads this."""
+
+    executor: Literal["local", "dask"] = "local"
+    # tcp://host:8786: an existing Dask scheduler. None: a local cluster of dask_workers processes.
+    dask_address: str | None = None
+    dask_workers: int = Field(2, ge=1)
+    dask_threads_per_worker: int = Field(1, ge=1)
+    batch_items: int = Field(64, ge=1)  # images per mapped batch (rounded to the model's batch size)
+    # torch's threads in each worker; None: Dask's 1 per worker thread. Float results (embeddings)
+    # are bit-identical to the in-process run when this equals its count (torch.get_num_threads()).
+    dask_torch_threads: int | None = Field(None, ge=1)
+
+
 class ServeConfig(Section):
     """``lora-factory serve``: the HTTP service of each concept's ``champion`` LoRA and the
     feedback store. The bearer token of the feedback and admin routes is read from the environment
@@ -592,6 +608,7 @@ class FactoryConfig(Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("profile")
     @classmethod

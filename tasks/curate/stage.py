@@ -22,7 +22,7 @@ import numpy as np
 
 from datatools import image_dedup
 from datatools.dedup import hamming, resolve_chains
-from datatools.features import FeatureBuilder, ImageFeatures, extract_features
+from datatools.features import FeatureBuilder, ImageFeatures, concat_features, extract_features
 from lora_factory.catalog import (
     CRAWL_ITEMS,
     CURATE_DATASET,
@@ -36,6 +36,7 @@ from lora_factory.catalog_formats import EmbeddingSet
 from lora_factory.config import CurateConfig
 from lora_factory.errors import StageError
 from lora_factory.manifest import decision
+from lora_factory.scaleout import Mapper, aligned_size, chunks
 
 from .._text import candidate_text, raw_texts
 from . import balance, text
@@ -57,6 +58,10 @@ class CurateModels:
     text_ref: str | None = None
     clip: Any | None = None  # lora_factory.models.ClipScorer
     clip_ref: str | None = None
+    # runtime.executor: dask: decode, hash and embed in batches on the cluster (None: in process)
+    map_batches: Mapper | None = None
+    cache_dir: Path | None = None  # where the workers load the models from
+    batch_items: int = 64
 
 
 @dataclass
@@ -132,19 +137,35 @@ class _Decisions:
         self.filter_reason[name] = reason
 
 
-def _measure(items: list[dict[str, Any]], paths: list[Path], cfg: CurateConfig,
-             models: CurateModels) -> tuple[ImageFeatures, np.ndarray | None]:
+def measure_files(paths: list[Path], exact: bool, clip: Any | None, batch_size: int
+                  ) -> tuple[ImageFeatures, np.ndarray | None]:
     """Decode every image once: pixel measures, and CLIP image embeddings when a model is given."""
-    if models.clip is None:
-        return extract_features(paths, cfg.exact_dedup), None
-    fb = FeatureBuilder(len(items))
+    if clip is None:
+        return extract_features(paths, exact), None
+    fb = FeatureBuilder(len(paths))
 
     def on_decoded(i: int, img: Any, rotated: bool) -> None:
-        fb.add(i, img, rotated, cfg.exact_dedup)
+        fb.add(i, img, rotated, exact)
 
-    emb, _ = embed_image_files(models.clip, paths, batch_size=cfg.clip_batch_size,
-                               on_decoded=on_decoded, on_error=fb.fail)
+    emb, _ = embed_image_files(clip, paths, batch_size=batch_size, on_decoded=on_decoded, on_error=fb.fail)
     return fb.build(), emb
+
+
+def _measure(paths: list[Path], cfg: CurateConfig, models: CurateModels) -> tuple[ImageFeatures, np.ndarray | None]:
+    """In process, or in batches over ``models.map_batches`` (aligned to CLIP's batches)."""
+    if models.map_batches is None:
+        return measure_files(paths, cfg.exact_dedup, models.clip, cfg.clip_batch_size)
+    from .batches import MeasureBatch, measure_batch
+
+    clip_ref = models.clip_ref if models.clip is not None else None
+    size = aligned_size(models.batch_items, cfg.clip_batch_size)
+    specs = [MeasureBatch([str(paths[i]) for i in r], cfg.exact_dedup, clip_ref, str(models.cache_dir),
+                          cfg.clip_batch_size) for r in chunks(len(paths), size)]
+    parts = models.map_batches(measure_batch, specs)
+    features = concat_features([f for f, _ in parts])
+    if clip_ref is None:
+        return features, None
+    return features, np.concatenate([e for _, e in parts]) if parts else np.zeros((0, models.clip.dim), np.float32)
 
 
 def curate_items(
@@ -158,7 +179,7 @@ def curate_items(
     models = models or CurateModels()
     n = len(items)
     ids = [it["item_id"] for it in items]
-    f, img_emb = _measure(items, [crawl_dir / it["image_path"] for it in items], cfg, models)
+    f, img_emb = _measure([crawl_dir / it["image_path"] for it in items], cfg, models)
     rank = quality_rank(items, f)
     st = _Decisions(items)
     notes: list[str] = []

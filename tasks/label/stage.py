@@ -39,6 +39,7 @@ from lora_factory.llm_client import ChatClient
 from lora_factory.manifest import decision
 from lora_factory.schemas import CaptionStats
 
+from .batches import RERANK_BATCH, LabelBatches
 from .candidates import (
     Candidate,
     ItemCandidates,
@@ -75,6 +76,7 @@ class LabelModels:
     keyword_tagger: KeywordTagger | None = None  # the offline fallback
     vlm: ChatClient | None = None
     notes: list[str] = field(default_factory=list)  # said at the top of the report and in the log
+    batches: LabelBatches | None = None  # runtime.executor: dask: captions and CLIP rows on the cluster
 
 
 @dataclass
@@ -103,7 +105,7 @@ def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
         timings[step] = timings.get(step, 0.0) + time.perf_counter() - started
 
 
-def _embed_image_files(clip: Any, paths: list[Path], batch_size: int = 32) -> np.ndarray:
+def embed_image_files(clip: Any, paths: list[Path], batch_size: int = RERANK_BATCH) -> np.ndarray:
     """CLIP rows for image files, opened a batch at a time."""
     from PIL import Image
 
@@ -122,9 +124,11 @@ def gather_candidates(items: list[dict[str, Any]], crawl_dir: Path, cfg: LabelCo
     """Every item's candidates, scored by CLIP when re-ranking is on."""
     ics = page_candidates(items, cfg.caption_sources, cfg.max_caption_words)
     paths = [crawl_dir / it["image_path"] for it in items]
-    if "captioner" in cfg.caption_sources and models.captioner is not None and items:
+    if "captioner" in cfg.caption_sources and (models.captioner is not None or models.batches is not None) and items:
         with _timed(timings, "captioner"):
-            texts = captioner_captions(paths, models.captioner, cfg.captioner_batch_size, cfg.captioner_max_new_tokens)
+            texts = (models.batches.captions(paths, cfg.captioner_batch_size, cfg.captioner_max_new_tokens)
+                     if models.batches else captioner_captions(paths, models.captioner, cfg.captioner_batch_size,
+                                                               cfg.captioner_max_new_tokens))
         add_model_candidates(ics, "captioner", list(texts), cfg.max_caption_words)
     if "vlm" in cfg.caption_sources and models.vlm is not None and items:
         with _timed(timings, "vlm"):
@@ -135,7 +139,9 @@ def gather_candidates(items: list[dict[str, Any]], crawl_dir: Path, cfg: LabelCo
     if cfg.rerank and models.clip is not None:
         with _timed(timings, "rerank"):
             scored = [ic for ic in ics if ic.candidates]
-            emb = _embed_image_files(models.clip, [crawl_dir / ic.item["image_path"] for ic in scored])
+            image_paths = [crawl_dir / ic.item["image_path"] for ic in scored]
+            emb = (models.batches.image_embeddings(image_paths) if models.batches
+                   else embed_image_files(models.clip, image_paths))
             score_candidates(scored, emb, models.clip.embed_texts)
     return ics
 

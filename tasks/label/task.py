@@ -20,9 +20,11 @@ from lora_factory.config import FactoryConfig
 from lora_factory.context import RunRef, Stage, run_stage
 from lora_factory.home import home_of
 from lora_factory.llm_client import ChatClient, ResponseCache
+from lora_factory.scaleout import mapper_for
 from lora_factory.secrets import redact
 
 from .._prefect import stage_task
+from .batches import LabelBatches
 from .doctor import run_doctor
 from .keywords import KeywordTagger
 from .stage import STAGE, LabelModels, LabelResult, run_label
@@ -69,13 +71,22 @@ def load_models(cfg: FactoryConfig) -> LabelModels:
         embedder = load_text_embedder(cfg.models.text_embedder, cache)
         keyword = KeywordTagger(lambda texts: embedder.encode(texts, batch_size=128, normalize_embeddings=True,
                                                               show_progress_bar=False))
+    batches = _batches(cfg, cache)  # with it, the captioner is loaded on the workers only
     return LabelModels(
-        captioner=load_captioner(cfg.models.captioner, cache) if "captioner" in lc.caption_sources else None,
+        captioner=load_captioner(cfg.models.captioner, cache) if "captioner" in lc.caption_sources and not batches
+        else None,
         clip=load_clip_scorer(cfg.models.clip_scorer, cache) if lc.rerank else None,
         budget=tokenizer_budget(resolve_ref(cfg.models.base, "base", cache), lc.max_tokens),
         tag_chat=chat, tag_source=source, tag_workers=workers, keyword_tagger=keyword,
         vlm=ChatClient(lc.vlm, llm_cache, seed=cfg.seed) if "vlm" in lc.caption_sources else None,
-        notes=random_model_notes(cfg))
+        notes=random_model_notes(cfg), batches=batches)
+
+
+def _batches(cfg: FactoryConfig, cache: Path) -> LabelBatches | None:
+    mapper = mapper_for(cfg.runtime)
+    if mapper is None:
+        return None
+    return LabelBatches(mapper, cfg.models.captioner, cfg.models.clip_scorer, cache, cfg.runtime.batch_items)
 
 
 def metrics(result: LabelResult) -> dict[str, float]:
