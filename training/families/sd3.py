@@ -30,6 +30,7 @@ class SD3(FlowFamily):
     modelspec_architecture = "stable-diffusion-v3-medium/lora"
     modelspec_implementation = "https://github.com/Stability-AI/sd3.5"
     kohya_base_version = "sd3"
+    unloadable_encoders: tuple[str, ...] = ("text_encoder_3",)  # T5-XXL
     max_t5_tokens = 256  # diffusers' SD3 pipeline and trainers default
 
     def max_sequence_length(self, pipe: Any) -> int:
