@@ -19,7 +19,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     ("args", "expected"),
     [
         (["run", "--topics", " , "], "error: no topics given: pass at least one"),
-        (["run", "-t", "fox", "--profile", "nope"], "error: unknown profile 'nope': choose one of flux, sd15, sdxl, tiny, tiny-flux"),
+        (["run", "-t", "fox", "--profile", "nope"], "error: unknown profile 'nope': choose one of flux, sd15, sd3, sdxl, tiny, tiny-flux, tiny-sd3"),
         (["run", "-t", "fox", "--set", "train.rank=zero"], "error: config error in profile 'tiny' with overrides: train.rank: Input should be a valid integer"),
         (["run", "-t", "fox", "--tracking-uri", "http://127.0.0.1:9"], "error: tracking server http://127.0.0.1:9 does not answer"),
         (["run", "-t", "fox", "--store", "{home}/file/sub"], "is not writable"),

@@ -51,7 +51,7 @@ def test_bad_values_are_one_line_with_the_dotted_key(overrides, env, expected) -
 
 
 def test_unknown_profile_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown profile 'nope': choose one of flux, sd15, sdxl, tiny, tiny-flux"):
+    with pytest.raises(ConfigError, match="unknown profile 'nope': choose one of flux, sd15, sd3, sdxl, tiny, tiny-flux, tiny-sd3"):
         load_config("nope", environ={})
 
 

@@ -21,7 +21,8 @@ def _pipeline_dir(root: Path, class_name: str) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("ref", "family"), [("tiny:sd", "sd15"), ("tiny:sdxl", "sdxl"), ("tiny:flux", "flux")])
+@pytest.mark.parametrize(("ref", "family"), [("tiny:sd", "sd15"), ("tiny:sdxl", "sdxl"), ("tiny:flux", "flux"),
+                                             ("tiny:sd3", "sd3")])
 def test_a_tiny_base_model_names_its_family_without_being_built(ref: str, family: str, tmp_path: Path) -> None:
     assert detect_family(ref, tmp_path / "models") == family
     assert not (tmp_path / "models").exists()

@@ -171,3 +171,27 @@ def test_a_sigkilled_flux_run_resumes_to_the_same_weights(model_cache: Path, tmp
     assert summary == {"resumed_from": 3, "steps": 8}
     a, b = lora_tensors(tmp_path / "out"), lora_tensors(tmp_path / "ref")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_evaluators_key_check_takes_both_flux_files_and_flags_a_squeezed_fused_layer(
+        model_cache: Path, tmp_path: Path) -> None:
+    """The evaluator checks every module against the base: the diffusers file by the transformer's
+    module paths, the kohya file by sd-scripts' names (a fused layer's summed width)."""
+    from safetensors.torch import load_file, save_file
+
+    from tasks.evaluate.portability import check_keys
+
+    pipe = _adapted(model_cache, list(family_for("flux").default_targets), alpha=4.0)
+    save_lora(pipe, tmp_path)
+    peft = {f"{c}.{k}": v for c, s in lora_state(pipe).items() for k, v in s.items()}
+    save_kohya(peft, tmp_path / KOHYA_WEIGHT_NAME, family_for("flux"), 4, 4.0, {"resolution": 64})
+    base = load_pipeline("tiny:flux", None, model_cache)
+    for name in (LORA_WEIGHT_NAME, KOHYA_WEIGHT_NAME):
+        report = check_keys(base, "flux", tmp_path / name)
+        assert report.ok, (name, report.line())
+    kohya = load_file(str(tmp_path / KOHYA_WEIGHT_NAME))
+    key = "lora_unet_single_blocks_0_linear1.lora_up.weight"
+    kohya[key] = kohya[key][:-1].contiguous()
+    save_file(kohya, str(tmp_path / "squeezed.safetensors"))
+    report = check_keys(base, "flux", tmp_path / "squeezed.safetensors")
+    assert report.shapes and "linear1" in report.shapes[0]

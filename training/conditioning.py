@@ -4,6 +4,7 @@ feature cache when the encoders are frozen."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ class Conditioner:
         self.latent_cache, self.text_cache = latent_cache, text_cache
         self.text_trainable = text_trainable
         self.vae_encodes = 0  # images that went through the VAE (the cache test counts them)
+        self.unloaded: tuple[str, ...] = ()  # text encoders freed after caching (unload_encoders)
 
     # Latents ------------------------------------------------------------------------------------
     def _encode_moments(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,10 @@ class Conditioner:
     # Prompts ------------------------------------------------------------------------------------
     def prompt(self, samples: list[Sample]) -> Prompt:
         """The family's prompt tensors for the batch's captions (cached per caption when frozen)."""
-        captions = [s.caption for s in samples]
+        return self.texts([s.caption for s in samples])
+
+    def texts(self, captions: list[str]) -> Prompt:
+        """``prompt`` for caption strings."""
         if self.text_trainable:
             return self.family.encode_prompt(self.pipe, captions, self.device)
         hits = []
@@ -81,9 +86,33 @@ class Conditioner:
             hits.append(hit)
         return {name: torch.stack([h[name] for h in hits]).to(self.device) for name in hits[0]}
 
+    def unload_encoders(self, captions: list[str]) -> tuple[str, ...]:
+        """Cache every caption the run can see, then free the family's big encoders (T5-XXL for
+        Flux and SD3): the steps read the cache only. Only with the text cache on; the freed
+        memory goes back to the allocator (``del`` + ``gc``), so a GPU run fits a smaller card."""
+        if self.text_cache.folder is None or not self.family.unloadable_encoders:
+            return ()
+        for caption in dict.fromkeys([*captions, ""]):  # "": caption dropout, the negative prompt
+            self.texts([caption])
+        for name in self.family.unloadable_encoders:
+            setattr(self.pipe, name, None)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.unloaded = self.family.unloadable_encoders
+        return self.unloaded
+
+    def pipeline_prompt(self, prompts: list[str]) -> dict[str, Any]:
+        """The pipeline call's prompt arguments: the text, or (encoders unloaded) the cached
+        embeddings of the prompts and of the empty negative prompt."""
+        if not self.unloaded:
+            return {"prompt": prompts}
+        negative = self.texts([""] * len(prompts))
+        return self.family.embeds_kwargs(self.texts(prompts), negative)
+
     def report(self) -> dict[str, Any]:
         return {"latents": self.latent_cache.stats(), "text": self.text_cache.stats(),
-                "vae_encodes": self.vae_encodes}
+                "vae_encodes": self.vae_encodes, "unloaded_encoders": list(self.unloaded)}
 
 
 def make_conditioner(pipe: Any, family: ModelFamily, cfg: TrainConfig, device: torch.device,

@@ -27,6 +27,8 @@ _PREFIXES = {
     "sd15": (("text_encoder.", "lora_te_"), ("unet.", "lora_unet_")),
     "sdxl": (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_"), ("unet.", "lora_unet_")),
     "flux": (("text_encoder.", "lora_te1_"),),  # the transformer's names: families.flux
+    # sd-scripts' SD3 prefixes; no SD3 kohya file is written yet (families.sd3), these name the layers.
+    "sd3": (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_"), ("transformer.", "lora_unet_")),
 }
 
 

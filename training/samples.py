@@ -18,11 +18,12 @@ def image_grid(images: list[Image.Image], cols: int) -> Image.Image:
     return grid
 
 
-def render_samples(pipe: Any, prompts: list[str], seed: int, steps: int, resolution: int,
+def render_samples(pipe: Any, prompt_args: dict[str, Any], seed: int, steps: int, resolution: int,
                    device: torch.device, path: Path, **call_kwargs: Any) -> Path:
     """One image per prompt, prompt ``i`` from seed ``seed + i``, so every grid of a run shows
     the same noise and only the adapter changes. The caller's random state is left alone and the
-    denoiser's train/eval mode restored. ``call_kwargs``: the family's extra pipeline arguments."""
+    denoiser's train/eval mode restored. ``prompt_args``: ``{"prompt": [...]}`` or the prompts'
+    embeddings (``Conditioner.pipeline_prompt``); ``call_kwargs``: the family's extra arguments."""
     from .families import denoiser_of
 
     denoiser = denoiser_of(pipe)
@@ -31,8 +32,9 @@ def render_samples(pipe: Any, prompts: list[str], seed: int, steps: int, resolut
     pipe.set_progress_bar_config(disable=True)
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            gens = [torch.Generator(device).manual_seed(seed + i) for i in range(len(prompts))]
-            images = pipe(prompt=prompts, num_inference_steps=steps, generator=gens, height=resolution,
+            count = len(prompt_args["prompt"]) if "prompt" in prompt_args else len(prompt_args["prompt_embeds"])
+            gens = [torch.Generator(device).manual_seed(seed + i) for i in range(count)]
+            images = pipe(**prompt_args, num_inference_steps=steps, generator=gens, height=resolution,
                           width=resolution, output_type="pil", **call_kwargs).images
     finally:
         denoiser.train(was_training)

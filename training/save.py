@@ -34,7 +34,7 @@ def write_training_args(out_dir: Path, args: dict[str, Any]) -> None:
 
 
 def save_adapter(pipe: Any, family: ModelFamily, job: TrainJob, data: TrainData, result: TrainResult, device: torch.device,
-                 world_size: int, sample_prompts: list[str]) -> None:
+                 world_size: int, sample_prompt: dict[str, Any]) -> None:
     """Write the adapter folder: the weights in both formats, the run's facts
     (``training_args.json``, also the kohya file's metadata), a sample grid and the model card."""
     cfg, out_dir = job.train, job.out_dir
@@ -58,7 +58,7 @@ def save_adapter(pipe: Any, family: ModelFamily, job: TrainJob, data: TrainData,
     write_training_args(out_dir, info)
     grid_name = None
     if cfg.sample_every:
-        render_samples(pipe, sample_prompts, cfg.sample_seed, cfg.sample_steps, cfg.resolution, device,
+        render_samples(pipe, sample_prompt, cfg.sample_seed, cfg.sample_steps, cfg.resolution, device,
                        out_dir / SAMPLE_GRID_NAME, **family.inference_kwargs(pipe))
         grid_name = SAMPLE_GRID_NAME
     card = job.card

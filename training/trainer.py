@@ -81,13 +81,18 @@ def train_lora(job: TrainJob, *, on_step: OnStep | None = None,
     model = Model(pipe, family, family.noise_scheduler(pipe), cond, device, weight_dtype)
     # Data: buckets on the model's grid, the held-out split, class images (before the LoRAs exist).
     data = build_data(job, pipe, family, world, device)
+    sample_prompts = cfg.sample_prompts or sorted({r.caption for r in data.records})[:4]
+    with model.autocast():  # the embeddings as a step would compute them
+        unloaded = cond.unload_encoders(all_captions(data, sample_prompts))
+    if unloaded:
+        log.info("text embeddings cached; %s unloaded", ", ".join(unloaded))
     # LoRAs, optimizer, schedule, data order: the loop's state, fresh or from the latest checkpoint.
     named = add_trainable_loras(pipe, cfg, job.seed, family)
     state = fresh_state(job, named, data, world, device, weight_dtype,
                         [*builtin_callbacks(cfg, on_step if world.is_main else None), *(callbacks or [])])
     resumed_from = resume(state, job, world)
 
-    loop = _Loop(job, model, data, state, world)
+    loop = _Loop(job, model, data, state, world, sample_prompts)
     stop = loop.run()
     _end(stop, job, state, loop.view)
 
@@ -96,9 +101,16 @@ def train_lora(job: TrainJob, *, on_step: OnStep | None = None,
                          stopped_early=stop.reason if stop else None, best_step=state.best_step,
                          val_loss=state.val_loss, buckets=data.bucket_counts(), cache=cond.report())
     if world.is_main:  # one writer; the other ranks hold identical weights
-        save_adapter(pipe, family, job, data, result, device, world.size, loop.sample_prompts)
+        save_adapter(pipe, family, job, data, result, device, world.size, cond.pipeline_prompt(sample_prompts))
     barrier(world)
     return result.model_copy(update={"seconds": time.perf_counter() - started})
+
+
+def all_captions(data: TrainData, sample_prompts: list[str]) -> list[str]:
+    """Every caption a step, a validation or a sample grid can encode: the records', the
+    class prompt's and the sample prompts (the conditioner adds the empty one)."""
+    class_captions = [r.caption for r in data.class_images.records] if data.class_images is not None else []
+    return [*(r.caption for r in data.records), *class_captions, *sample_prompts]
 
 
 def _end(stop: Stop | None, job: TrainJob, state: LoopState, view: TrainState) -> None:
@@ -142,12 +154,13 @@ class _Loop:
     """The steps and what follows each: the loss history, callbacks, validation, sample grids,
     stop requests and checkpoints."""
 
-    def __init__(self, job: TrainJob, model: Model, data: TrainData, state: LoopState, world: World) -> None:
+    def __init__(self, job: TrainJob, model: Model, data: TrainData, state: LoopState, world: World,
+                 sample_prompts: list[str]) -> None:
         self.job, self.cfg, self.model, self.data, self.state, self.world = job, job.train, model, data, state, world
         self.view = TrainState(step=state.step, max_steps=self.cfg.max_steps, checkpoint_dir=job.checkpoint_dir,
                                _scale_lr=lambda f: scale_lr(state.lr_scheduler, state.optimizer, f))
         self.samples_dir = Path(job.samples_dir or job.out_dir / "samples")
-        self.sample_prompts = self.cfg.sample_prompts or sorted({r.caption for r in data.records})[:4]
+        self.sample_prompts = sample_prompts
         self.validation_every = self.cfg.validation_every or self.cfg.checkpoint_every or self.cfg.max_steps
 
     def run(self) -> Stop | None:
@@ -184,8 +197,9 @@ class _Loop:
             state.callbacks.on_validation(self.view, state.val_loss)
             self._update_best(state.val_loss)
         if cfg.sample_every and step % cfg.sample_every == 0 and self.world.is_main:
-            grid = render_samples(self.model.pipe, self.sample_prompts, cfg.sample_seed, cfg.sample_steps,
-                                  cfg.resolution, self.model.device, self.samples_dir / f"step-{step:06d}.png",
+            grid = render_samples(self.model.pipe, self.model.cond.pipeline_prompt(self.sample_prompts),
+                                  cfg.sample_seed, cfg.sample_steps, cfg.resolution, self.model.device,
+                                  self.samples_dir / f"step-{step:06d}.png",
                                   **self.model.family.inference_kwargs(self.model.pipe))
             state.callbacks.on_sample(self.view, grid)
         stop = state.callbacks.should_stop(self.view)

@@ -7,7 +7,6 @@ seconds, so moving ``champion`` takes effect without a restart; the old version 
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +18,6 @@ from lora_factory.errors import FactoryError
 from lora_factory.names import short_hash
 
 from .champion import Champion
-
-FAMILIES = {"StableDiffusionPipeline": "sd15", "StableDiffusionXLPipeline": "sdxl"}
 
 
 class BaseMismatchError(FactoryError):
@@ -34,21 +31,16 @@ class Image:
     png: bytes
 
 
-def family_of(pipeline_dir: Path) -> str:
-    """sd15 or sdxl, from the pipeline folder's own ``model_index.json``."""
-    index = json.loads((pipeline_dir / "model_index.json").read_text(encoding="utf-8"))
-    return FAMILIES.get(index.get("_class_name", ""), "sd15")
-
-
 def adapter_name(concept: str, version: str) -> str:
     """A PEFT adapter name: a valid module attribute, distinct per concept and version."""
     return f"c{short_hash(concept)}_v{version}"
 
 
 def load_base(ref: str, cache_dir: Path, device: str) -> Any:
-    from lora_factory.models import load_pipeline, resolve_ref
+    from lora_factory.models import load_pipeline
 
-    pipe = load_pipeline(ref, family_of(resolve_ref(ref, "base", cache_dir)), cache_dir, device=device)  # type: ignore[arg-type]
+    # The family (sd15, sdxl, flux, sd3) is read from the model's model_index.json by the loader.
+    pipe = load_pipeline(ref, None, cache_dir, device=device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

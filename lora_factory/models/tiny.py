@@ -22,6 +22,7 @@ from lora_factory.models.tiny_diffusion import SD15_CONFIG, SDXL_CONFIG, build_s
 from lora_factory.models.tiny_dino import DINO_CONFIG, build_dino
 from lora_factory.models.tiny_flux import FLUX_CONFIG, build_flux
 from lora_factory.models.tiny_safety import SAFETY_CONFIG, build_safety
+from lora_factory.models.tiny_sd3 import SD3_CONFIG, build_sd3
 from lora_factory.models.tiny_tagger import TAGGER_CONFIG, build_tagger
 
 # Bump when a builder changes in a way its config does not show.
@@ -47,6 +48,8 @@ TINY_MODELS: dict[str, TinyModel] = {
         TinyModel("sd", build_sd15, SD15_CONFIG, "Stable Diffusion 1.5 pipeline", "StableDiffusionPipeline"),
         TinyModel("sdxl", build_sdxl, SDXL_CONFIG, "Stable Diffusion XL pipeline", "StableDiffusionXLPipeline"),
         TinyModel("flux", build_flux, FLUX_CONFIG, "FLUX.1-dev pipeline (flow matching)", "FluxPipeline"),
+        TinyModel("sd3", build_sd3, SD3_CONFIG, "Stable Diffusion 3.5 Medium pipeline (flow matching)",
+                  "StableDiffusion3Pipeline"),
         TinyModel("clip", build_clip, CLIP_CONFIG, "open_clip ViT CLIP model"),
         TinyModel("dinov2", build_dino, DINO_CONFIG, "DINOv2 image encoder (transformers Dinov2Model)"),
         TinyModel("captioner", build_captioner, CAPTIONER_CONFIG, "BLIP image captioner"),

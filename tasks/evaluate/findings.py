@@ -50,14 +50,19 @@ LORA_SUFFIXES = {".lora_A.weight": "down", ".lora_B.weight": "up", ".lora.down.w
 def lora_modules(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
     """Module -> {"down", "up", "alpha"} from a PEFT (lora_A/B), diffusers (lora.down/up) or kohya
     (lora_down/up) file, and the file's metadata."""
-    modules: dict[str, dict[str, torch.Tensor]] = {}
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
-        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-            suffix = next((s for s in LORA_SUFFIXES if key.endswith(s)), None)
-            if suffix is not None:
-                modules.setdefault(key[: -len(suffix)], {})[LORA_SUFFIXES[suffix]] = f.get_tensor(key).float()
-    return modules, meta
+        return group_modules({key: f.get_tensor(key) for key in f.keys()}), meta  # noqa: SIM118
+
+
+def group_modules(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """LoRA tensors by module: ``{"down", "up", "alpha"}`` (other tensors ignored)."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        suffix = next((s for s in LORA_SUFFIXES if key.endswith(s)), None)
+        if suffix is not None:
+            modules.setdefault(key[: -len(suffix)], {})[LORA_SUFFIXES[suffix]] = value.float()
+    return modules
 
 
 def _peft_scales(meta: dict[str, str]) -> dict[str, float]:

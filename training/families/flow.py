@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from lora_factory.errors import StageError
 
 from ..losses import sample_noise
-from . import Noised
+from . import Noised, Prompt
 
 WEIGHTING = "none"
 
@@ -51,6 +51,7 @@ class FlowFamily:
     denoiser = "transformer"
     text_encoder_loras: tuple[str, ...] = ("text_encoder",)
     modelspec_prediction = "flow"
+    unloadable_encoders: tuple[str, ...] = ()
     patch = 2  # latent pixels per transformer token side
 
     def noise_scheduler(self, pipe: Any) -> Any:
@@ -81,3 +82,8 @@ class FlowFamily:
         weights = compute_loss_weighting_for_sd3(WEIGHTING, noised.timesteps)
         per_sample = F.mse_loss(prediction.float(), noised.target.float(), reduction="none")
         return (per_sample.mean(dim=list(range(1, per_sample.ndim))) * weights).mean()
+
+    def embeds_kwargs(self, prompt: Prompt, negative: Prompt) -> dict[str, Any]:
+        """Flux and SD3 pipelines take the same names (Flux reads the negatives only for true CFG)."""
+        return {"prompt_embeds": prompt["hidden"], "pooled_prompt_embeds": prompt["pooled"],
+                "negative_prompt_embeds": negative["hidden"], "negative_pooled_prompt_embeds": negative["pooled"]}

@@ -126,6 +126,7 @@ class Flux(FlowFamily):
     modelspec_architecture = "flux-1-dev/lora"
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
     kohya_base_version = "flux1"
+    unloadable_encoders: tuple[str, ...] = ("text_encoder_2",)  # T5-XXL
 
     def max_sequence_length(self, pipe: Any) -> int:
         return min(int(pipe.tokenizer_2.model_max_length), MAX_T5_TOKENS)

@@ -4,7 +4,9 @@
 unpacked (the transformer patches them itself). Targets: diffusers'
 ``train_dreambooth_lora_sd3.py`` defaults (attention projections of both streams).
 
-Not done yet: a kohya / ComfyUI key mapping (profiles set ``train.export_kohya: false``).
+Not done yet: a kohya / ComfyUI file (profiles set ``train.export_kohya: false``): diffusers
+0.42 has no converter from sd-scripts' SD3 names, so such a file could not be checked through
+``load_lora_weights``; the diffusers file loads in diffusers and ComfyUI alike.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ class SD3(FlowFamily):
     modelspec_architecture = "stable-diffusion-v3-medium/lora"
     modelspec_implementation = "https://github.com/Stability-AI/sd3.5"
     kohya_base_version = "sd3"
-    max_t5_tokens = 256
+    unloadable_encoders: tuple[str, ...] = ("text_encoder_3",)  # T5-XXL
+    max_t5_tokens = 256  # diffusers' SD3 pipeline and trainers default
+
+    def max_sequence_length(self, pipe: Any) -> int:
+        return min(int(pipe.tokenizer_3.model_max_length), self.max_t5_tokens)
 
     def encode_prompt(self, pipe: Any, captions: list[str], device: torch.device) -> Prompt:
         hidden, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None, device=device,
                                                   do_classifier_free_guidance=False,
-                                                  max_sequence_length=self.max_t5_tokens)
+                                                  max_sequence_length=self.max_sequence_length(pipe))
         return {"hidden": hidden, "pooled": pooled}
 
     def predict(self, pipe: Any, noised: Noised, prompt: Prompt, samples: list[Sample]) -> torch.Tensor:
@@ -47,4 +53,4 @@ class SD3(FlowFamily):
                          "(the diffusers file loads in diffusers and ComfyUI)")
 
     def inference_kwargs(self, pipe: Any) -> dict[str, Any]:
-        return {"max_sequence_length": self.max_t5_tokens}
+        return {"max_sequence_length": self.max_sequence_length(pipe)}

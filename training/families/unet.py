@@ -20,6 +20,7 @@ class UNetFamily:
     denoiser = "unet"
     default_targets: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
     text_encoder_loras: tuple[str, ...] = ("text_encoder", "text_encoder_2")
+    unloadable_encoders: tuple[str, ...] = ()  # CLIP encoders are small: kept
     modelspec_architecture = "stable-diffusion-v1/lora"
     modelspec_implementation = "diffusers"
     modelspec_prediction = "epsilon"
@@ -74,3 +75,6 @@ def token_ids(tokenizer: Any, encoder: Any, captions: list[str], device: torch.d
     max_length = min(int(tokenizer.model_max_length), encoder.config.max_position_embeddings)
     return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True,
                      return_tensors="pt").input_ids.to(device)
+
+    def embeds_kwargs(self, prompt: Prompt, negative: Prompt) -> dict[str, Any]:
+        raise NotImplementedError("the UNet families keep their text encoders (unloadable_encoders is empty)")

@@ -76,6 +76,12 @@ _FLUX_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.a
 _FLUX_LORA = dict(zip(_FLUX_TARGETS, (350208, 350208, 350208, 116736, 116736, 116736, 116736, 116736, 291840,
                                       291840, 291840, 291840, 583680), strict=True))
 _TINY_FLUX_LORA = dict(zip(_FLUX_TARGETS, (128, 128, 128, 64, 64, 64, 64, 64, 160, 160, 160, 160, 160), strict=True))
+_SD3_TARGETS = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
+                "attn.add_v_proj", "attn.to_add_out")
+_SD3_LORA = dict(zip(_SD3_TARGETS, (73728,) * 7 + (70656,), strict=True))
+_TINY_SD3_LORA = dict(zip(_SD3_TARGETS, (128,) * 7 + (64,), strict=True))
+# SD3's CLIP encoders carry their text projection (CLIPTextModelWithProjection); the VAE is Flux's.
+CLIP_L_PROJ, TINY_CLIP_PROJ, TINY_T5_SD3 = 123_650_304, 1_601_696, 147_808
 # q/k/v/out_proj LoRA per rank: layers x 4 projections x (in + out).
 CLIP_L_LORA, OPENCLIP_BIGG_LORA, TINY_CLIP_LORA = 12 * 4 * 1536, 32 * 4 * 2560, 2 * 4 * 64
 
@@ -136,6 +142,28 @@ FAMILIES: dict[str, FamilyRow] = {
             vae_first_channels=8, seconds_per_step=0.3, default_targets=_FLUX_TARGETS,
             denoiser_class="FluxTransformer2DModel",
             note="the factory's tiny random-init FLUX.1-dev (tiny:flux), for CPU runs; activations assumed"),
+        # SD3.5 Medium: counted from its config; activations NOT traced, assumed as Flux's: 24
+        # blocks of a 1536-wide stream over 4096 image + 333 text tokens at 1024 px.
+        FamilyRow(
+            name="sd3", base_family="sd3", architecture="sd3", resolution=1024, min_resolution=512,
+            bucket_step=64, denoiser_params=2_243_171_520,
+            text_encoder_params=CLIP_L_PROJ + OPENCLIP_BIGG + T5_XXL_ENCODER, vae_params=FLUX_VAE,
+            lora_per_rank=_SD3_LORA, text_encoder_lora_per_rank=CLIP_L_LORA + OPENCLIP_BIGG_LORA,
+            activations={("half", False): 12 * GIB, ("half", True): GIB // 2,
+                         ("full", False): 24 * GIB, ("full", True): GIB},
+            vae_first_channels=128, seconds_per_step=1.0, default_targets=_SD3_TARGETS,
+            denoiser_class="SD3Transformer2DModel",
+            note="Stable Diffusion 3.5 Medium (MMDiT 2.2B, CLIP-L + OpenCLIP bigG + T5-XXL encoder 4.8B); "
+                 "activations assumed"),
+        FamilyRow(
+            name="tiny-sd3", base_family="sd3", architecture="tiny-sd3", resolution=64, min_resolution=32,
+            bucket_step=16, denoiser_params=90_368, text_encoder_params=2 * TINY_CLIP_PROJ + TINY_T5_SD3,
+            vae_params=TINY_FLUX_VAE, lora_per_rank=_TINY_SD3_LORA, text_encoder_lora_per_rank=2 * TINY_CLIP_LORA,
+            activations={("half", False): 600_000, ("half", True): 200_000,
+                         ("full", False): 1_200_000, ("full", True): 400_000},
+            vae_first_channels=8, seconds_per_step=0.3, default_targets=_SD3_TARGETS,
+            denoiser_class="SD3Transformer2DModel",
+            note="the factory's tiny random-init SD3.5 Medium (tiny:sd3), for CPU runs; activations assumed"),
     )
 }
 
@@ -159,15 +187,25 @@ def _sdxl_unet() -> dict[str, Any]:
     }
 
 
+def _sd3_medium() -> dict[str, Any]:
+    """stabilityai/stable-diffusion-3.5-medium's transformer/config.json."""
+    return {"sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 24,
+            "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
+            "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "pos_embed_max_size": 384,
+            "dual_attention_layers": tuple(range(13)), "qk_norm": "rms_norm"}
+
+
 def denoiser_config(architecture: str) -> dict[str, Any]:
     """The UNet config ``trace.py`` builds for ``architecture``."""
     from lora_factory.models.tiny_diffusion import SD15_CONFIG, SDXL_CONFIG
     from lora_factory.models.tiny_flux import FLUX_CONFIG
+    from lora_factory.models.tiny_sd3 import SD3_CONFIG
 
     configs = {"sd15": _sd15_unet, "sdxl": _sdxl_unet,
                "tiny-sd15": lambda: dict(SD15_CONFIG["unet"]), "tiny-sdxl": lambda: dict(SDXL_CONFIG["unet"]),
                # FluxTransformer2DModel's defaults are FLUX.1's; the dev model adds the guidance embedding.
-               "flux": lambda: {"guidance_embeds": True}, "tiny-flux": lambda: dict(FLUX_CONFIG["transformer"])}
+               "flux": lambda: {"guidance_embeds": True}, "tiny-flux": lambda: dict(FLUX_CONFIG["transformer"]),
+               "sd3": _sd3_medium, "tiny-sd3": lambda: dict(SD3_CONFIG["transformer"])}
     return configs[architecture]()
 
 

@@ -28,6 +28,10 @@ SOURCES: dict[str, tuple[str, str]] = {
                        "https://github.com/huggingface/diffusers/blob/main/examples/dreambooth/README_flux.md"),
     "kohya-flux": ("kohya-ss/sd-scripts, docs/flux_train_network.md (guidance 1.0, flux_shift sampling)",
                    "https://github.com/kohya-ss/sd-scripts/blob/sd3/docs/flux_train_network.md"),
+    "diffusers-sd3": ("diffusers, examples/dreambooth/README_sd3.md (SD3 / SD3.5 LoRA, logit-normal timesteps)",
+                      "https://github.com/huggingface/diffusers/blob/main/examples/dreambooth/README_sd3.md"),
+    "kohya-sd3": ("kohya-ss/sd-scripts, docs/sd3_train_network.md (SD3.5 LoRA: rank 16, lr 1e-4)",
+                  "https://github.com/kohya-ss/sd-scripts/blob/sd3/docs/sd3_train_network.md"),
     "min-snr": ("Hang et al. 2023, Efficient Diffusion Training via Min-SNR Weighting (gamma 5)",
                 "https://arxiv.org/abs/2303.09556"),
     "offset-noise": ("Crosslabs 2023, Diffusion with Offset Noise", "https://www.crosslabs.org/blog/diffusion-with-offset-noise"),
@@ -79,6 +83,13 @@ PRIORS: dict[str, Prior] = {
     "tiny-flux": Prior(rank=4, alpha_ratio=1.0, learning_rate=1e-3, text_encoder_lr=5e-4, optimizer="adamw",
                        mixed_precision="no", batch_size=2, effective_batch=2, image_repeats_per_epoch=16, epochs=4,
                        min_steps=10, max_steps=200, noise_offset=0.0, sources=("tiny",)),
+    # SD3.5: flow matching like Flux (no offset noise).
+    "sd3": Prior(rank=16, alpha_ratio=1.0, learning_rate=1e-4, text_encoder_lr=5e-5, optimizer="adamw8bit",
+                 mixed_precision="bf16", batch_size=1, effective_batch=4, image_repeats_per_epoch=300, epochs=10,
+                 min_steps=300, max_steps=4000, noise_offset=0.0, sources=("diffusers-sd3", "kohya-sd3", "steps")),
+    "tiny-sd3": Prior(rank=4, alpha_ratio=1.0, learning_rate=1e-3, text_encoder_lr=5e-4, optimizer="adamw",
+                      mixed_precision="no", batch_size=2, effective_batch=2, image_repeats_per_epoch=16, epochs=4,
+                      min_steps=10, max_steps=200, noise_offset=0.0, sources=("tiny",)),
 }
 
 # Task presets as rank multipliers of the family rank (at rank 16: face 16 / object 8 / style 16).
