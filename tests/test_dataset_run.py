@@ -17,7 +17,9 @@ from .doctor_data import shapes
 
 CLI = Path(sys.executable).parent / "lora-factory"
 # A loaded machine can need more than the CLI's 120 s for Prefect's temporary server to start.
-ENV = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}
+def env() -> dict[str, str]:
+    """Read when a test runs: the session's Prefect server (conftest) is set by then."""
+    return {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}
 SUBJECTS = ["a red fox", "a lighthouse", "a sailboat", "an old barn", "a mountain lake", "a city street",
             "a bowl of fruit", "a sleeping cat", "a wooden bridge", "a field of tulips"]
 
@@ -43,7 +45,7 @@ def test_a_factory_run_from_a_folder_records_its_files(tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = subprocess.run([str(CLI), "run", "--dataset", str(tmp_path / "mine"), "--home", str(home),
                              "--set", "doctor.enabled=true", "--set", "doctor.min_images=3"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=ENV)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env())
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = next((home / "runs").iterdir())
     state = json.loads((run_dir / "run.json").read_text())
@@ -87,7 +89,7 @@ def test_a_factory_run_from_a_url_list_records_the_urls(tmp_path: Path) -> None:
             [str(CLI), "run", "-t", "flat shapes", "--home", str(tmp_path / "home"),
              "--set", "crawl.source=urls", "--set", f"crawl.urls_file={tmp_path / 'urls.txt'}",
              "--set", "crawl.allow_loopback=true", "--set", "label.allow_unknown_license=true"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=ENV)
+            cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=env())
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = next((tmp_path / "home" / "runs").iterdir())
     items = pq.read_table(run_dir / "crawl" / "items.parquet").to_pylist()
