@@ -30,10 +30,11 @@ def test_run_with_s3_store(tmp_path: Path, moto_s3: str, s3_bucket: str) -> None
     s3 = boto3.client("s3", endpoint_url=moto_s3)
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             for o in page.get("Contents", [])]
-    run_ids = {k.split("/")[2] for k in keys}
+    run_keys = [k for k in keys if k.startswith(f"{prefix}/runs/")]
+    run_ids = {k.split("/")[2] for k in run_keys}
     assert len(run_ids) == 1
     root = f"{prefix}/runs/{run_ids.pop()}"
-    rel = {k[len(root) + 1:] for k in keys}
+    rel = {k[len(root) + 1:] for k in run_keys}
     for expected in ["run.json", "manifest.parquet", "crawl/items.parquet", "crawl/crawl_stats.json",
                      "curate/report.html", "label/dataset/metadata.jsonl", "tune/train_config.yaml",
                      "train/lora/pytorch_lora_weights.safetensors", "evaluate/eval.json", "deploy/decision.json"]:
@@ -45,5 +46,16 @@ def test_run_with_s3_store(tmp_path: Path, moto_s3: str, s3_bucket: str) -> None
     assert state["store"] == s3_bucket
     manifest = pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=f"{root}/manifest.parquet")["Body"].read()))
     assert "curate_decision" in manifest.column_names and manifest.num_rows > 10
+    # A promoted version is copied to <store>/loras/<concept>/v<version>/ (a random tiny scorer
+    # decides the verdict); a rejected one is not.
+    decision = json.loads(s3.get_object(Bucket=bucket, Key=f"{root}/deploy/decision.json")["Body"].read())
+    exported = {k for k in keys if not k.startswith(f"{prefix}/runs/")}
+    if decision["verdict"] == "promoted":
+        copy = f"{prefix}/loras/cactus/v{decision['version']}"
+        assert {f"{copy}/pytorch_lora_weights.safetensors", f"{copy}/README.md"} <= exported, sorted(exported)
+        card = s3.get_object(Bucket=bucket, Key=f"{copy}/README.md")["Body"].read().decode()
+        assert "model-index" in card and "Not evaluated yet" not in card  # the evaluated card
+    else:
+        assert not exported, sorted(exported)
     # Nothing of the run landed in the local home except caches and scratch.
     assert not (tmp_path / "home" / "runs").exists()
