@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def test_a_missing_postgresql_database_is_one_line() -> None:
 
 WRITER = """
 import sys
+import time
 from deploy.serving.feedback_store import FeedbackStore
 store = FeedbackStore(sys.argv[1])
 i = 0
@@ -141,5 +143,27 @@ def test_every_committed_row_survives_sigkill(store_url: str) -> None:
         with store.engine.connect() as con:
             ids = {r.id for r in con.execute(sa.select(schema.feedback.c.id))}
         assert set(seen) <= ids
+    finally:
+        store.close()
+
+
+def test_the_wal_is_checkpointed_off_the_commit_path(tmp_path: Path) -> None:
+    """Writers never checkpoint (a commit crossing 1,000 log pages would copy and sync the log
+    while every waiting rating waits); the store's background thread moves the log into the
+    database file. Seen from outside: the file grows while nobody else checkpoints."""
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
+    try:
+        with store.engine.connect() as con:
+            assert con.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        before = (tmp_path / "f.db").stat().st_size
+        row = {"generation_id": None, "run_id": "r", "concept": "c", "rating": 4, "comment": "x" * 200,
+               "corrected_caption": None}
+        for _ in range(20):
+            store.add_feedback_many([row] * 100)
+        deadline = time.monotonic() + 120
+        while (tmp_path / "f.db").stat().st_size <= before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (tmp_path / "f.db").stat().st_size > before
+        assert store.count_feedback("c") == 2000
     finally:
         store.close()

@@ -4,7 +4,8 @@ SQLAlchemy over SQLite by default (one file in the home), PostgreSQL by URL. Eve
 committed transaction before the HTTP answer goes out, so an answered request survives a restart
 or a killed server. SQLite runs in WAL mode: readers do not block the writer, and a commit is in
 the database file's log before ``commit()`` returns (``synchronous=NORMAL`` keeps it across a
-killed process; only a power cut could lose the last commits).
+killed process; only a power cut could lose the last commits). Its log is checkpointed by a
+background thread (``wal_checkpoint.py``), never inside a rating's commit.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lora_factory.errors import ConfigError, StoreError
 from lora_factory.secrets import redact_url
 
 from .schema import feedback, generation_images, generations, migrate, safety_blocks, trigger_events
+from .wal_checkpoint import WalCheckpointer
 
 
 def default_url(home: Path) -> str:
@@ -36,6 +38,7 @@ def _sqlite_pragmas(dbapi_con: Any, _record: Any) -> None:
     cur = dbapi_con.cursor()
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA wal_autocheckpoint=0")  # WalCheckpointer does it, off the commit path
     cur.close()
 
 
@@ -79,6 +82,7 @@ class FeedbackStore:
         # busy handler, which sleeps in growing steps while 32 threads race for the file lock.
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = threading.Lock()
+        self._checkpointer: WalCheckpointer | None = None
         if self._sqlite:
             with self.engine.connect() as con:
                 con.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -87,8 +91,13 @@ class FeedbackStore:
         except sa.exc.OperationalError as e:
             raise StoreError(f"feedback store {redact_url(url)} cannot be opened: "
                              f"{str(e.orig).strip().splitlines()[0]}") from e
+        database = self.engine.url.database
+        if self._sqlite and database and database != ":memory:":
+            self._checkpointer = WalCheckpointer(database)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.engine.dispose()
 
     @contextmanager
