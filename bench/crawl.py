@@ -17,8 +17,8 @@ Target (issue 3): >= 200 validated images/s on a 2-core machine.
 (``crawl.urls_file``, a text file), fetched by the factory's url-list crawl (no HTML page, same
 validating pipeline) and by a plain downloader: a thread pool of ``urllib`` GETs of the same list
 with the same concurrency, each body written to a file, nothing checked, in its own process like
-the crawler's. Figures: images/s for both (own duration and wall clock) and ours/plain.
-Target: ratio >= 1.
+the crawler's. Figures: images/s for both (own duration and wall clock) and ours/plain, over
+``--repeats`` alternations (3) with the median ratios. Target: ratio >= 1.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import io
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -161,7 +162,18 @@ def plain_download(urls: list[str], out: str, concurrency: int) -> tuple[int, in
     return len(sizes), sum(sizes), time.perf_counter() - started
 
 
-def crawl_url_list(site: dict[str, tuple[str, bytes]], concurrency: int, timeout_s: float) -> dict:
+def crawl_url_list(site: dict[str, tuple[str, bytes]], concurrency: int, timeout_s: float, repeats: int) -> dict:
+    """``repeats`` alternations of ours and the plain downloader: the figures of each run, and
+    the median ratios (one pair of runs swings with whatever else the machine does)."""
+    runs = [_url_list_once(site, concurrency, timeout_s) for _ in range(repeats)]
+    median = statistics.median
+    return {**runs[-1], "repeats": repeats,
+            "ratio_per_run": [r["ratio"] for r in runs], "ratio_wall_per_run": [r["ratio_wall"] for r in runs],
+            "ratio_median": round(median(r["ratio"] for r in runs), 2),
+            "ratio_wall_median": round(median(r["ratio_wall"] for r in runs), 2)}
+
+
+def _url_list_once(site: dict[str, tuple[str, bytes]], concurrency: int, timeout_s: float) -> dict:
     """The same image list fetched by the url-list crawl and by ``plain_download``, each in its
     own process (the server stays in this one for both)."""
     with tempfile.TemporaryDirectory(prefix="lf-bench-urls-") as tmp, serve(site) as base:
@@ -210,6 +222,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--timeout-s", type=float, default=600.0)
     parser.add_argument("--image-size", default="64x48", help="WxH of every image (default 64x48)")
+    parser.add_argument("--repeats", type=int, default=3, help="--mode urls: alternations of ours and plain")
     args = parser.parse_args()
     width, height = (int(v) for v in args.image_size.lower().split("x"))
 
@@ -218,7 +231,7 @@ def main() -> None:
     site = make_site(args.pages, args.images_per_page, (width, height))
     generate_s = time.perf_counter() - started
     n_images = sum(1 for p in site if p.startswith("/img/"))
-    figures = (crawl_url_list(site, args.concurrency, args.timeout_s) if args.mode == "urls"
+    figures = (crawl_url_list(site, args.concurrency, args.timeout_s, args.repeats) if args.mode == "urls"
                else crawl_site(site, args.pages, args.concurrency, args.timeout_s))
     peak_rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     print(json.dumps({

@@ -21,7 +21,8 @@ def test_the_plain_downloader_stores_every_body_of_the_list(tmp_path: Path) -> N
 
 
 def test_url_list_mode_fetches_the_same_images_both_ways() -> None:
-    figures = crawl_url_list(make_site(3, 2), concurrency=4, timeout_s=120.0)
+    figures = crawl_url_list(make_site(3, 2), concurrency=4, timeout_s=120.0, repeats=2)
     assert figures["urls"] == 6 and figures["images_validated"] == 6 and figures["plain_files"] == 6
     assert figures["pages"] == 0 and figures["finish_reason"] == "finished"  # no HTML page fetched
     assert figures["ratio"] > 0 and figures["plain_images_per_s"] > 0 and figures["images_validated_per_s"] > 0
+    assert len(figures["ratio_per_run"]) == 2 and figures["ratio_median"] > 0
