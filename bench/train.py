@@ -16,7 +16,8 @@ Overhead: three loops train the same LoRA (rank 4, to_q/k/v/out) with the same b
 - ``ours``: ``train_lora`` with a warm feature cache (filled by one run before), logging every
   ``LOG_EVERY`` steps as a real run does.
 
-``tiny_flux``: the same three loops on ``tiny:flux`` (FLUX.1-dev's layout), the bare step being
+``tiny_flux`` and ``midsize_flux_layout`` (FLUX.1's block layout, 4 + 8 blocks of width 384): the
+same three loops on Flux, the bare step being
 diffusers' ``train_dreambooth_lora_flux.py`` one (weighting scheme "none", packed latents and
 image ids, guidance 1.0, flow-matching target ``noise - latents``). Target: ours ≤ 10 % over
 ``bare_in_memory``.
@@ -93,6 +94,23 @@ def build_midsize(cache: Path, out: Path) -> Path:
         block_out_channels=(32, 64, 128, 128), down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, scaling_factor=0.18215)
     pipe.register_modules(unet=pipe.unet, vae=pipe.vae)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_midsize_flux(cache: Path, out: Path) -> Path:
+    """tiny:flux with its transformer replaced by FLUX.1's block layout at reduced size: 4 double-
+    and 8 single-stream blocks (FLUX.1: 19 and 38), 6 heads of 64 (FLUX.1: 24 of 128)."""
+    from diffusers import FluxTransformer2DModel
+
+    pipe = load_pipeline("tiny:flux", "flux", cache)
+    torch.manual_seed(0)
+    pipe.transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=4, num_single_layers=8, attention_head_dim=64,
+        num_attention_heads=6, joint_attention_dim=pipe.transformer.config.joint_attention_dim,
+        pooled_projection_dim=pipe.transformer.config.pooled_projection_dim, guidance_embeds=True,
+        axes_dims_rope=(8, 28, 28))
+    pipe.register_modules(transformer=pipe.transformer)
     pipe.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -353,6 +371,9 @@ def main() -> None:
         for name, (ref, res) in models.items():
             figures[name] = overhead_figures(name, ref, res, cache, dataset_dir, tmp_path)
         figures["tiny_flux"] = overhead_figures("tiny_flux", "tiny:flux", 64, cache, dataset_dir, tmp_path, "flux")
+        figures["midsize_flux_layout"] = overhead_figures(
+            "midsize_flux", str(build_midsize_flux(cache, tmp_path / "midsize-flux")), 64, cache, dataset_dir,
+            tmp_path, "flux")
         torch.set_num_threads(default_threads)
         figures["latent_cache"] = latent_cache_figures(models["midsize_sd15_layout"][0], cache, tmp_path)
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
