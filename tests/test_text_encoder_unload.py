@@ -76,3 +76,20 @@ def test_a_cached_flux_run_unloads_t5_and_renders_its_sample_grid(model_cache: P
     assert result.cache["unloaded_encoders"] == ["text_encoder_2"]
     assert result.cache["text"]["misses"] > 0  # filled before the steps, read by them
     assert (tmp_path / "o" / SAMPLE_GRID_NAME).is_file()  # rendered from the cached embeddings
+
+
+@pytest.mark.parametrize(("ref", "name"), [("tiny:sd", "sd15"), ("tiny:sdxl", "sdxl")])
+def test_unet_families_render_from_precomputed_embeddings(model_cache: Path, ref: str, name: str) -> None:
+    """The UNet families keep their encoders, but their ``embeds_kwargs`` still names the
+    pipeline's own arguments: the same images as the text prompt with the same negative."""
+    family = family_for(name)
+    pipe = load_pipeline(ref, name, model_cache)
+    with torch.no_grad():
+        prompt = family.encode_prompt(pipe, CAPTIONS, torch.device("cpu"))
+        negative = family.encode_prompt(pipe, ["x"] * len(CAPTIONS), torch.device("cpu"))
+    common = {"num_inference_steps": 2, "height": 64, "width": 64, "output_type": "np"}
+    from_text = pipe(prompt=CAPTIONS, negative_prompt=["x"] * len(CAPTIONS), generator=torch.Generator().manual_seed(0),
+                     **common).images
+    from_embeds = pipe(**family.embeds_kwargs(prompt, negative), generator=torch.Generator().manual_seed(0),
+                       **common).images
+    assert np.abs(from_text - from_embeds).max() < 1e-4

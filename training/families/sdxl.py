@@ -37,3 +37,7 @@ class SDXL(UNetFamily):
         hidden = prompt["hidden"]
         return {"text_embeds": prompt["pooled"],
                 "time_ids": time_ids(samples).to(hidden.device, dtype=hidden.dtype)}
+
+    def embeds_kwargs(self, prompt: Prompt, negative: Prompt) -> dict[str, Any]:
+        return {**super().embeds_kwargs(prompt, negative), "pooled_prompt_embeds": prompt["pooled"],
+                "negative_pooled_prompt_embeds": negative["pooled"]}

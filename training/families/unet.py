@@ -69,12 +69,13 @@ class UNetFamily:
     def inference_kwargs(self, pipe: Any) -> dict[str, Any]:
         return {}
 
+    def embeds_kwargs(self, prompt: Prompt, negative: Prompt) -> dict[str, Any]:
+        """StableDiffusionPipeline's names for precomputed embeddings (SDXL adds the pooled ones)."""
+        return {"prompt_embeds": prompt["hidden"], "negative_prompt_embeds": negative["hidden"]}
+
 
 def token_ids(tokenizer: Any, encoder: Any, captions: list[str], device: torch.device) -> torch.Tensor:
     # A tokenizer saved without model_max_length reports 1e30; the encoder's positions are the cap.
     max_length = min(int(tokenizer.model_max_length), encoder.config.max_position_embeddings)
     return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True,
                      return_tensors="pt").input_ids.to(device)
-
-    def embeds_kwargs(self, prompt: Prompt, negative: Prompt) -> dict[str, Any]:
-        raise NotImplementedError("the UNet families keep their text encoders (unloadable_encoders is empty)")
