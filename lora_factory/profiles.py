@@ -7,6 +7,7 @@ Every problem becomes one ``ConfigError`` line naming the dotted key and what is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import typing
@@ -223,11 +224,9 @@ def _local_base_family(cfg: FactoryConfig, models_dir: Path) -> None:
     from .models.families import detect_family
     from .models.refs import parse_ref
 
-    try:
+    with contextlib.suppress(ModelUnavailableError, ValueError):  # preflight reports it in one line
         if cfg.models.base_family is None and parse_ref(cfg.models.base).kind != "hub":
             cfg.models.base_family = detect_family(cfg.models.base, models_dir)  # type: ignore[assignment]
-    except (ModelUnavailableError, ValueError):
-        pass
 
 
 def location_config(

@@ -67,8 +67,8 @@ class MemoryProbe:
             return
         try:  # Linux: "5" resets the peak resident set (VmHWM) to the current one
             _CLEAR_REFS.write_text("5")
-        except OSError:
-            pass
+        except OSError:  # no reset: the peak may predate this block, so say so in the figure's kind
+            self.kind = "rss_peak_delta_unreset"
         rss = _status_kib("VmRSS")
         self._start = float(rss) if rss is not None else self._rss_peak_kib()
 

@@ -10,7 +10,8 @@ from typing import Any
 from .._html import thumbnail_uri
 
 MEMORY_KINDS = {"cuda_peak_allocated": "CUDA allocator peak (torch.cuda.max_memory_allocated)",
-                "rss_peak_delta": "process resident-set peak above its size at the start (CPU)"}
+                "rss_peak_delta": "process resident-set peak above its size at the start (CPU)",
+                "rss_peak_delta_unreset": "process resident-set peak (could not be reset: may predate the block) above its size at the start (CPU)"}
 
 
 def _sec(v: float | None) -> str:
