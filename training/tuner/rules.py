@@ -61,6 +61,10 @@ class Prior:
     sources: tuple[str, ...]
 
 
+# Every tiny model trains alike: a few fast steps on the CPU, whatever its family.
+_TINY = Prior(rank=4, alpha_ratio=1.0, learning_rate=1e-3, text_encoder_lr=5e-4, optimizer="adamw",
+              mixed_precision="no", batch_size=2, effective_batch=2, image_repeats_per_epoch=16, epochs=4,
+              min_steps=10, max_steps=200, noise_offset=0.0, sources=("tiny",))
 PRIORS: dict[str, Prior] = {
     "sd15": Prior(rank=16, alpha_ratio=0.5, learning_rate=1e-4, text_encoder_lr=5e-5, optimizer="adamw8bit",
                   mixed_precision="fp16", batch_size=1, effective_batch=4, image_repeats_per_epoch=300, epochs=10,
@@ -70,26 +74,18 @@ PRIORS: dict[str, Prior] = {
                   mixed_precision="bf16", batch_size=1, effective_batch=4, image_repeats_per_epoch=300, epochs=10,
                   min_steps=300, max_steps=6000, noise_offset=0.05,
                   sources=("kohya-sdxl", "kohya-gui", "diffusers-sdxl", "steps", "offset-noise")),
-    "tiny-sd15": Prior(rank=4, alpha_ratio=1.0, learning_rate=1e-3, text_encoder_lr=5e-4, optimizer="adamw",
-                       mixed_precision="no", batch_size=2, effective_batch=2, image_repeats_per_epoch=16, epochs=4,
-                       min_steps=10, max_steps=200, noise_offset=0.0, sources=("tiny",)),
-    "tiny-sdxl": Prior(rank=4, alpha_ratio=1.0, learning_rate=1e-3, text_encoder_lr=5e-4, optimizer="adamw",
-                       mixed_precision="no", batch_size=2, effective_batch=2, image_repeats_per_epoch=16, epochs=4,
-                       min_steps=10, max_steps=200, noise_offset=0.0, sources=("tiny",)),
+    "tiny-sd15": _TINY,
+    "tiny-sdxl": _TINY,
     # Flux: no offset noise (a DDPM fix; flow matching reaches pure noise at sigma 1).
     "flux": Prior(rank=16, alpha_ratio=1.0, learning_rate=1e-4, text_encoder_lr=5e-5, optimizer="adamw8bit",
                   mixed_precision="bf16", batch_size=1, effective_batch=4, image_repeats_per_epoch=300, epochs=10,
                   min_steps=300, max_steps=4000, noise_offset=0.0, sources=("diffusers-flux", "kohya-flux", "steps")),
-    "tiny-flux": Prior(rank=4, alpha_ratio=1.0, learning_rate=1e-3, text_encoder_lr=5e-4, optimizer="adamw",
-                       mixed_precision="no", batch_size=2, effective_batch=2, image_repeats_per_epoch=16, epochs=4,
-                       min_steps=10, max_steps=200, noise_offset=0.0, sources=("tiny",)),
+    "tiny-flux": _TINY,
     # SD3.5: flow matching like Flux (no offset noise).
     "sd3": Prior(rank=16, alpha_ratio=1.0, learning_rate=1e-4, text_encoder_lr=5e-5, optimizer="adamw8bit",
                  mixed_precision="bf16", batch_size=1, effective_batch=4, image_repeats_per_epoch=300, epochs=10,
                  min_steps=300, max_steps=4000, noise_offset=0.0, sources=("diffusers-sd3", "kohya-sd3", "steps")),
-    "tiny-sd3": Prior(rank=4, alpha_ratio=1.0, learning_rate=1e-3, text_encoder_lr=5e-4, optimizer="adamw",
-                      mixed_precision="no", batch_size=2, effective_batch=2, image_repeats_per_epoch=16, epochs=4,
-                      min_steps=10, max_steps=200, noise_offset=0.0, sources=("tiny",)),
+    "tiny-sd3": _TINY,
 }
 
 # Task presets as rank multipliers of the family rank (at rank 16: face 16 / object 8 / style 16).
