@@ -100,6 +100,18 @@ def model_cache() -> Path:
     return path
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def feedback_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A feedback store URL: a SQLite file, then a fresh database on the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'feedback.db'}"
+    else:
+        from tests.serve_helpers import postgres_db
+
+        with postgres_db() as url:
+            yield url
+
+
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[str]:
     """A real S3 API (moto's server) on loopback; yields its endpoint URL."""

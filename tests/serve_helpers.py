@@ -36,6 +36,18 @@ def postgres_db() -> Iterator[str]:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace_s``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+
+
 def request(method: str, url: str, body: Any = None, token: str | None = None,
             raw: bytes | None = None, timeout: float = 120) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request; returns (status, headers, body) for 2xx and error answers alike."""
@@ -97,13 +109,7 @@ def serve_process(home: Path, token: str, *sets: str, tracking_uri: str | None =
         wait_for(f"{base}/health", proc)
         yield base, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
+        stop_process(proc)
         log.close()
 
 

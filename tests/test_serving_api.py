@@ -24,7 +24,6 @@ from deploy.serving.triggers import RetrainEvent
 from lora_factory.profiles import location_config
 
 from .serve_helpers import (
-    postgres_db,
     random_lora,
     register_champion,
     request,
@@ -228,26 +227,19 @@ def test_adapters_swap_per_request_and_follow_the_alias(registry: dict[str, Any]
         assert f'lora_serve_model_version{{concept="lighthouse"}} {float(moved)}' in metrics
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def feedback_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fb.db'}"
-    else:
-        with postgres_db() as url:
-            yield url
 
 
 @pytest.mark.e2e
-def test_answered_feedback_survives_a_sigkilled_server(tmp_path: Path, feedback_url: str) -> None:
+def test_answered_feedback_survives_a_sigkilled_server(tmp_path: Path, feedback_db_url: str) -> None:
     home = tmp_path / "home"
-    with serve_process(home, TOKEN, feedback_url=feedback_url) as (base, proc):
+    with serve_process(home, TOKEN, feedback_url=feedback_db_url) as (base, proc):
         ids = [json.loads(request("POST", f"{base}/feedback", {"run_id": f"r{i}", "concept": "kill",
                                                                 "rating": 1 + i % 5}, token=TOKEN)[2])["id"]
                for i in range(40)]
         proc.kill()  # SIGKILL: no shutdown hook runs
         proc.wait(60)
     assert len(set(ids)) == 40
-    with serve_process(home, TOKEN, feedback_url=feedback_url) as (base, _):
+    with serve_process(home, TOKEN, feedback_url=feedback_db_url) as (base, _):
         status, _, raw = request("GET", f"{base}/admin/feedback/kill", token=TOKEN)
         assert status == 200 and json.loads(raw)["count"] == 40
     assert "LORA_FACTORY_SERVE_TOKEN" not in os.environ  # the token went to the child only

@@ -23,7 +23,7 @@ from lora_factory.profiles import load_config
 from lora_factory.schemas import CaptionStats
 from tasks.evaluate.task import run_prompts
 
-from .serve_helpers import ROOT, free_port, request, serve_process, wait_for
+from .serve_helpers import ROOT, free_port, request, serve_process, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
 TOKEN = "retrain-token-0123456789"
@@ -110,12 +110,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _prefect(api, "deploy", "--name", "retrain", env=env)
         yield api
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
+        stop_process(proc, 60)
         log.close()
 
 

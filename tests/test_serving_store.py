@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,9 @@ from deploy.serving import schema
 from deploy.serving.feedback_store import FeedbackStore
 from lora_factory.errors import ConfigError, StoreError
 
-from .serve_helpers import postgres_db
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'feedback.db'}"
-    else:
-        with postgres_db() as url:
-            yield url
-
-
-def test_feedback_round_trip_and_questions_of_the_triggers(store_url: str) -> None:
-    store = FeedbackStore(store_url)
+def test_feedback_round_trip_and_questions_of_the_triggers(feedback_db_url: str) -> None:
+    store = FeedbackStore(feedback_db_url)
     try:
         gen = store.add_generation("lighthouse", "3", "a lighthouse at dusk", 7, 4)
         assert store.generation(gen.id) == gen and store.generation("nope") is None
@@ -52,8 +40,8 @@ def test_feedback_round_trip_and_questions_of_the_triggers(store_url: str) -> No
         store.close()
 
 
-def test_served_images_are_kept_with_their_generation(store_url: str) -> None:
-    store = FeedbackStore(store_url)
+def test_served_images_are_kept_with_their_generation(feedback_db_url: str) -> None:
+    store = FeedbackStore(feedback_db_url)
     try:
         png = bytes(range(256)) * 40  # binary, with NUL bytes
         kept = store.add_generation("lighthouse", "3", "a lighthouse", 1, 4, png=png)
@@ -64,14 +52,14 @@ def test_served_images_are_kept_with_their_generation(store_url: str) -> None:
         store.close()
 
 
-def test_a_migration_keeps_the_rows_of_an_older_schema(store_url: str) -> None:
-    engine = sa.create_engine(store_url)
+def test_a_migration_keeps_the_rows_of_an_older_schema(feedback_db_url: str) -> None:
+    engine = sa.create_engine(feedback_db_url)
     assert schema.migrate(engine, target=1) == 1
     with engine.begin() as con:
         con.execute(schema.feedback.insert().values(concept="old", rating=3, created_at=sa.func.now()))
         assert not sa.inspect(con).has_table("trigger_events")
     engine.dispose()
-    store = FeedbackStore(store_url)  # migrates 1 -> 4
+    store = FeedbackStore(feedback_db_url)  # migrates 1 -> 4
     try:
         assert store.version == schema.LATEST == 4
         assert store.count_feedback("old") == 1
@@ -82,7 +70,7 @@ def test_a_migration_keeps_the_rows_of_an_older_schema(store_url: str) -> None:
             assert [r.version for r in con.execute(sa.select(schema.schema_version))] == [1, 2, 3, 4]
     finally:
         store.close()
-    assert FeedbackStore(store_url).version == 4  # reopening applies nothing twice
+    assert FeedbackStore(feedback_db_url).version == 4  # reopening applies nothing twice
 
 
 def test_a_newer_database_is_refused(tmp_path: Path) -> None:
@@ -124,9 +112,9 @@ while True:
 """
 
 
-def test_every_committed_row_survives_sigkill(store_url: str) -> None:
+def test_every_committed_row_survives_sigkill(feedback_db_url: str) -> None:
     """A writer process reports each committed id, then is killed with SIGKILL mid-stream."""
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, store_url], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, feedback_db_url], stdout=subprocess.PIPE, text=True)
     seen: list[int] = []
     try:
         assert proc.stdout is not None
@@ -138,7 +126,7 @@ def test_every_committed_row_survives_sigkill(store_url: str) -> None:
         proc.kill()  # SIGKILL: no atexit, no flush, no close
         proc.wait(60)
     assert len(seen) == 200
-    store = FeedbackStore(store_url)
+    store = FeedbackStore(feedback_db_url)
     try:
         with store.engine.connect() as con:
             ids = {r.id for r in con.execute(sa.select(schema.feedback.c.id))}
