@@ -25,7 +25,7 @@ class HubRecord:
 def _handler(record: HubRecord) -> type[BaseHTTPRequestHandler]:
     class Hub(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
-            pass
+            """Quiet: the test reads the recorded requests, not stderr."""
 
         def _answer(self, status: int, body: Any) -> None:
             raw = json.dumps(body).encode()

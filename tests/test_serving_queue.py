@@ -73,7 +73,7 @@ class BlockingPool:
         return {"slow": "1"} if self.started.is_set() else {}
 
     def forget_checks(self) -> None:
-        pass
+        """Nothing cached to forget: the stand-in serves one fixed concept."""
 
     def generate(self, concept: str, prompt: str, seed: int, steps: int) -> Image:
         self.started.set()

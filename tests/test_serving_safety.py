@@ -41,7 +41,7 @@ class FixedPool:
         return {}
 
     def forget_checks(self) -> None:
-        pass
+        """Nothing cached to forget: the stand-in serves one fixed concept."""
 
     def generate(self, concept: str, prompt: str, seed: int, steps: int) -> Image:
         return Image(concept, "7", self.png)
