@@ -80,11 +80,18 @@ def _sha(path: Path) -> str:
         return ""
 
 
+def tag_style(captions: list[str]) -> bool:
+    """Are these comma-separated tags? Judged by the words per comma piece (at most 3 on average),
+    not by the presence of commas: a trigger word placed before a sentence ("tok, a red fox in the
+    snow") puts a comma in every natural-language caption."""
+    pieces = [p for c in captions for p in c.split(",") if p.strip()]
+    return bool(pieces) and sum(len(p.split()) for p in pieces) <= 3 * len(pieces)
+
+
 def word_frequency(captions: list[str | None], top: int = 30) -> dict[str, int]:
     """Tag counts when captions are comma-separated tags, word counts otherwise (stop words out)."""
     caps = [c for c in captions if c]
-    tagged = caps and sum("," in c for c in caps) * 2 >= len(caps)
-    if tagged:
+    if tag_style(caps):
         terms = [t.strip().lower() for c in caps for t in c.split(",") if t.strip()]
     else:
         terms = [w for c in caps for w in re.findall(r"[\w'-]+", c.lower()) if w not in _STOP]

@@ -175,6 +175,23 @@ class CaptionStats(BaseModel):
     hallucinations: int = Field(0, ge=0)  # candidates flagged far below the others' CLIP score
     human_captions: int = Field(0, ge=0)  # captions taken from the review file
 
+    def concept_tags(self, n: int) -> list[str]:
+        """The ``n`` most frequent tags of the concept, most frequent first (ties by name).
+
+        Why not ``tag_frequency`` alone: it counts comma pieces, which are tags only in tag-style
+        captions; in sentences they are clauses, and "the top tags" of a natural-language set would
+        be whole captions. Those sets use the tagger's subject and keyword tags instead."""
+        if self.caption_style == "tags" or not self.tag_fields:
+            counts = dict(self.tag_frequency)
+        else:
+            counts = {}
+            for name in ("subject", "keywords"):
+                for tag, k in self.tag_fields.get(name, {}).items():
+                    counts[tag] = counts.get(tag, 0) + k
+        trigger = self.trigger_word.lower()
+        ranked = sorted(((t, k) for t, k in counts.items() if t.lower() != trigger), key=lambda kv: (-kv[1], kv[0]))
+        return [t for t, _ in ranked[:n]]
+
 
 # evaluate/eval.json: the contract between the evaluate stage and the gate, the registry, the
 # tuner's history and the model card. Evaluate may add detail (``extra="allow"``: per-prompt

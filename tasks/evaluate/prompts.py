@@ -50,8 +50,11 @@ def strip_trigger(text: str, trigger: str) -> str:
     return " ".join(words).replace(" , ", ", ").strip(" ,") or text
 
 
+MAX_TAGS = 3  # tags in the "trigger, tag, tag, tag" concept prompt
+
+
 def build_prompts(concept: Concept, templates: list[str], generalisation: list[str], leakage: list[str],
-                  heldout: list[str], max_tags: int = 3) -> list[EvalPrompt]:
+                  heldout: list[str], max_tags: int = MAX_TAGS) -> list[EvalPrompt]:
     """Every prompt once, concept prompts first; leakage prompts never carry the trigger word."""
     prompts = [EvalPrompt("concept", _fill(t, concept)) for t in templates]
     if concept.tags:

@@ -31,13 +31,13 @@ from training.save import MODEL_CARD_NAME
 
 from .._prefect import stage_task
 from .efficiency import efficiency_metrics
-from .prompts import Concept, EvalPrompt, build_prompts
+from .prompts import MAX_TAGS, Concept, EvalPrompt, build_prompts
 from .stage import STAGE, EvalSetup, evaluate_lora, training_losses
 
 
 def run_prompts(cfg: FactoryConfig, stats: CaptionStats, topics: list[str], heldout: list[str]) -> list[EvalPrompt]:
     """The run's prompts: its trigger word, concept summary and top tags (from the label stage)."""
-    tags = tuple(t for t, _ in sorted(stats.tag_frequency.items(), key=lambda kv: (-kv[1], kv[0])))
+    tags = tuple(stats.concept_tags(MAX_TAGS))
     concept = Concept(trigger=stats.trigger_word or cfg.label.trigger_word,
                       topic=topics[0] if topics else (stats.concept_summary or "the subject"),
                       summary=stats.concept_summary, tags=tags)

@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from datatools.captions import without
+from datatools.doctor import word_frequency
 from lora_factory.schemas import CaptionStats
 
 from .._html import thumbnail_uri
@@ -94,7 +96,9 @@ def render_report(labels: list[dict[str, Any]], dropped: list[dict[str, Any]], i
             ("tagger", ", ".join(f"{k} {v}" for k, v in stats.tagger.items() if v) or "-"),
             ("concept summary", stats.concept_summary or "-"), ("trigger word", stats.trigger_word)]
     kv = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in head)
-    bars = _bars("caption tags", stats.tag_frequency) + "".join(
+    caption_bars = (_bars("caption tags", stats.tag_frequency) if stats.caption_style == "tags"
+                    else _bars("caption words", word_frequency([without(lab["caption"], [stats.trigger_word]) for lab in labels], 20)))
+    bars = caption_bars + "".join(
         _bars(f"tagger: {name}", counts, 15) for name, counts in stats.tag_fields.items())
     cards = "".join(_card(lab, dataset_dir / lab["file_name"], px) for lab in labels)
     drops = "".join(
