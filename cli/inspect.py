@@ -83,6 +83,23 @@ def _inspect(path: Path, concept: str, out: Path, fix: Path | None, trigger: str
     return "\n".join(lines)
 
 
+def with_family_buckets(cfg: Any) -> Any:
+    """``cfg`` with ``train.bucket_step`` set, when unset, to the step the tune stage picks for the
+    base model's family (64 px for SD1.5, 16 for the tiny models), so the doctor checks the buckets
+    training will use rather than SD1.5's grid. A family that cannot be told offline (a hub
+    reference not in the cache and no ``models.base_family``) keeps the doctor's default."""
+    if cfg.train.bucket_step is not None:
+        return cfg
+    from lora_factory.errors import ConfigError
+    from training.tuner.families import family_for
+
+    try:
+        step = family_for(cfg.models.base_family, cfg.models.base).bucket_step
+    except ConfigError:  # preflight names a bad base; the doctor itself needs no model
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"bucket_step": step})})
+
+
 def _diagnose(ds: Any, concept: str, cfg: Any, trigger: str | None, budget: Any) -> Any:
     from tqdm import tqdm
 
@@ -98,7 +115,7 @@ def _diagnose(ds: Any, concept: str, cfg: Any, trigger: str | None, budget: Any)
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
-        return diagnose(ds, concept, scorer, cfg.models.clip_scorer, budget, settings_for(cfg, trigger), cache, progress)
+        return diagnose(ds, concept, scorer, cfg.models.clip_scorer, budget, settings_for(with_family_buckets(cfg), trigger), cache, progress)
 
 
 def _narrate(report: Any, cfg: Any) -> Any:

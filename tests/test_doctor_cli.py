@@ -115,3 +115,14 @@ def test_schema_is_printed() -> None:
     result = CliRunner().invoke(app, ["inspect", "--schema"])
     schema = json.loads(result.output)
     assert schema["properties"]["schema_version"]["const"] == 1 and "findings" in schema["required"]
+
+
+@pytest.mark.parametrize(("profile", "step"), [("tiny", 16), ("sd15", 64), ("tiny-flux", 16)])
+def test_inspect_checks_the_buckets_of_the_profiles_family(profile: str, step: int, tmp_path: Path) -> None:
+    from cli.inspect import with_family_buckets
+    from lora_factory.profiles import load_config
+
+    cfg = load_config(profile, overrides={"home": str(tmp_path)})
+    assert with_family_buckets(cfg).train.bucket_step == step
+    pinned = load_config(profile, overrides={"home": str(tmp_path), "train": {"bucket_step": 128}})
+    assert with_family_buckets(pinned).train.bucket_step == 128
