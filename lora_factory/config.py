@@ -442,9 +442,10 @@ class EvaluateConfig(Section):
     # .pth/.safetensors file of linear layers, or tiny:aesthetic (seeded random); empty: off. A
     # reference score (aesthetic_delta), in the gate only through min_scores/max_scores.
     aesthetic_head: str = ""
-    # The CLIP (open_clip) model the head was trained on: the head scores that model's image
-    # embeddings, whatever models.clip_scorer is (LAION's heads: ViT-L/14, 768-d, e.g.
-    # timm/vit_large_patch14_clip_224.openai). Empty: models.clip_scorer (the clip embedding).
+    # The CLIP the head was trained on, a reference like models.clip_scorer (an open_clip model in
+    # the hub layout, or its local folder): the head scores that model's image embeddings, whatever
+    # models.clip_scorer is (LAION's heads: OpenAI's ViT-L/14, 768-d; the profiles' scorer is
+    # ViT-B/32, 512-d). Empty: models.clip_scorer (the clip embedding).
     aesthetic_clip: str = ""
     # Pass/fail per score (lora_factory.schemas.SCORE_KEYS): a score must be >= its min and <= its
     # max; the gate promotes only a LoRA that passes every one. A score that was not measured fails.

@@ -30,7 +30,6 @@ Head = list[tuple[np.ndarray, np.ndarray]]  # (weight [out, in], bias [out]) per
 TINY_HIDDEN = 16
 KEY = "evaluate.aesthetic_head"
 CLIP_KEY = "evaluate.aesthetic_clip"
-LAION_CLIP = "timm/vit_large_patch14_clip_224.openai"  # OpenAI's ViT-L/14 in open_clip's hub layout
 
 
 def tiny_head(dim: int, seed: int = 0) -> Head:
@@ -79,7 +78,7 @@ def load_head(ref: str, dim: int, clip: str = "models.clip_scorer") -> Head:
     if shapes[0][1] != dim or shapes[-1][0] != 1 or any(a[0] != b[1] for a, b in zip(shapes, shapes[1:], strict=False)):
         raise ConfigError(f"{KEY} = {ref!r} maps {shapes[0][1]} -> ... -> {shapes[-1][0]} but {clip} gives "
                           f"{dim}-dim image embeddings: set {CLIP_KEY} to the CLIP the head was trained on "
-                          f"(LAION's heads: ViT-L/14, 768-d, e.g. {LAION_CLIP})")
+                          "(LAION's heads: OpenAI's ViT-L/14, 768-d)")
     return head
 
 
