@@ -122,12 +122,18 @@ TUNE_RATIONALE = _out("tune", "rationale", "rationale.md", Text(), "why each val
 # train ----------------------------------------------------------------------------------------
 TRAIN_LORA = _out("train", "lora", "lora", Folder(), "the adapter: diffusers and kohya safetensors, model card, training args")
 TRAIN_SAMPLES = _out("train", "samples", "samples", Folder(), "sample grids during training", required=False)
+TRAIN_CHECKPOINTS = _out("train", "checkpoints", "last_checkpoints", Folder(),
+                         "the last evaluate.best_of_last checkpoints' weights (step-NNNNNN/lora.safetensors): "
+                         "evaluate chooses the best among them and the final LoRA", required=False)
 # evaluate -------------------------------------------------------------------------------------
 EVAL_RESULT = _out("evaluate", "result", "eval.json", Json(EvalResult), "every metric and score, base vs LoRA, thresholds, findings, verdict")
 EVAL_GRID = _out("evaluate", "grid", "grid.png", Png(), "prompts x seeds x (base | LoRA)")
 EVAL_REPORT = _out("evaluate", "report", "report.html", Text(), "grid, metric table with thresholds, findings, worst copies")
 EVAL_MODEL_CARD = _out("evaluate", "model_card", "README.md", Text(), "the LoRA's model card with the evaluation's scores")
 EVAL_IMAGES = _out("evaluate", "images", "images", Folder(), "every generated image")
+EVAL_LORA = _out("evaluate", "lora", "lora", Folder(), "the chosen checkpoint as the run's LoRA (train/lora's folder "
+                 "with both weight files replaced), when evaluate.best_of_last chose one before the final: deploy "
+                 "ships it", required=False)
 # deploy ---------------------------------------------------------------------------------------
 DEPLOY_DECISION = _out("deploy", "decision", "decision.json", Json(), "concept, registered version, aliases, verdict, the gate's checks and reasons")
 DEPLOY_REPORT = _out("deploy", "report", "report.html", Text(), "the evaluation report with the gate's decision and registered version")
@@ -150,16 +156,18 @@ SPECS: tuple[StageSpec, ...] = (
               reads=(CURATE_STATS, LABEL_CAPTION_STATS), writes=(TUNE_TRAIN_CONFIG, TUNE_RATIONALE),
               settings=("tune", "train", "models.base", "models.base_family"), code=("tasks.tune", "training.tuner")),
     StageSpec("train", "the LoRA (diffusers + PEFT)",
-              reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG, LABEL_DOCTOR), writes=(TRAIN_LORA, TRAIN_SAMPLES),
-              settings=("train", "doctor", "models.base", "models.base_family", "seed"), code=("tasks.train", "training")),
+              reads=(LABEL_DATASET, LABEL_CAPTION_STATS, TUNE_TRAIN_CONFIG, LABEL_DOCTOR),
+              writes=(TRAIN_LORA, TRAIN_SAMPLES, TRAIN_CHECKPOINTS),
+              settings=("train", "doctor", "models.base", "models.base_family", "seed", "evaluate.best_of_last"), code=("tasks.train", "training")),
     StageSpec("evaluate", "base vs LoRA on the same seeds",
-              reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG, LABEL_DATASET, LABEL_CAPTION_STATS, TRAIN_SAMPLES),
-              writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES, EVAL_MODEL_CARD),
+              reads=(TRAIN_LORA, TUNE_TRAIN_CONFIG, LABEL_DATASET, LABEL_CAPTION_STATS, TRAIN_SAMPLES,
+                     TRAIN_CHECKPOINTS),
+              writes=(EVAL_RESULT, EVAL_GRID, EVAL_REPORT, EVAL_IMAGES, EVAL_MODEL_CARD, EVAL_LORA),
               settings=("evaluate", "models.base", "models.base_family", "models.clip_scorer", "models.dino_scorer",
                         "seed"),
               code=("tasks.evaluate",)),
     StageSpec("deploy", "apply the gate, register the LoRA (mlflow.diffusers), move aliases",
-              reads=(EVAL_RESULT, EVAL_REPORT, EVAL_MODEL_CARD, TRAIN_LORA, LABEL_LABELS),
+              reads=(EVAL_RESULT, EVAL_REPORT, EVAL_MODEL_CARD, TRAIN_LORA, EVAL_LORA, LABEL_LABELS),
               writes=(DEPLOY_DECISION, DEPLOY_REPORT),
               settings=("deploy", "models.base"), code=("tasks.deploy", "deploy")),
 )

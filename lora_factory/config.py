@@ -432,10 +432,21 @@ class EvaluateConfig(Section):
     # from the first ``efficiency_prompts`` prompts.
     efficiency_images: int = Field(4, ge=0)
     efficiency_prompts: int = Field(2, ge=1)
+    # Best checkpoint (tasks/evaluate/best.py): score the last K checkpoints the trainer kept (train
+    # publishes them in train/last_checkpoints; train.checkpoint_every must be set) and the final LoRA on
+    # the concept prompts with the first embedding; the best becomes the run's LoRA (evaluate/lora,
+    # what deploy ships). 0: off, the final LoRA is the run's.
+    best_of_last: int = Field(0, ge=0)
+    best_of_prompts: int = Field(2, ge=1)  # the short prompt set: the first N concept prompts
     # A LAION-style aesthetic head on the CLIP image embeddings (tasks/evaluate/aesthetic.py): a
     # .pth/.safetensors file of linear layers, or tiny:aesthetic (seeded random); empty: off. A
     # reference score (aesthetic_delta), in the gate only through min_scores/max_scores.
     aesthetic_head: str = ""
+    # The CLIP the head was trained on, a reference like models.clip_scorer (an open_clip model in
+    # the hub layout, or its local folder): the head scores that model's image embeddings, whatever
+    # models.clip_scorer is (LAION's heads: OpenAI's ViT-L/14, 768-d; the profiles' scorer is
+    # ViT-B/32, 512-d). Empty: models.clip_scorer (the clip embedding).
+    aesthetic_clip: str = ""
     # Pass/fail per score (lora_factory.schemas.SCORE_KEYS): a score must be >= its min and <= its
     # max; the gate promotes only a LoRA that passes every one. A score that was not measured fails.
     min_scores: dict[str, float] = Field(default_factory=lambda: {"adherence_delta": 0.0})

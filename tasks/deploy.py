@@ -32,6 +32,7 @@ from lora_factory.catalog import (
     DEPLOY_DECISION,
     DEPLOY_REPORT,
     EVAL_GRID,
+    EVAL_LORA,
     EVAL_MODEL_CARD,
     EVAL_REPORT,
     EVAL_RESULT,
@@ -48,13 +49,20 @@ from ._prefect import stage_task
 STAGE = "deploy"
 
 
+def shipped_lora(st: Stage) -> Path:
+    """The run's LoRA: the checkpoint evaluate chose (``evaluate/lora``, evaluate.best_of_last)
+    when one before the final won, else the train stage's adapter folder."""
+    chosen = st.input_path(EVAL_LORA)
+    return chosen if EVAL_LORA.exists(st.input_dir(EVAL_LORA)) else st.input_path(TRAIN_LORA)
+
+
 def _facts(st: Stage, ref: RunRef) -> dict[str, str]:
     """What a registered version says about where it came from."""
     cfg = st.config
     labels = st.read(LABEL_LABELS)
     return {"lora_factory.run_id": ref.run_id, "topics": ", ".join(ref.topics),
             "base_model": cfg.models.base, "base_family": cfg.models.base_family,
-            "trigger_word": cfg.label.trigger_word, "dataset_hash": dataset_hash(st.input_path(TRAIN_LORA)),
+            "trigger_word": cfg.label.trigger_word, "dataset_hash": dataset_hash(shipped_lora(st)),
             "num_images": str(labels.num_rows), "licences": licence_summary(labels.column("license").to_pylist())}
 
 
@@ -100,7 +108,7 @@ def _adapter_folder(st: Stage, tmp: Path) -> Path:
     """The adapter as it ships: the trainer's files (no sample grids) with the evaluated model
     card (the scores; evaluate's README.md) in place of the trainer's "not evaluated yet" one."""
     folder = tmp / "adapter"
-    shutil.copytree(st.input_path(TRAIN_LORA), folder, ignore=shutil.ignore_patterns("samples"))
+    shutil.copytree(shipped_lora(st), folder, ignore=shutil.ignore_patterns("samples"))
     card = st.input_path(EVAL_MODEL_CARD)
     if card.is_file():
         shutil.copyfile(card, folder / MODEL_CARD_NAME)
@@ -110,7 +118,7 @@ def _adapter_folder(st: Stage, tmp: Path) -> Path:
 def _export(st: Stage, record: dict[str, Any], facts: dict[str, str], resolution: int | None) -> dict[str, str]:
     """Copy a promoted version to the configured targets; returns target -> where."""
     cfg, ecfg = st.config, st.config.deploy.export
-    lora_dir, concept, version = st.input_path(TRAIN_LORA), record["concept"], record["version"]
+    lora_dir, concept, version = shipped_lora(st), record["concept"], record["version"]
     done: dict[str, str] = {}
     if ecfg.loras_dir:
         meta = modelspec(cfg.models.base_family, f"{concept} v{version}", facts["trigger_word"], resolution,
@@ -145,7 +153,7 @@ def deploy_task(ref: RunRef) -> dict[str, Any]:
         decision = gate(result, cfg.gate, champion_score(st.tracker, concept, cfg.champion_alias))
         facts = _facts(st, ref)
         base = flavor_base_model(st.config.models.base, home_of(st.config).models)
-        log_lora_model(st.tracker, st.mlflow_run_id, st.input_path(TRAIN_LORA), base, facts)
+        log_lora_model(st.tracker, st.mlflow_run_id, shipped_lora(st), base, facts)
         version = register_candidate(st.tracker, st.mlflow_run_id, concept, cfg,
                                      version_tags(facts, result, decision),
                                      f"LoRA for {facts['topics']}: {decision.reason}")

@@ -19,6 +19,7 @@ from lora_factory.catalog import (
     LABEL_DATASET,
     LABEL_DOCTOR,
     LABEL_DOCTOR_REPORT,
+    TRAIN_CHECKPOINTS,
     TRAIN_LORA,
     TRAIN_SAMPLES,
     TUNE_TRAIN_CONFIG,
@@ -28,6 +29,7 @@ from lora_factory.context import RunRef, Stage, get_logger, run_stage
 from lora_factory.errors import StageError
 from lora_factory.home import home_of
 from training.callbacks import Callback, StepLedger, TrainState
+from training.checkpoints import publish_weights
 from training.export_kohya import KOHYA_WEIGHT_NAME, dataset_metadata, stamp_metadata
 from training.job import TrainJob, TrainResult
 from training.launch import run_multiprocess
@@ -55,11 +57,13 @@ class MlflowSamples(Callback):
 
 
 def _train(st: Stage, tcfg: TrainConfig, ledger: StepLedger) -> TrainResult:
-    """One process, or ``train.num_processes`` data-parallel ones; the same files either way."""
+    """One process, or ``train.num_processes`` data-parallel ones; the same files either way.
+    The trainer keeps at least the ``evaluate.best_of_last`` checkpoints evaluate chooses among."""
     cfg = st.config
     home = home_of(cfg)
+    keep = max(tcfg.keep_checkpoints, cfg.evaluate.best_of_last)
     job = TrainJob(base_ref=cfg.models.base, family=cfg.models.base_family,
-                   dataset_dir=st.input_path(LABEL_DATASET), train=tcfg, out_dir=st.output_path(TRAIN_LORA),
+                   dataset_dir=st.input_path(LABEL_DATASET), train=tcfg.model_copy(update={"keep_checkpoints": keep}), out_dir=st.output_path(TRAIN_LORA),
                    cache_dir=home.models, seed=cfg.seed, checkpoint_dir=st.scratch / "checkpoints",
                    feature_cache_dir=home.train_cache, samples_dir=st.output_path(TRAIN_SAMPLES),
                    card={"trigger_word": cfg.label.trigger_word})
@@ -96,6 +100,18 @@ def dataset_gate(st: Stage, tcfg: TrainConfig) -> None:
         raise StageError(message)
 
 
+def publish_checkpoints(st: Stage, tcfg: TrainConfig) -> None:
+    """The last ``evaluate.best_of_last`` checkpoints' weights into ``train/last_checkpoints`` (the
+    scratch folder is cleared when the stage is done); nothing when that setting is 0."""
+    k = st.config.evaluate.best_of_last
+    if k and not tcfg.checkpoint_every:
+        get_logger().warning("evaluate.best_of_last is %d but train.checkpoint_every is 0: no checkpoints to choose "
+                             "from, evaluate keeps the final LoRA; set train.checkpoint_every", k)
+    published = publish_weights(st.scratch / "checkpoints", st.output_path(TRAIN_CHECKPOINTS), k) if k else []
+    if k:
+        st.log_metrics({"published_checkpoints": len(published)})
+
+
 @stage_task(STAGE)
 def train_task(ref: RunRef) -> dict[str, Any]:
     with run_stage(ref, STAGE) as st:
@@ -107,6 +123,7 @@ def train_task(ref: RunRef) -> dict[str, Any]:
                             lambda step, metrics: st.log_metrics(metrics, step=step))
         result = _train(st, tcfg, ledger)
         stamp_dataset_metadata(st, tcfg)
+        publish_checkpoints(st, tcfg)
         st.log_metrics({"final_loss": result.final_loss, "steps": result.steps,
                         "train_seconds": result.seconds,
                         "latent_cache_hits": result.cache["latents"]["hits"],

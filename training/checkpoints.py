@@ -90,6 +90,29 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def list_weights(root: Path) -> list[Path]:
+    """Step folders that hold weights (a complete checkpoint, or one published without its
+    training state by :func:`publish_weights`), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / WEIGHTS).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def publish_weights(root: Path, dest: Path, k: int) -> list[Path]:
+    """Copy the weights of the last ``k`` complete checkpoints under ``root`` to
+    ``dest/step-NNNNNN/``: what later stages choose among once the run's scratch is gone
+    (the optimizer and RNG state stay behind: only a resume needs them)."""
+    published = []
+    for src in list_checkpoints(root)[-k:] if k > 0 else []:
+        target = Path(dest) / src.name
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / WEIGHTS, target / WEIGHTS)
+        published.append(target)
+    return published
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None

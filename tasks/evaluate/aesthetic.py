@@ -12,9 +12,11 @@ The score never enters the overall score; it reaches the gate only through
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from lora_factory.config import EvaluateConfig
 from lora_factory.errors import ConfigError
@@ -23,9 +25,11 @@ from lora_factory.schemas import MetricPair
 
 from .score import EmbeddingSet, Scored
 
+Images = tuple[Sequence[Image.Image], Sequence[Image.Image]]  # (base, LoRA)
 Head = list[tuple[np.ndarray, np.ndarray]]  # (weight [out, in], bias [out]) per layer, in order
 TINY_HIDDEN = 16
 KEY = "evaluate.aesthetic_head"
+CLIP_KEY = "evaluate.aesthetic_clip"
 
 
 def tiny_head(dim: int, seed: int = 0) -> Head:
@@ -57,9 +61,9 @@ def _order(key: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", key))
 
 
-def load_head(ref: str, dim: int) -> Head:
-    """The head named by ``ref`` (``tiny:...`` or a file path), checked against ``dim``, the CLIP
-    image embedding's size."""
+def load_head(ref: str, dim: int, clip: str = "models.clip_scorer") -> Head:
+    """The head named by ``ref`` (``tiny:...`` or a file path), checked against ``dim``, the size
+    of the image embeddings of ``clip`` (the setting that names the CLIP, for the error)."""
     if is_random_ref(ref):
         return tiny_head(dim)
     path = Path(ref).expanduser()
@@ -72,8 +76,9 @@ def load_head(ref: str, dim: int) -> Head:
         raise ConfigError(f"{KEY} = {ref!r} has no linear layers (2-D *.weight tensors)")
     shapes = [w.shape for w, _ in head]
     if shapes[0][1] != dim or shapes[-1][0] != 1 or any(a[0] != b[1] for a, b in zip(shapes, shapes[1:], strict=False)):
-        raise ConfigError(f"{KEY} = {ref!r} maps {shapes[0][1]} -> ... -> {shapes[-1][0]} but models.clip_scorer "
-                          f"gives {dim}-dim image embeddings: use the head trained for that CLIP model")
+        raise ConfigError(f"{KEY} = {ref!r} maps {shapes[0][1]} -> ... -> {shapes[-1][0]} but {clip} gives "
+                          f"{dim}-dim image embeddings: set {CLIP_KEY} to the CLIP the head was trained on "
+                          "(LAION's heads: OpenAI's ViT-L/14, 768-d)")
     return head
 
 
@@ -85,20 +90,39 @@ def aesthetic_scores(head: Head, emb: np.ndarray) -> np.ndarray:
     return x[:, 0]
 
 
-def add_aesthetic(scored: Scored, sets: list[EmbeddingSet], cfg: EvaluateConfig) -> dict[str, str]:
+def _clip_embeddings(sets: list[EmbeddingSet], cfg: EvaluateConfig, images: Images | None,
+                     cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray, dict[str, str], str]:
+    """(base, LoRA) image embeddings of the head's CLIP: ``evaluate.aesthetic_clip``'s own model
+    when set, else the ``clip`` embedding set; the scorers it used and the setting naming it."""
+    clip_ref = cfg.aesthetic_clip.strip()
+    if clip_ref:
+        if images is None or cache_dir is None:
+            raise ConfigError(f"{CLIP_KEY} needs the generated images to embed; leave it empty here")
+        from .embedders import load_embedder
+
+        clip = load_embedder("clip", clip_ref, cache_dir)
+        return clip.embed_images(images[0]), clip.embed_images(images[1]), {"aesthetic_clip": clip_ref}, CLIP_KEY
+    found = next((es for es in sets if es.name == "clip"), None)
+    if found is None:
+        raise ConfigError(f"{KEY} scores CLIP image embeddings: set {CLIP_KEY} (the head's CLIP), add clip to "
+                          f"evaluate.embeddings, or unset {KEY}")
+    return found.base, found.lora, {}, "models.clip_scorer"
+
+
+def add_aesthetic(scored: Scored, sets: list[EmbeddingSet], cfg: EvaluateConfig, images: Images | None = None,
+                  cache_dir: Path | None = None) -> dict[str, str]:
     """With ``evaluate.aesthetic_head`` set: the ``aesthetic`` metric (base vs LoRA, per image)
-    in ``scored``; returns the scorer it used (``{"aesthetic": ref}``), ``{}`` when off."""
+    in ``scored``; returns the scorers it used (``{"aesthetic": ref}``, and ``aesthetic_clip``
+    when the head has its own CLIP), ``{}`` when off. ``images``: (base, LoRA) images."""
     ref = cfg.aesthetic_head.strip()
     if not ref:
         return {}
-    clip = next((es for es in sets if es.name == "clip"), None)
-    if clip is None:
-        raise ConfigError(f"{KEY} scores CLIP image embeddings: add clip to evaluate.embeddings or unset {KEY}")
-    head = load_head(ref, clip.base.shape[1])
-    base, lora = aesthetic_scores(head, clip.base), aesthetic_scores(head, clip.lora)
+    base_emb, lora_emb, used, clip_key = _clip_embeddings(sets, cfg, images, cache_dir)
+    head = load_head(ref, base_emb.shape[1], clip_key)
+    base, lora = aesthetic_scores(head, base_emb), aesthetic_scores(head, lora_emb)
     scored.metrics["aesthetic"] = MetricPair(base=float(base.mean()), lora=float(lora.mean()))
     scored.per_sample["aesthetic"] = {"base": base.tolist(), "lora": lora.tolist()}
-    return {"aesthetic": ref}
+    return {"aesthetic": ref} | used
 
 
 def aesthetic_delta(scored: Scored) -> dict[str, float | None]:

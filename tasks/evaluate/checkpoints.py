@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lora_factory.errors import StageError
-from training.checkpoints import WEIGHTS, list_checkpoints
+from training.checkpoints import WEIGHTS, list_weights
 
 from .generate import Sample
 
@@ -34,14 +34,14 @@ class CheckpointScore:
 
 
 def last_checkpoints(checkpoint_dir: Path, k: int) -> list[Path]:
-    """The last ``k`` complete step checkpoints, oldest first (none when ``k`` is 0)."""
-    return list_checkpoints(checkpoint_dir)[-k:] if k > 0 else []
+    """The last ``k`` step checkpoints with weights, oldest first (none when ``k`` is 0): the
+    trainer's complete ones or the weights the train stage published (``train/last_checkpoints``)."""
+    return list_weights(checkpoint_dir)[-k:] if k > 0 else []
 
 
-def _diffusers_keys(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``<component>.<module>.lora_A.<adapter>.weight`` -> the diffusers file's key names."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
+def _peft_keys(weights: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``<component>.<module>.lora_A.<adapter>.weight`` -> per component, ``<module>.lora_A.weight``
+    (the PEFT state dict ``training.lora.lora_state`` gives for a loaded adapter)."""
     by_component: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in weights.items():
         component, rest = key.split(".", 1)
@@ -49,6 +49,14 @@ def _diffusers_keys(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         if len(parts) > 2 and parts[-3] in ("lora_A", "lora_B"):
             del parts[-2]  # the adapter name ("default")
         by_component.setdefault(component, {})[".".join(parts)] = value
+    return by_component
+
+
+def _diffusers_keys(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``<component>.<module>.lora_A.<adapter>.weight`` -> the diffusers file's key names."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    by_component = _peft_keys(weights)
     out = {}
     for component, state in by_component.items():
         keys = state if component == "transformer" else convert_state_dict_to_diffusers(state)
@@ -56,10 +64,26 @@ def _diffusers_keys(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def as_lora_file(checkpoint: Path, template: Path, out: Path) -> Path:
+def _kohya_keys(weights: dict[str, torch.Tensor], template: Path, family: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under the kohya file's names (``ModelFamily.kohya_state``), with
+    the template's alpha (the exporter writes one alpha for every module)."""
+    from training.families import family_for
+
+    with safe_open(str(template), framework="pt") as f:
+        alpha_key = next((k for k in f.keys() if k.endswith(".alpha")), None)  # noqa: SIM118
+        alpha = float(f.get_tensor(alpha_key)) if alpha_key else None
+    if alpha is None:
+        raise StageError(f"{template.name} has no alpha tensors: it is not a kohya file this factory wrote")
+    peft = {f"{c}.{k}": v for c, state in _peft_keys(weights).items() for k, v in state.items()}
+    return family_for(family).kohya_state(peft, alpha)
+
+
+def as_lora_file(checkpoint: Path, template: Path, out: Path, kohya_family: str | None = None) -> Path:
     """Write ``checkpoint``'s weights as a LoRA file laid out like ``template`` (the run's final
-    file: same keys, same metadata); a checkpoint of another adapter layout is a StageError."""
-    converted = _diffusers_keys(load_file(str(Path(checkpoint) / WEIGHTS)))
+    file: same keys, same metadata); a checkpoint of another adapter layout is a StageError.
+    With ``kohya_family`` the template is the run's kohya file and the names are kohya's."""
+    weights = load_file(str(Path(checkpoint) / WEIGHTS))
+    converted = _diffusers_keys(weights) if kohya_family is None else _kohya_keys(weights, template, kohya_family)
     with safe_open(str(template), framework="pt") as f:
         keys, meta = set(f.keys()), dict(f.metadata() or {})
     if set(converted) != keys:
@@ -67,7 +91,8 @@ def as_lora_file(checkpoint: Path, template: Path, out: Path) -> Path:
         raise StageError(f"checkpoint {checkpoint.name} does not match {template.name} (first differing key: "
                          f"{missing[0]}); it was written by another training setup")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in converted.items()}, str(out), metadata=meta)
+    save_file({k: v.detach().to("cpu", torch.float32).contiguous() if kohya_family else v.contiguous()
+               for k, v in converted.items()}, str(out), metadata=meta)
     return out
 
 

@@ -14,6 +14,7 @@ reset, so the delta can read 0). ``memory_kind`` in eval.json says which one was
 
 from __future__ import annotations
 
+import logging
 import re
 import resource
 import sys
@@ -28,6 +29,7 @@ import torch
 from .generate import render
 from .prompts import EvalPrompt
 
+log = logging.getLogger(__name__)
 MODES = ("base", "lora", "fused")
 PERCENTILES = (50, 95, 99)
 _STATUS = Path("/proc/self/status")
@@ -124,20 +126,41 @@ def measure_loaded(pipe: Any, prompts: list[EvalPrompt], seed: int, images: int,
     modes = {"base": base}
     seconds, peak, kind = time_mode(pipe, prompts, seed, images, kw)
     modes["lora"] = mode_record(seconds, peak)
-    pipe.fuse_lora(lora_scale=1.0)
     try:
-        seconds, peak, kind = time_mode(pipe, prompts, seed, images, kw)
-    finally:
-        pipe.unfuse_lora()
-    modes["fused"] = mode_record(seconds, peak)
+        pipe.fuse_lora(lora_scale=1.0)
+    except Exception as e:  # noqa: BLE001 - any failure to fuse is the same fact: no fused figures
+        modes["fused"] = unavailable(e)
+        log.warning("evaluate: fused latency not measured: %s", modes["fused"]["unavailable"])
+        _unfuse(pipe)  # a fuse that failed half-way must not leave some layers fused
+    else:
+        try:
+            seconds, peak, kind = time_mode(pipe, prompts, seed, images, kw)
+        finally:
+            pipe.unfuse_lora()
+        modes["fused"] = mode_record(seconds, peak)
     return {"device": str(kw["device"]), "memory_kind": kind, "prompts": [p.text for p in prompts],
             "seed": seed, "modes": modes}
+
+
+def unavailable(error: BaseException) -> dict[str, Any]:
+    """A mode that could not be measured, with the reason on one line."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return {"unavailable": f"fuse_lora failed: {type(error).__name__}" + (f": {first}" if first else "")}
+
+
+def _unfuse(pipe: Any) -> None:
+    try:
+        pipe.unfuse_lora()
+    except Exception as e:  # noqa: BLE001 - nothing was fused, or the pipeline cannot unfuse: said in the log
+        log.warning("evaluate: unfuse_lora after the failed fuse: %s: %s", type(e).__name__, e)
 
 
 def efficiency_metrics(eff: dict[str, Any]) -> dict[str, float]:
     """Flat MLflow metrics: ``latency_p50_s_base``, ..., ``peak_memory_mib_fused``."""
     flat: dict[str, float] = {}
     for mode, rec in eff.get("modes", {}).items():
+        if "unavailable" in rec:
+            continue
         flat |= {f"latency_p{q}_s_{mode}": rec[f"p{q}"] for q in PERCENTILES if rec.get(f"p{q}") is not None}
         flat[f"peak_memory_mib_{mode}"] = rec["peak_memory_mib"]
     return flat

@@ -83,10 +83,23 @@ def _flux_kohya_layers(transformer: torch.nn.Module) -> dict[str, torch.nn.Modul
     return {k: torch.nn.Linear(i, o, bias=False, device="meta") for k, (i, o) in shapes.items()}
 
 
+def _pointwise(kernel: tuple[int, ...]) -> bool:
+    """No spatial extent: a linear layer's () or a 1x1 kernel."""
+    return set(kernel) <= {1}
+
+
 def _fits(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor) -> bool:
+    """``down`` [r, in] / ``up`` [out, r] of a linear layer; of a conv layer [out, in, k, k] the
+    LoCon layout: ``down`` [r, in, k, k] (the layer's kernel) and ``up`` [out, r, 1, 1]. A 1x1
+    kernel and a linear layer take either layout (diffusers and kohya write both)."""
     w = layer.weight  # base layers are plain (no adapter loaded) when checked
     if getattr(layer, "base_layer", None) is not None:
         w = layer.base_layer.weight
+    kernel, down_kernel = tuple(w.shape[2:]), tuple(down.shape[2:])
+    if down_kernel != kernel and not (_pointwise(down_kernel) and _pointwise(kernel)):
+        return False
+    if not _pointwise(tuple(up.shape[2:])):
+        return False
     return down.shape[1] == w.shape[1] and up.shape[0] == w.shape[0] and up.shape[1] == down.shape[0]
 
 
@@ -102,7 +115,7 @@ def check_keys(pipe: Any, family: str, path: Path) -> KeyReport:
         layer = layers.get(name)
         if layer is None:
             report.unexpected.append(name)
-        elif "down" in parts and "up" in parts and not _fits(layer, parts["down"].flatten(1), parts["up"].flatten(1)):
+        elif "down" in parts and "up" in parts and not _fits(layer, parts["down"], parts["up"]):
             report.shapes.append(f"{name} down {tuple(parts['down'].shape)} up {tuple(parts['up'].shape)}")
     return report
 

@@ -16,7 +16,7 @@ from lora_factory.report_decision import decision_section
 
 from .._html import thumbnail_uri
 from .metrics import WEIGHTS
-from .report_sections import efficiency_section, progression_section
+from .report_sections import best_checkpoint_section, efficiency_section, progression_section
 
 STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; }
 table { border-collapse: collapse; margin-bottom: 1em; } td, th { border: 1px solid #ccc; padding: 4px 8px; }
@@ -82,7 +82,8 @@ def _copies(r: dict[str, Any], images_dir: Path) -> str:
     return f"<table><tr><th>LoRA image</th><th>nearest training image</th><th>cosine</th><th>prompt</th></tr>{rows}</table>"
 
 
-def render_report(r: dict[str, Any], grid: Image.Image, images_dir: Path) -> str:
+def render_report(r: dict[str, Any], grid: Image.Image, images_dir: Path, run_dir: Path | None = None) -> str:
+    """The page; ``run_dir`` resolves the run-relative paths of eval.json (sample grids)."""
     warn = ""
     if r["random_scorers"]:
         warn = ("<p class='warn'>The " + html.escape(", ".join(r["random_scorers"])) + " scorer is a random tiny "
@@ -105,7 +106,8 @@ scorers {html.escape(", ".join(f"{k}={v}" for k, v in r["scorers"].items()))}. S
 <h2>Per prompt</h2>{_per_prompt(r)}
 <h2>Nearest training images (worst copies)</h2>{_copies(r, images_dir)}
 <h2>Efficiency</h2>{efficiency_section(r)}
-<h2>Sample progression during training</h2>{progression_section(r)}
+{best_checkpoint_section(r)}
+<h2>Sample progression during training</h2>{progression_section(r, run_dir)}
 {decision_section(None)}
 </body></html>
 """

@@ -24,6 +24,8 @@ def efficiency_section(r: dict[str, Any]) -> str:
         return "<p>Not measured (evaluate.efficiency_images = 0).</p>"
     labels = {"base": "without LoRA", "lora": "LoRA loaded", "fused": "LoRA fused"}
     rows = "".join(
+        f"<tr><td>{labels.get(m, html.escape(m))}</td><td colspan='5'>unavailable: {html.escape(rec['unavailable'])}</td></tr>"
+        if "unavailable" in rec else
         f"<tr><td>{labels.get(m, html.escape(m))}</td><td>{rec['images']}</td><td>{_sec(rec['p50'])}</td>"
         f"<td>{_sec(rec['p95'])}</td><td>{_sec(rec['p99'])}</td><td>{rec['peak_memory_mib']:.1f}</td></tr>"
         for m, rec in eff["modes"].items())
@@ -35,12 +37,27 @@ def efficiency_section(r: dict[str, Any]) -> str:
             f"<th>peak MiB</th></tr>{rows}</table>")
 
 
-def progression_section(r: dict[str, Any]) -> str:
-    """The trainer's sample grids (same prompts and noise every time), oldest first."""
-    grids = [Path(p) for p in r.get("sample_progression") or []]
+def progression_section(r: dict[str, Any], run_dir: Path | None = None) -> str:
+    """The trainer's sample grids (same prompts and noise every time), oldest first; paths
+    relative to the run directory ``run_dir`` (eval.json's), or absolute."""
+    grids = [Path(run_dir or "") / p for p in r.get("sample_progression") or []]
     if not grids:
         return "<p>No training samples (train.sample_every is off, or this LoRA was not trained here).</p>"
     cells = "".join(f"<figure style='display:inline-block;margin:4px'><img alt='{html.escape(p.stem)}' "
                     f"src='{thumbnail_uri(p, 512)}'><figcaption>{html.escape(p.stem)}</figcaption></figure>"
                     for p in grids if p.is_file())
     return f"<div>{cells}</div>"
+
+
+def best_checkpoint_section(r: dict[str, Any]) -> str:
+    """Every candidate's score and the one that became the run's LoRA; nothing when
+    evaluate.best_of_last is off (the report stays as it was)."""
+    best = r.get("best_checkpoint")
+    if not best:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{c['score']:.4f}</td>"
+                   f"<td>{'<b>chosen</b>' if c['name'] == best['chosen'] else ''}</td></tr>" for c in best["candidates"])
+    return (f"<h2>Best checkpoint</h2><p>Mean {html.escape(best['embedding'])} fidelity to the training images on "
+            f"{len(best['prompts'])} concept prompt(s), seeds {best['seeds']}; shipped: "
+            f"<code>{html.escape(best['shipped'])}</code>.</p>"
+            f"<table><tr><th>checkpoint</th><th>score</th><th></th></tr>{rows}</table>")

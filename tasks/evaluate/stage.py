@@ -53,6 +53,20 @@ class EvalSetup:
     kohya_file: Path | None = None  # the same LoRA in kohya format: checked for portability
     sample_grids: list[Path] = field(default_factory=list)  # the trainer's sample grids, oldest first
     scorer_refs: dict[str, str] = field(default_factory=dict)  # embedding -> model ref (dino: models.dino_scorer)
+    best_checkpoint: dict[str, Any] | None = None  # evaluate.best_of_last's choice and scores (best.Choice)
+    run_dir: Path | None = None  # the factory run's folder: eval.json's paths are relative to it
+
+
+def run_relative(path: Path, setup: EvalSetup, out_dir: Path) -> str:
+    """``path`` as eval.json stores it: relative to the run directory (a file of this stage's
+    staging folder as ``evaluate/...``), absolute outside a factory run so it stays findable."""
+    path = Path(path)
+    if setup.run_dir is None:
+        return str(path)
+    for root, prefix in ((Path(out_dir), STAGE), (Path(setup.run_dir), "")):
+        if path.is_relative_to(root):
+            return "/".join(filter(None, (prefix, path.relative_to(root).as_posix())))
+    return str(path)
 
 
 @dataclass
@@ -73,17 +87,22 @@ def training_losses(lora_dir: Path) -> list[float]:
     return [float(v) for v in json.loads(path.read_text()).get("losses", [])]
 
 
-def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfig) -> Rendered:
-    """Base first, then the same pipeline (same scheduler object) with the LoRA loaded."""
+def open_pipeline(setup: EvalSetup, cfg: EvaluateConfig) -> tuple[Any, dict[str, Any]]:
+    """The base pipeline and the ``render`` settings every image of the evaluation uses."""
     from lora_factory.models import load_pipeline
     from training.trainer import resolve_device
 
     device = resolve_device("auto")
     pipe = load_pipeline(setup.base_ref, setup.family, setup.cache_dir, device=str(device))
     pipe.set_progress_bar_config(disable=True)
+    return pipe, {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "resolution": setup.resolution,
+                  "batch_size": cfg.batch_size, "device": device}
+
+
+def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfig) -> Rendered:
+    """Base first, then the same pipeline (same scheduler object) with the LoRA loaded."""
+    pipe, kw = open_pipeline(setup, cfg)
     seeds = seeds_for(cfg.seed, cfg.num_seeds)
-    kw = {"steps": cfg.num_inference_steps, "guidance": cfg.guidance_scale, "resolution": setup.resolution,
-          "batch_size": cfg.batch_size, "device": device}
     keys = check_keys(pipe, setup.family, lora_file)
     if not keys.ok:
         raise StageError(f"{lora_file.name} is not a LoRA for {setup.base_ref} ({setup.family}): {keys.line()}")
@@ -173,7 +192,8 @@ def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfi
     sets = embed_all(embedders, rendered, prompts, setup)
     for es in sets:
         score_set(es, kinds, cfg, scored)
-    scorers = {e.name: e.ref for e in embedders} | add_aesthetic(scored, sets, cfg)
+    images = ([s.image for s in rendered.base], [s.image for s in rendered.lora])
+    scorers = {e.name: e.ref for e in embedders} | add_aesthetic(scored, sets, cfg, images, setup.cache_dir)
     found, rms = silent_failures(rendered, lora_file, cfg, setup.losses)
     if rendered.portability and not rendered.portability["passed"]:
         problems = [f"{n}: {f['problem']}" for n, f in rendered.portability["files"].items() if not f["ok"]]
@@ -187,19 +207,20 @@ def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfi
         found.append(Finding(code="exact_copy", severity="error", items=[c["image"] for c in copies if c["exact"]],
                              message=f"LoRA images reproduce a training image (cosine >= {cfg.exact_copy_threshold})"))
     result = judge(EvalResult(
-        base_ref=setup.base_ref, family=setup.family, lora_path=str(lora_file),
+        base_ref=setup.base_ref, family=setup.family, lora_path=run_relative(lora_file, setup, out_dir),
         scorers=scorers, random_scorers=[n for n, ref in scorers.items() if is_random_ref(ref)],
         metrics=scored.metrics, scores=headline_scores(scored, primary) | aesthetic_delta(scored),
         findings=found, verdict="fail",
         portability=rendered.portability, efficiency=rendered.efficiency,
-        sample_progression=[str(p) for p in setup.sample_grids], fidelity_gains=fidelity_gains(scored),
+        sample_progression=[run_relative(p, setup, out_dir) for p in setup.sample_grids], fidelity_gains=fidelity_gains(scored),
         primary_embedding=primary, prompts=[p.as_dict() for p in prompts], seeds=rendered.seeds,
         steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, resolution=setup.resolution,
         scheduler=rendered.scheduler, weight_delta_rms=rms, num_training_images=len(setup.references),
         final_loss=setup.losses[-1] if setup.losses else None,
         per_prompt=per_prompt(prompts, [s.prompt_index for s in rendered.base], scored),
-        samples=_samples(rendered, scored), worst_copies=copies), cfg)
-    write_outputs(result, rendered, prompts, Path(out_dir))
+        samples=_samples(rendered, scored), worst_copies=copies,
+        **({"best_checkpoint": setup.best_checkpoint} if setup.best_checkpoint else {})), cfg)
+    write_outputs(result, rendered, prompts, Path(out_dir), setup.run_dir)
     return result
 
 
@@ -213,7 +234,8 @@ def _samples(r: Rendered, scored: Scored) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(result: EvalResult, r: Rendered, prompts: list[EvalPrompt], out_dir: Path) -> None:
+def write_outputs(result: EvalResult, r: Rendered, prompts: list[EvalPrompt], out_dir: Path,
+                  run_dir: Path | None = None) -> None:
     images_dir = EVAL_IMAGES.at(out_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
     cells = {}
@@ -224,4 +246,4 @@ def write_outputs(result: EvalResult, r: Rendered, prompts: list[EvalPrompt], ou
     grid = make_grid([f"[{p.kind}] {p.text}" for p in prompts], r.seeds, cells)
     EVAL_GRID.write(out_dir, grid)
     EVAL_RESULT.write(out_dir, result)
-    EVAL_REPORT.write(out_dir, render_report(result.model_dump(mode="json"), grid, images_dir))
+    EVAL_REPORT.write(out_dir, render_report(result.model_dump(mode="json"), grid, images_dir, run_dir))

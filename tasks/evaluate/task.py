@@ -10,11 +10,13 @@ from typing import Any
 
 from lora_factory.catalog import (
     EVAL_GRID,
+    EVAL_LORA,
     EVAL_MODEL_CARD,
     EVAL_REPORT,
     EVAL_RESULT,
     LABEL_CAPTION_STATS,
     LABEL_DATASET,
+    TRAIN_CHECKPOINTS,
     TRAIN_LORA,
     TRAIN_SAMPLES,
     TUNE_TRAIN_CONFIG,
@@ -30,6 +32,7 @@ from training.model_card import with_eval_scores
 from training.save import MODEL_CARD_NAME
 
 from .._prefect import stage_task
+from .best import FINAL, choose, write_chosen
 from .efficiency import efficiency_metrics
 from .prompts import MAX_TAGS, Concept, EvalPrompt, build_prompts
 from .stage import STAGE, EvalSetup, evaluate_lora, training_losses
@@ -75,9 +78,33 @@ def log_result(st: Stage, result: EvalResult) -> None:
         st.log.warning("evaluate: %s: %s", f.code, f.message)
 
 
+def best_lora(st: Stage, setup: EvalSetup, lora_dir: Path, prompts: list[EvalPrompt]) -> Path:
+    """``evaluate.best_of_last``: the adapter folder of the best of the last K checkpoints and the
+    final LoRA (``evaluate/lora`` when a checkpoint won, else train's); ``setup`` gets the choice."""
+    checkpoints = st.input_path(TRAIN_CHECKPOINTS)
+    choice = choose(setup, lora_dir, checkpoints, prompts, st.config.evaluate, st.scratch / "candidates")
+    chosen_dir, shipped = lora_dir, TRAIN_LORA
+    if choice.replaced:
+        chosen_dir = write_chosen(choice, lora_dir, checkpoints, setup.family, st.output_path(EVAL_LORA))
+        shipped = EVAL_LORA
+    setup.best_checkpoint = choice.record(f"{shipped.run_path}/{LORA_WEIGHT_NAME}")
+    kohya = chosen_dir / KOHYA_WEIGHT_NAME
+    setup.kohya_file = kohya if kohya.is_file() else None
+    st.log.info("evaluate: best checkpoint %s of %s", choice.chosen, ", ".join(
+        f"{n}={v:.4f}" for n, v in choice.scores.items()))
+    for name, score in choice.scores.items():  # a step axis in the UI, next to the loss
+        step = len(setup.losses) if name == FINAL else int(name.rsplit("-", 1)[-1])
+        st.log_metrics({"checkpoint_score": score}, step=step)
+    st.tracker.set_tags(st.ref.parent_run_id, {"best_checkpoint": choice.chosen})
+    return chosen_dir
+
+
 def card_with_scores(lora_dir: Path, result: EvalResult) -> str:
     card = (lora_dir / MODEL_CARD_NAME).read_text(encoding="utf-8")
     notes = [f"verdict: {result.verdict}"] + [f"{f.code}: {f.message}" for f in result.findings]
+    best = (result.model_extra or {}).get("best_checkpoint")
+    if best:
+        notes.append(f"best checkpoint: {best['chosen']} of " + ", ".join(c["name"] for c in best["candidates"]))
     return with_eval_scores(card, {k: v for k, v in result.scores.items() if v is not None}, notes)
 
 
@@ -93,12 +120,15 @@ def evaluate_task(ref: RunRef) -> dict[str, Any]:
         setup = EvalSetup(cfg.models.base, cfg.models.base_family, cfg.models.clip_scorer, home_of(cfg).models,
                           cfg.evaluate.resolution or tcfg.resolution, stats.trigger_word or cfg.label.trigger_word,
                           references, training_losses(lora_dir), scorer_refs={"dino": cfg.models.dino_scorer})
+        setup.run_dir = st.input_dir(TRAIN_LORA).parent
         samples_dir = st.input_path(TRAIN_SAMPLES)
         setup.sample_grids = sorted(samples_dir.glob("step-*.png")) if samples_dir.is_dir() else []
         if (lora_dir / KOHYA_WEIGHT_NAME).is_file():
             setup.kohya_file = lora_dir / KOHYA_WEIGHT_NAME
         st.log_params({**cfg.evaluate.model_dump(), "resolved_prompts": [p.text for p in prompts],
                        "resolution": setup.resolution, "clip_scorer": cfg.models.clip_scorer})
+        if cfg.evaluate.best_of_last:
+            lora_dir = best_lora(st, setup, lora_dir, prompts)
         result = evaluate_lora(lora_dir / LORA_WEIGHT_NAME, prompts, cfg.evaluate, setup, st.out)
         st.write(EVAL_MODEL_CARD, card_with_scores(lora_dir, result))
         log_result(st, result)
