@@ -97,6 +97,16 @@ def test_eval_json_paths_are_relative_to_the_run_and_the_report_resolves_them(tm
     assert run_relative(grid, EvalSetup("tiny:sd", "sd15", "tiny:clip", tmp_path, 32, "t"), staging) == str(grid)
     page = progression_section({"sample_progression": ["train/samples/step-000010.png"]}, run)
     assert "alt='step-000010' src='data:image/png;base64," in page
+    # The worst copies' training images are run-relative too.
+    from tasks.evaluate.report import _copies
+
+    train_image = run / "label" / "dataset" / "a.png"
+    train_image.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(train_image)
+    assert run_relative(train_image, setup, staging) == "label/dataset/a.png"
+    copies = _copies({"worst_copies": [{"image": "step-000010.png", "training_image": "label/dataset/a.png",
+                                         "similarity": 0.5, "prompt": "p"}]}, grid.parent, run)
+    assert copies.count("src='data:image/") == 2
 
 
 def _images(n: int) -> list[Image.Image]:

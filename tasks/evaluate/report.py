@@ -71,13 +71,13 @@ def _per_prompt(r: dict[str, Any]) -> str:
     return f"<table><tr><th>#</th><th>kind</th><th>prompt</th>{head}</tr>{rows}</table>"
 
 
-def _copies(r: dict[str, Any], images_dir: Path) -> str:
+def _copies(r: dict[str, Any], images_dir: Path, run_dir: Path | None) -> str:
     pairs = r.get("worst_copies", [])
     if not pairs:
         return "<p>No training images to compare with.</p>"
     rows = "".join(
         f"<tr><td><img alt='generated' src='{thumbnail_uri(images_dir / c['image'], 128)}'></td>"
-        f"<td><img alt='training' src='{thumbnail_uri(Path(c['training_image']), 128)}'></td>"
+        f"<td><img alt='training' src='{thumbnail_uri(Path(run_dir or '') / c['training_image'], 128)}'></td>"
         f"<td>{c['similarity']:.4f}</td><td>{html.escape(c['prompt'])}</td></tr>" for c in pairs)
     return f"<table><tr><th>LoRA image</th><th>nearest training image</th><th>cosine</th><th>prompt</th></tr>{rows}</table>"
 
@@ -104,7 +104,7 @@ scorers {html.escape(", ".join(f"{k}={v}" for k, v in r["scorers"].items()))}. S
 <img alt="grid" src="data:image/png;base64,{_png_b64(grid)}">
 <h2>Metrics, base vs LoRA</h2>{_metrics(r)}
 <h2>Per prompt</h2>{_per_prompt(r)}
-<h2>Nearest training images (worst copies)</h2>{_copies(r, images_dir)}
+<h2>Nearest training images (worst copies)</h2>{_copies(r, images_dir, run_dir)}
 <h2>Efficiency</h2>{efficiency_section(r)}
 {best_checkpoint_section(r)}
 <h2>Sample progression during training</h2>{progression_section(r, run_dir)}

@@ -165,7 +165,7 @@ def silent_failures(r: Rendered, lora_file: Path, cfg: EvaluateConfig, losses: l
 
 
 def worst_copies(scored: Scored, primary: str, r: Rendered, prompts: list[EvalPrompt],
-                 setup: EvalSetup) -> list[dict[str, Any]]:
+                 setup: EvalSetup, out_dir: Path) -> list[dict[str, Any]]:
     """The LoRA images nearest to a training image (primary embedder), most similar first."""
     copy = scored.copies.get(primary)
     if copy is None:
@@ -173,7 +173,7 @@ def worst_copies(scored: Scored, primary: str, r: Rendered, prompts: list[EvalPr
     triggered = [s for s in r.lora if prompts[s.prompt_index].kind != "leakage"]
     order = np.argsort(-copy.similarity)[:WORST_COPIES]
     return [{"image": triggered[i].name, "prompt": prompts[triggered[i].prompt_index].text,
-             "training_image": str(setup.references[int(copy.nearest[i])]),
+             "training_image": run_relative(setup.references[int(copy.nearest[i])], setup, out_dir),
              "similarity": float(copy.similarity[i]), "exact": int(i) in copy.exact} for i in order]
 
 
@@ -202,7 +202,7 @@ def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfi
                              message="the diffusers and kohya files do not load alike: "
                                      + ("; ".join(problems) or f"images differ by up to {diff:.4f}")))
     primary = cfg.embeddings[0]
-    copies = worst_copies(scored, primary, rendered, prompts, setup)
+    copies = worst_copies(scored, primary, rendered, prompts, setup, out_dir)
     if any(c["exact"] for c in copies):
         found.append(Finding(code="exact_copy", severity="error", items=[c["image"] for c in copies if c["exact"]],
                              message=f"LoRA images reproduce a training image (cosine >= {cfg.exact_copy_threshold})"))
