@@ -19,12 +19,8 @@ from lora_factory.catalog import DEPLOY_DECISION
 from lora_factory.errors import FactoryError
 from lora_factory.storage import Store
 from training.export_kohya import KOHYA_WEIGHT_NAME, stamp_metadata
+from training.families import family_for
 from training.lora import LORA_WEIGHT_NAME
-
-# The Stability AI model spec (sai_model_spec 1.0.0) as kohya's sd-scripts writes it for LoRAs.
-_ARCH = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
-_IMPL = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
-_SD_VERSION = {"sd15": "SD1", "sdxl": "SDXL"}  # A1111's sidecar "sd version"
 
 
 class ExportError(FactoryError):
@@ -33,9 +29,11 @@ class ExportError(FactoryError):
 
 def modelspec(family: str, title: str, trigger_word: str, resolution: int | None, licence: str,
               description: str = "") -> dict[str, str]:
-    """The ``modelspec.*`` keys A1111 and ComfyUI read from a LoRA file (all strings)."""
-    meta = {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": _ARCH.get(family, f"{family}/lora"),
-            "modelspec.implementation": _IMPL.get(family, "diffusers"), "modelspec.title": title,
+    """The ``modelspec.*`` keys A1111 and ComfyUI read from a LoRA file (all strings); the
+    architecture and implementation are the family's, as the trained file has them."""
+    fam = family_for(family)
+    meta = {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": fam.modelspec_architecture,
+            "modelspec.implementation": fam.modelspec_implementation, "modelspec.title": title,
             "modelspec.author": "lora-factory", "modelspec.date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "modelspec.license": licence}
     if trigger_word:
@@ -62,7 +60,7 @@ def to_loras_folder(lora_dir: Path, dest: Path, name: str, family: str, meta: Ma
         stamp_metadata(tmp, dict(meta))
         tmp.replace(out)  # a UI scanning the folder never sees half a file
         sidecar = {"description": meta.get("modelspec.description", ""), "activation text": trigger_word,
-                   "sd version": _SD_VERSION.get(family, "Unknown"), "preferred weight": 1.0,
+                   "sd version": family_for(family).a1111_sd_version, "preferred weight": 1.0,
                    "notes": meta.get("modelspec.title", name)}
         (dest / f"{name}.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     except OSError as e:

@@ -11,13 +11,19 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lora_factory.config import TrainConfig
 from lora_factory.models import load_pipeline
-from tests.training_helpers import lora_tensors, small_cfg, tiny_job, write_dataset
+from tests.training_helpers import (
+    adapted_pipe,
+    assert_key_check_flags_a_squeezed_layer,
+    lora_tensors,
+    small_cfg,
+    tiny_job,
+    write_dataset,
+)
 from training.export_kohya import KOHYA_WEIGHT_NAME, save_kohya
 from training.families import family_for
 from training.families.flux import flux_kohya_state
-from training.lora import LORA_WEIGHT_NAME, add_loras, lora_state, save_lora
+from training.lora import LORA_WEIGHT_NAME, lora_state, save_lora
 
 EIGHT = [(64, 64), (80, 64), (64, 80), (96, 96), (72, 64), (64, 72), (128, 96), (96, 128)]
 
@@ -56,16 +62,7 @@ def test_cached_and_uncached_features_give_identical_weights(eight: Path, model_
 
 
 def _adapted(model_cache: Path, targets: list[str], alpha: float) -> object:
-    """tiny:flux with a LoRA whose up weights are random (a trained LoRA's stand-in)."""
-    pipe = load_pipeline("tiny:flux", None, model_cache)
-    cfg = TrainConfig(rank=4, alpha=alpha, target_modules=targets, device="cpu")
-    add_loras(pipe, cfg, seed=0, family=family_for("flux"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        for name, p in pipe.transformer.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.2)
-    return pipe
+    return adapted_pipe("tiny:flux", "flux", targets, alpha, model_cache)
 
 
 def _output(pipe: object) -> torch.Tensor:
@@ -177,21 +174,9 @@ def test_the_evaluators_key_check_takes_both_flux_files_and_flags_a_squeezed_fus
         model_cache: Path, tmp_path: Path) -> None:
     """The evaluator checks every module against the base: the diffusers file by the transformer's
     module paths, the kohya file by sd-scripts' names (a fused layer's summed width)."""
-    from safetensors.torch import load_file, save_file
-
-    from tasks.evaluate.portability import check_keys
-
     pipe = _adapted(model_cache, list(family_for("flux").default_targets), alpha=4.0)
     save_lora(pipe, tmp_path)
     peft = {f"{c}.{k}": v for c, s in lora_state(pipe).items() for k, v in s.items()}
     save_kohya(peft, tmp_path / KOHYA_WEIGHT_NAME, family_for("flux"), 4, 4.0, {"resolution": 64})
-    base = load_pipeline("tiny:flux", None, model_cache)
-    for name in (LORA_WEIGHT_NAME, KOHYA_WEIGHT_NAME):
-        report = check_keys(base, "flux", tmp_path / name)
-        assert report.ok, (name, report.line())
-    kohya = load_file(str(tmp_path / KOHYA_WEIGHT_NAME))
-    key = "lora_unet_single_blocks_0_linear1.lora_up.weight"
-    kohya[key] = kohya[key][:-1].contiguous()
-    save_file(kohya, str(tmp_path / "squeezed.safetensors"))
-    report = check_keys(base, "flux", tmp_path / "squeezed.safetensors")
-    assert report.shapes and "linear1" in report.shapes[0]
+    assert_key_check_flags_a_squeezed_layer(load_pipeline("tiny:flux", None, model_cache), "flux", tmp_path,
+                                            "lora_unet_single_blocks_0_linear1", tmp_path)

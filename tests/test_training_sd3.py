@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from lora_factory.models import load_pipeline
-from tests.training_helpers import lora_tensors, small_cfg, tiny_job, write_dataset
+from tests.training_helpers import lora_tensors, sd3_output, small_cfg, tiny_job, write_dataset
 from training.families import family_for
 from training.lora import LORA_WEIGHT_NAME
 
@@ -46,22 +46,13 @@ def test_overfitting_eight_images_lowers_the_flow_matching_loss(trained: tuple[P
     assert meta["modelspec.prediction_type"] == "flow"
 
 
-def _output(pipe: object) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    inputs = {"hidden_states": torch.randn(1, 16, 8, 8, generator=g),
-              "encoder_hidden_states": torch.randn(1, 12, 64, generator=g),
-              "pooled_projections": torch.randn(1, 64, generator=g), "timestep": torch.tensor([600.0])}
-    with torch.no_grad():
-        return pipe.transformer(**inputs, return_dict=False)[0]  # type: ignore[attr-defined]
-
-
 def test_the_diffusers_file_loads_with_every_key_and_changes_the_output(trained: tuple[Path, list[float]],
                                                                         model_cache: Path) -> None:
     from peft.utils import get_peft_model_state_dict
 
     lora_dir, _ = trained
     pipe = load_pipeline("tiny:sd3", None, model_cache)
-    base = _output(pipe)
+    base = sd3_output(pipe)
     pipe.load_lora_weights(str(lora_dir), weight_name=LORA_WEIGHT_NAME, adapter_name="x")
     loaded = {f"transformer.{k}" for k in get_peft_model_state_dict(pipe.transformer, adapter_name="x")}
     saved = lora_tensors(lora_dir)
@@ -71,7 +62,7 @@ def test_the_diffusers_file_loads_with_every_key_and_changes_the_output(trained:
         layer = pipe.transformer.get_submodule(module)
         weight = getattr(layer, f"lora_{kind.split('.')[0]}")["x"].weight
         assert torch.equal(weight.detach(), saved[key]), key
-    assert not torch.allclose(_output(pipe), base)
+    assert not torch.allclose(sd3_output(pipe), base)
 
 
 def test_the_evaluator_renders_base_and_lora_with_the_sd3_lora(trained: tuple[Path, list[float]],

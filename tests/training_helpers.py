@@ -57,3 +57,49 @@ def tiny_job(dataset_dir: Path, train: TrainConfig, out_dir: Path, cache_dir: Pa
 
 def lora_tensors(lora_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(lora_dir / LORA_WEIGHT_NAME))
+
+
+def adapted_pipe(ref: str, family: str, targets: list[str], alpha: float, cache_dir: Path) -> Any:
+    """The tiny pipeline ``ref`` with a rank-4 LoRA whose up weights are random (a trained
+    LoRA's stand-in, so exports and loaders have something to carry)."""
+    from lora_factory.models import load_pipeline
+    from training.families import family_for
+    from training.lora import add_loras
+
+    pipe = load_pipeline(ref, None, cache_dir)
+    add_loras(pipe, TrainConfig(rank=4, alpha=alpha, target_modules=targets, device="cpu"), seed=0,
+              family=family_for(family))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.2)
+    return pipe
+
+
+def sd3_output(pipe: Any) -> torch.Tensor:
+    """tiny:sd3's transformer on fixed random inputs (64 px latents, 12 text tokens)."""
+    g = torch.Generator().manual_seed(0)
+    inputs = {"hidden_states": torch.randn(1, 16, 8, 8, generator=g),
+              "encoder_hidden_states": torch.randn(1, 12, 64, generator=g),
+              "pooled_projections": torch.randn(1, 64, generator=g), "timestep": torch.tensor([600.0])}
+    with torch.no_grad():
+        return pipe.transformer(**inputs, return_dict=False)[0]
+
+
+def assert_key_check_flags_a_squeezed_layer(base: Any, family: str, folder: Path, key: str, tmp_path: Path) -> None:
+    """The evaluator's key check passes both export files of ``folder`` and names the fused
+    layer ``key`` once its up weight loses a row."""
+    from safetensors.torch import save_file
+
+    from tasks.evaluate.portability import check_keys
+    from training.export_kohya import KOHYA_WEIGHT_NAME
+
+    for name in (LORA_WEIGHT_NAME, KOHYA_WEIGHT_NAME):
+        report = check_keys(base, family, folder / name)
+        assert report.ok, (name, report.line())
+    kohya = load_file(str(folder / KOHYA_WEIGHT_NAME))
+    kohya[f"{key}.lora_up.weight"] = kohya[f"{key}.lora_up.weight"][:-1].contiguous()
+    save_file(kohya, str(tmp_path / "squeezed.safetensors"))
+    report = check_keys(base, family, tmp_path / "squeezed.safetensors")
+    assert report.shapes and report.shapes[0].startswith(key), report.shapes

@@ -12,6 +12,8 @@ the wrong strength in every UI.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +28,12 @@ KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
 _PREFIXES = {
     "sd15": (("text_encoder.", "lora_te_"), ("unet.", "lora_unet_")),
     "sdxl": (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_"), ("unet.", "lora_unet_")),
-    "flux": (("text_encoder.", "lora_te1_"),),  # the transformer's names: families.flux
-    # sd-scripts' SD3 prefixes; no SD3 kohya file is written yet (families.sd3), these name the layers.
-    "sd3": (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_"), ("transformer.", "lora_unet_")),
+    # The transformers' own names come from their family (families.flux, families.sd3).
+    "flux": (("text_encoder.", "lora_te1_"),),
+    "sd3": (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_")),
 }
+# A transformer module path -> (kohya LoRA name, member index in a fused layer or None).
+KohyaName = Callable[[str], tuple[str, int | None]]
 
 
 def kohya_prefixes(family: str) -> tuple[tuple[str, str], ...]:
@@ -54,6 +58,103 @@ def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float, family: str = "s
         else:
             raise ValueError(f"unsupported LoRA tensor {key!r} (only lora_A / lora_B weights)")
     return out
+
+
+@dataclass(frozen=True)
+class KohyaNames:
+    """A transformer's module paths → sd-scripts' LoRA names: per kind of block (diffusers'
+    ``transformer_blocks``...) the kohya prefix, the plain modules and the members of fused
+    layers (name, index), and the top-level modules. Called like ``KohyaName``."""
+
+    family: str
+    blocks: dict[str, tuple[str, dict[str, str], dict[str, tuple[str, int]]]]
+    top: dict[str, str]
+
+    def __call__(self, module: str) -> tuple[str, int | None]:
+        kind, _, rest = module.partition(".")
+        index, _, rest = rest.partition(".")
+        if kind in self.blocks and index.isdigit():
+            prefix, plain, fused = self.blocks[kind]
+            if rest in plain:
+                return f"{prefix}{index}_{plain[rest]}", None
+            if rest in fused:
+                name, member = fused[rest]
+                return f"{prefix}{index}_{name}", member
+        elif module in self.top:
+            return self.top[module], None
+        raise ValueError(f"no kohya {self.family} name for LoRA module {module!r}")
+
+
+def fused_lora(name: str, members: dict[int, tuple[torch.Tensor, torch.Tensor]], widths: tuple[int, ...],
+               alpha: float) -> dict[str, torch.Tensor]:
+    """One LoRA for a fused layer (qkv, Flux's linear1): the members' down weights stacked, their
+    up weights on the block diagonal (a member without a LoRA contributes zeros), alpha times the
+    number of members so each keeps its ``alpha / rank`` (UIs scale by alpha / rows of down).
+    ``widths``: each member's output width in units of the layer's input width."""
+    down0, _ = next(iter(members.values()))
+    rank, width = down0.shape
+    downs, ups = [], []
+    for i, factor in enumerate(widths):
+        down, up = members.get(i, (torch.zeros_like(down0), torch.zeros(factor * width, rank, dtype=down0.dtype)))
+        downs.append(down)
+        ups.append(up)
+    return {f"{name}.lora_down.weight": torch.cat(downs), f"{name}.lora_up.weight": torch.block_diag(*ups),
+            f"{name}.alpha": torch.tensor(float(alpha) * len(widths))}
+
+
+def transformer_kohya_state(peft_state: dict[str, torch.Tensor], alpha: float, family: str, name_of: KohyaName,
+                            widths_of: Callable[[str], tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """``transformer.<module>.lora_A/B.weight`` (and text encoders') -> kohya keys named by
+    ``name_of``, the members of a fused layer written as one LoRA (``fused_lora``)."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    text: dict[str, torch.Tensor] = {}
+    for key, value in peft_state.items():
+        if key.startswith("text_encoder"):
+            text[key] = value
+            continue
+        if not key.startswith("transformer."):
+            raise ValueError(f"LoRA key {key!r} names no {family} component (transformer., text_encoder.)")
+        module, kind = key[len("transformer."):].rsplit(".lora_", 1)
+        pairs.setdefault(module, {})[kind] = value
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for module, weights in pairs.items():
+        name, member = name_of(module)
+        down, up = weights["A.weight"], weights["B.weight"]
+        if member is None:
+            out |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                    f"{name}.alpha": torch.tensor(float(alpha))}
+        else:
+            fused.setdefault(name, {})[member] = (down, up)
+    for name, members in fused.items():
+        out |= fused_lora(name, members, widths_of(name), alpha)
+    return out | peft_to_kohya(text, alpha, family) if text else out
+
+
+def kohya_stand_ins(transformer: torch.nn.Module, name_of: KohyaName) -> dict[str, torch.nn.Module]:
+    """A transformer's kohya names as shape stand-ins on the meta device: a fused layer takes its
+    members' input and the sum of their outputs, as ``fused_lora`` writes it."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for name, layer in transformer.named_modules():
+        if not isinstance(layer, torch.nn.Linear):
+            continue
+        try:
+            kohya, _ = name_of(name)
+        except ValueError:
+            continue
+        shapes[kohya] = (layer.in_features, shapes.get(kohya, (0, 0))[1] + layer.out_features)
+    return {k: torch.nn.Linear(i, o, bias=False, device="meta") for k, (i, o) in shapes.items()}
+
+
+def prefixed_layers(pipe: Any, family: str) -> dict[str, torch.nn.Module]:
+    """The layers of the components ``kohya_prefixes(family)`` names, by kohya name."""
+    layers: dict[str, torch.nn.Module] = {}
+    for component, prefix in _PREFIXES[family]:
+        module = getattr(pipe, component.rstrip("."), None)
+        for name, layer in module.named_modules() if module is not None else ():
+            if isinstance(layer, torch.nn.Linear | torch.nn.Conv2d):
+                layers[prefix + name.replace(".", "_")] = layer
+    return layers
 
 
 def ss_metadata(base_version: str, rank: int, alpha: float, info: dict[str, Any]) -> dict[str, str]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from training.export_kohya import kohya_prefixes
+from training.families import family_for
 
 from .findings import lora_modules
 
@@ -46,41 +47,15 @@ class KeyReport:
 
 
 def _layers(pipe: Any, family: str) -> dict[str, torch.nn.Module]:
-    """Every adaptable layer by diffusers name (``unet.<path>``) and by kohya name."""
+    """Every adaptable layer by diffusers name (``unet.<path>``) and by the family's kohya name."""
+    fam = family_for(family)
     layers: dict[str, torch.nn.Module] = {}
-    named: list[tuple[str, str | None]] = list(kohya_prefixes(family))
-    if not any(component == "transformer." for component, _ in named):
-        named.append(("transformer.", None))  # a transformer's diffusers names (Flux)
-    for component, prefix in named:
-        module = getattr(pipe, component.rstrip("."), None)
-        if module is None:
-            continue
-        for name, layer in module.named_modules():
+    for component in dict.fromkeys([fam.denoiser, *(c.rstrip(".") for c, _ in kohya_prefixes(family))]):
+        module = getattr(pipe, component, None)
+        for name, layer in module.named_modules() if module is not None else ():
             if isinstance(layer, torch.nn.Linear | torch.nn.Conv2d):
-                layers[component + name] = layer
-                if prefix is not None:
-                    layers[prefix + name.replace(".", "_")] = layer
-    if family == "flux":
-        layers |= _flux_kohya_layers(pipe.transformer)
-    return layers
-
-
-def _flux_kohya_layers(transformer: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Flux's kohya names (sd-scripts', ``families.flux``) as shape stand-ins on the meta device:
-    a fused layer (``img_attn_qkv``, single ``linear1``) takes its members' input and the sum
-    of their outputs, as the exporter writes it."""
-    from training.families.flux import kohya_module
-
-    shapes: dict[str, tuple[int, int]] = {}
-    for name, layer in transformer.named_modules():
-        if not isinstance(layer, torch.nn.Linear):
-            continue
-        try:
-            kohya, _ = kohya_module(name)
-        except ValueError:
-            continue
-        shapes[kohya] = (layer.in_features, shapes.get(kohya, (0, 0))[1] + layer.out_features)
-    return {k: torch.nn.Linear(i, o, bias=False, device="meta") for k, (i, o) in shapes.items()}
+                layers[f"{component}.{name}"] = layer
+    return layers | fam.kohya_layers(pipe)
 
 
 def _pointwise(kernel: tuple[int, ...]) -> bool:

@@ -18,6 +18,7 @@ from lora_factory.config import EvaluateConfig
 from lora_factory.errors import StageError
 from lora_factory.models.refs import is_random_ref
 from lora_factory.schemas import EvalResult, Finding
+from training.families import family_for
 
 from . import findings as fnd
 from .aesthetic import add_aesthetic, aesthetic_delta
@@ -131,7 +132,7 @@ def check_portability(pipe: Any, setup: EvalSetup, keys: dict[str, KeyReport], r
     diff = None
     if keys[kohya.name].ok:
         try:
-            pipe.load_lora_weights(str(kohya.parent), weight_name=kohya.name)
+            family_for(setup.family).load_kohya(pipe, kohya)
         except AssertionError:  # diffusers' Flux converter assumes FLUX.1's widths (tiny:flux has others)
             log.warning("diffusers cannot read %s at this model's widths; its keys and shapes were checked, "
                         "its image was not", kohya.name)

@@ -17,6 +17,7 @@ Which family a base model is comes from its ``model_index.json``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -49,6 +50,7 @@ class ModelFamily(Protocol):
     modelspec_implementation: str
     modelspec_prediction: str  # modelspec.prediction_type: "epsilon", "v" or "flow"
     kohya_base_version: str  # ss_base_model_version
+    a1111_sd_version: str  # the "sd version" of A1111's LoRA sidecar: SD1, SDXL or Unknown
 
     def noise_scheduler(self, pipe: Any) -> Any:
         """The training noise schedule, built from the pipeline's; refuses one it cannot train."""
@@ -72,6 +74,13 @@ class ModelFamily(Protocol):
 
     def kohya_state(self, peft_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         """Component-prefixed PEFT tensors (``unet.…lora_A.weight``) → the kohya / ComfyUI file's."""
+
+    def kohya_layers(self, pipe: Any) -> dict[str, torch.nn.Module]:
+        """The layers a kohya file of this family names, by kohya name (a fused layer as a
+        meta-device stand-in of its summed shape): what the evaluator checks a file against."""
+
+    def load_kohya(self, pipe: Any, path: Path) -> None:
+        """Load the kohya file at ``path`` into the pipeline (the evaluator's portability check)."""
 
     def inference_kwargs(self, pipe: Any) -> dict[str, Any]:
         """What the pipeline call needs beyond prompt, steps, size and generator to match training."""
@@ -111,6 +120,11 @@ def family_of_job(base_ref: str, declared: str | None, cache_dir: Any) -> ModelF
         raise StageError(f"the family of models.base = {base_ref!r} cannot be read (its model_index.json is not "
                          "in the Hugging Face cache and the hub is off): set models.base_family")
     return family_for(name)
+
+
+def load_with_diffusers(pipe: Any, path: Path) -> None:
+    """``load_lora_weights`` on the file itself: diffusers converts SD1.5 / SDXL / Flux kohya names."""
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name)
 
 
 def denoiser_of(pipe: Any) -> torch.nn.Module:

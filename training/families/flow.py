@@ -19,6 +19,7 @@ weighting and is not applied to these families.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from lora_factory.errors import StageError
 
 from ..losses import sample_noise
-from . import Noised, Prompt
+from . import Noised, Prompt, load_with_diffusers
 
 WEIGHTING = "none"
 
@@ -51,6 +52,7 @@ class FlowFamily:
     denoiser = "transformer"
     text_encoder_loras: tuple[str, ...] = ("text_encoder",)
     modelspec_prediction = "flow"
+    a1111_sd_version = "Unknown"  # A1111's sidecar knows SD1, SD2 and SDXL only
     unloadable_encoders: tuple[str, ...] = ()
     patch = 2  # latent pixels per transformer token side
 
@@ -82,6 +84,18 @@ class FlowFamily:
         weights = compute_loss_weighting_for_sd3(WEIGHTING, noised.timesteps)
         per_sample = F.mse_loss(prediction.float(), noised.target.float(), reduction="none")
         return (per_sample.mean(dim=list(range(1, per_sample.ndim))) * weights).mean()
+
+    def kohya_name(self, module: str) -> tuple[str, int | None]:
+        """A transformer module path → (kohya LoRA name, member index in a fused layer or None)."""
+        raise NotImplementedError
+
+    def kohya_layers(self, pipe: Any) -> dict[str, torch.nn.Module]:
+        from ..export_kohya import kohya_stand_ins, prefixed_layers
+
+        return prefixed_layers(pipe, self.name) | kohya_stand_ins(pipe.transformer, self.kohya_name)
+
+    def load_kohya(self, pipe: Any, path: Path) -> None:
+        load_with_diffusers(pipe, path)
 
     def embeds_kwargs(self, prompt: Prompt, negative: Prompt) -> dict[str, Any]:
         """Flux and SD3 pipelines take the same names (Flux reads the negatives only for true CFG)."""

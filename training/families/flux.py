@@ -17,12 +17,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 
 from ..dataset import Sample
+from ..export_kohya import KohyaNames
 from . import Noised, Prompt
 from .flow import FlowFamily
 
@@ -50,71 +50,20 @@ _TOP = {"x_embedder": "img_in", "context_embedder": "txt_in",
         "time_text_embed.text_embedder.linear_2": "vector_in_out_layer",
         "time_text_embed.guidance_embedder.linear_1": "guidance_in_in_layer",
         "time_text_embed.guidance_embedder.linear_2": "guidance_in_out_layer"}
-_BLOCK = re.compile(r"(single_transformer_blocks|transformer_blocks)\.(\d+)\.(.+)")
+kohya_module = KohyaNames("Flux", {"transformer_blocks": ("lora_unet_double_blocks_", _DOUBLE, _DOUBLE_FUSED),
+                                   "single_transformer_blocks": ("lora_unet_single_blocks_", _SINGLE, _SINGLE_FUSED)},
+                          {module: f"lora_unet_{name}" for module, name in _TOP.items()})
 
 
-def kohya_module(module: str) -> tuple[str, int | None]:
-    """A transformer module path → (sd-scripts LoRA name, member index in a fused layer or None)."""
-    match = _BLOCK.fullmatch(module)
-    if match is None:
-        if module in _TOP:
-            return f"lora_unet_{_TOP[module]}", None
-        raise ValueError(f"no kohya Flux name for LoRA module {module!r}")
-    kind, index, rest = match.groups()
-    prefix = f"lora_unet_{'single' if kind.startswith('single') else 'double'}_blocks_{index}_"
-    simple, fused = (_SINGLE, _SINGLE_FUSED) if kind.startswith("single") else (_DOUBLE, _DOUBLE_FUSED)
-    if rest in simple:
-        return prefix + simple[rest], None
-    if rest in fused:
-        name, member = fused[rest]
-        return prefix + name, member
-    raise ValueError(f"no kohya Flux name for LoRA module {module!r}")
-
-
-def _fuse(name: str, members: dict[int, tuple[torch.Tensor, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
-    """One LoRA for a fused layer: the members' down weights stacked, their up weights on the
-    block diagonal (a member that has no LoRA contributes zeros), alpha scaled with the rank so
-    every member keeps its ``alpha / rank``."""
-    kind = name.rsplit("_blocks_", 1)[-1].split("_", 1)[-1]
-    widths = _FUSED_OUT[kind]
-    down0, _ = next(iter(members.values()))
-    rank, width = down0.shape
-    downs, ups = [], []
-    for i, factor in enumerate(widths):
-        down, up = members.get(i, (torch.zeros_like(down0), torch.zeros(factor * width, rank, dtype=down0.dtype)))
-        downs.append(down)
-        ups.append(up)
-    return {f"{name}.lora_down.weight": torch.cat(downs), f"{name}.lora_up.weight": torch.block_diag(*ups),
-            f"{name}.alpha": torch.tensor(float(alpha) * len(widths))}
+def _widths(name: str) -> tuple[int, ...]:
+    return _FUSED_OUT[name.rsplit("_blocks_", 1)[-1].split("_", 1)[-1]]
 
 
 def flux_kohya_state(peft_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
     """``transformer.<module>.lora_A/B.weight`` (and ``text_encoder.…``) → sd-scripts Flux keys."""
-    from ..export_kohya import peft_to_kohya
+    from ..export_kohya import transformer_kohya_state
 
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    text: dict[str, torch.Tensor] = {}
-    for key, value in peft_state.items():
-        if key.startswith("text_encoder."):
-            text[key] = value
-            continue
-        if not key.startswith("transformer."):
-            raise ValueError(f"LoRA key {key!r} names no Flux component (transformer., text_encoder.)")
-        module, kind = key[len("transformer."):].rsplit(".lora_", 1)
-        pairs.setdefault(module, {})[kind] = value
-    out: dict[str, torch.Tensor] = {}
-    fused: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
-    for module, weights in pairs.items():
-        name, member = kohya_module(module)
-        down, up = weights["A.weight"], weights["B.weight"]
-        if member is None:
-            out |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
-                    f"{name}.alpha": torch.tensor(float(alpha))}
-        else:
-            fused.setdefault(name, {})[member] = (down, up)
-    for name, members in fused.items():
-        out |= _fuse(name, members, alpha)
-    return out | peft_to_kohya(text, alpha, "flux") if text else out
+    return transformer_kohya_state(peft_state, alpha, "flux", kohya_module, _widths)
 
 
 class Flux(FlowFamily):
@@ -155,6 +104,9 @@ class Flux(FlowFamily):
 
     def kohya_state(self, peft_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
         return flux_kohya_state(peft_state, alpha)
+
+    def kohya_name(self, module: str) -> tuple[str, int | None]:
+        return kohya_module(module)
 
     def inference_kwargs(self, pipe: Any) -> dict[str, Any]:
         return {"max_sequence_length": self.max_sequence_length(pipe)}

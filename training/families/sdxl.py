@@ -24,6 +24,7 @@ class SDXL(UNetFamily):
     modelspec_architecture = "stable-diffusion-xl-v1-base/lora"
     modelspec_implementation = "https://github.com/Stability-AI/generative-models"
     kohya_base_version = "sdxl_base_v1-0"
+    a1111_sd_version = "SDXL"
 
     def encode_prompt(self, pipe: Any, captions: list[str], device: torch.device) -> Prompt:
         hidden, pooled = [], None

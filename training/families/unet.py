@@ -4,6 +4,7 @@ diffusers' ``train_text_to_image_lora.py``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from lora_factory.errors import StageError
 
 from ..dataset import Sample
 from ..losses import diffusion_loss, sample_noise, training_target
-from . import Noised, Prompt
+from . import Noised, Prompt, load_with_diffusers
 
 
 class UNetFamily:
@@ -25,6 +26,7 @@ class UNetFamily:
     modelspec_implementation = "diffusers"
     modelspec_prediction = "epsilon"
     kohya_base_version = "sd_v1"
+    a1111_sd_version = "SD1"
 
     def noise_scheduler(self, pipe: Any) -> Any:
         from diffusers import DDPMScheduler
@@ -65,6 +67,14 @@ class UNetFamily:
         from ..export_kohya import peft_to_kohya
 
         return peft_to_kohya(peft_state, alpha, self.name)
+
+    def kohya_layers(self, pipe: Any) -> dict[str, torch.nn.Module]:
+        from ..export_kohya import prefixed_layers
+
+        return prefixed_layers(pipe, self.name)
+
+    def load_kohya(self, pipe: Any, path: Path) -> None:
+        load_with_diffusers(pipe, path)
 
     def inference_kwargs(self, pipe: Any) -> dict[str, Any]:
         return {}

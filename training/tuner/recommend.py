@@ -28,7 +28,13 @@ from .memory import MemoryEstimate, estimate, fit_to_budget
 from .rules import PRIORS, Prior
 from .suggestion import TUNED, PastSuggestion
 
-FLOW_FAMILIES = ("flux", "sd3")  # trained with flow matching: no min-SNR weighting
+
+def _flow_matching(base_family: str) -> bool:
+    """Trained with flow matching (the family's prediction type): no min-SNR weighting."""
+    from ..families import family_for
+
+    return family_for(base_family).modelspec_prediction == "flow"
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -291,7 +297,7 @@ def recommend_auto(req: TuneRequest) -> Recommendation:
     _core(d, p, req.family, req.stats, task)
     moved = _history(d, p, req, task)
     notes = _suggestion(d, req)
-    _data_and_loss(d, p, req.stats, task, flow=req.family.base_family in FLOW_FAMILIES)
+    _data_and_loss(d, p, req.stats, task, flow=_flow_matching(req.family.base_family))
     rank = d["rank"]
     d.set("alpha", rank * p.alpha_ratio, f"rank {rank} x {p.alpha_ratio:g} (the family's alpha/rank)", "prior")
     cfg, _ = _fit(d, req)
