@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -61,8 +62,10 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     shutil.copytree(local_home, dask_home)
     done = {}
     for name, home, extra in (("local", local_home, []), ("dask", dask_home, DASK)):
+        started = datetime.now(UTC)
         proc = run_cli("run", "--resume", run_id, "--home", str(home), "--set", "curate.min_side=64", *extra, cwd=tmp)
-        done[name] = {"proc": proc, "run_dir": home / "runs" / run_id, "home": home}
+        done[name] = {"proc": proc, "run_dir": home / "runs" / run_id, "home": home,
+                      "between": (started, datetime.now(UTC))}
     return done
 
 
@@ -92,22 +95,19 @@ def test_the_dask_batches_are_prefect_task_runs_of_its_flow_run(two_runs: dict, 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
-        FlowRunFilterId,
-        FlowRunFilterName,
+        FlowRunFilterStartTime,
         TaskRunFilter,
         TaskRunFilterName,
     )
-    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    run_id = two_runs["local"]["run_dir"].name
+    names = {}
     with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
-        resumed = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=f"resume {run_id}")),
-                                        sort=FlowRunSort.START_TIME_ASC)
-        assert len(resumed) == 2  # the local resume, then the Dask one
-        names = []
-        for flow_run in resumed:
-            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+        for name in ("local", "dask"):
+            after, before = two_runs[name]["between"]  # the resumed flow run started in this window
+            window = FlowRunFilter(start_time=FlowRunFilterStartTime(after_=after, before_=before))
+            assert len(client.read_flow_runs(flow_run_filter=window)) == 1
+            tasks = client.read_task_runs(flow_run_filter=window,
                                           task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="_batch [")))
-            names.append({t.name.split(" [")[0] for t in tasks if t.state is not None and t.state.is_completed()})
-    assert names == [set(), BATCH_TASKS]
+            names[name] = {t.name.split(" [")[0] for t in tasks if t.state is not None and t.state.is_completed()}
+    assert names == {"local": set(), "dask": BATCH_TASKS}
