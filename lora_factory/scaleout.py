@@ -13,6 +13,7 @@ processes on loopback.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,13 +79,52 @@ def run_batch(fn: Callable[[B], R], batch: B, torch_threads: int | None) -> R:
     return fn(batch)
 
 
+def in_prefect_run() -> bool:
+    """Whether this code runs inside a Prefect flow or task run (whose UI can show the batches)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def api_for_workers() -> Any:
+    """Settings that name this process's Prefect API to the workers (they come with each task
+    run's context). Why: a flow on Prefect's temporary server has no ``PREFECT_API_URL``, and each
+    worker would start a temporary server of its own instead of reporting to the flow's."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return contextlib.nullcontext()
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    return temporary_settings(updates={PREFECT_API_URL: url})
+
+
+def batch_task(fn: Callable[..., Any], index: int, total: int) -> Any:
+    """``run_batch`` as a Prefect task named after the batch function: each batch is a task run
+    (``measure_batch [2/5]``) nested under its stage's, with no Prefect cache or stored result."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return task(run_batch, name=fn.__name__, task_run_name=f"{fn.__name__} [{index + 1}/{total}]",
+                cache_policy=NO_CACHE, persist_result=False)
+
+
 def dask_map(cfg: RuntimeConfig) -> Mapper:
-    """A mapper that runs each batch on the cluster and returns the results in batch order."""
+    """A mapper that runs each batch on the cluster and returns the results in batch order.
+    Inside a flow run each batch is a Prefect task run submitted through the ``DaskTaskRunner``
+    (it shows in the Prefect UI); outside one (a library call, a unit test) a plain Dask future."""
 
     def run(fn: Callable[[B], R], batches: Sequence[B]) -> list[R]:
         if not batches:
             return []
-        client = dask_runner(cfg).client
+        runner = dask_runner(cfg)
+        if in_prefect_run():
+            params = [{"fn": fn, "batch": b, "torch_threads": cfg.dask_torch_threads} for b in batches]
+            with api_for_workers():
+                runs = [runner.submit(batch_task(fn, i, len(batches)), p) for i, p in enumerate(params)]
+            return [r.result() for r in runs]
+        client = runner.client
         futures = [client.submit(run_batch, fn, b, cfg.dask_torch_threads, pure=False) for b in batches]
         return client.gather(futures)
 

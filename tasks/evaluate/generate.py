@@ -17,6 +17,8 @@ from PIL import Image
 
 from .prompts import EvalPrompt
 
+Job = tuple[int, str, int]  # (prompt index, prompt text, seed)
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -46,7 +48,19 @@ def scheduler_of(pipe: Any) -> dict[str, Any]:
 def render(pipe: Any, prompts: list[EvalPrompt], seeds: list[int], side: str, *, steps: int,
            guidance: float, resolution: int, batch_size: int, device: torch.device) -> list[Sample]:
     """Every prompt with every seed, ``batch_size`` images per pipeline call, in (prompt, seed) order."""
-    jobs = [(i, p.text, s) for i, p in enumerate(prompts) for s in seeds]
+    return render_jobs(pipe, jobs_of(prompts, seeds), side, steps=steps, guidance=guidance, resolution=resolution,
+                       batch_size=batch_size, device=device)
+
+
+def jobs_of(prompts: list[EvalPrompt], seeds: list[int]) -> list[Job]:
+    """Every (prompt index, prompt text, seed), in the order the images are rendered and stored."""
+    return [(i, p.text, s) for i, p in enumerate(prompts) for s in seeds]
+
+
+def render_jobs(pipe: Any, jobs: list[Job], side: str, *, steps: int, guidance: float, resolution: int,
+                batch_size: int, device: torch.device) -> list[Sample]:
+    """``jobs`` in order, ``batch_size`` images per pipeline call (a slice of them renders the same
+    images as the whole list when it starts at a multiple of ``batch_size``)."""
     samples: list[Sample] = []
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]

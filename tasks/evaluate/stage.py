@@ -22,6 +22,7 @@ from training.families import family_for
 
 from . import findings as fnd
 from .aesthetic import add_aesthetic, aesthetic_delta
+from .batches import EvalBatches, pipeline_spec
 from .efficiency import measure_base, measure_loaded
 from .embedders import Embedder, load_embedder
 from .generate import Sample, render, scheduler_of
@@ -78,6 +79,7 @@ class Rendered:
     scheduler: dict[str, Any]
     portability: dict[str, Any] = field(default_factory=dict)
     efficiency: dict[str, Any] = field(default_factory=dict)
+    embedded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # side -> embedding -> rows (Dask)
 
 
 def training_losses(lora_dir: Path) -> list[float]:
@@ -100,26 +102,30 @@ def open_pipeline(setup: EvalSetup, cfg: EvaluateConfig) -> tuple[Any, dict[str,
                   "batch_size": cfg.batch_size, "device": device}
 
 
-def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfig) -> Rendered:
-    """Base first, then the same pipeline (same scheduler object) with the LoRA loaded."""
+def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfig,
+                remote: EvalBatches | None = None) -> Rendered:
+    """Base first, then the same pipeline (same scheduler object) with the LoRA loaded; with
+    ``remote``, both sides render (and embed) in batches on Dask workers instead."""
     pipe, kw = open_pipeline(setup, cfg)
     seeds = seeds_for(cfg.seed, cfg.num_seeds)
     keys = check_keys(pipe, setup.family, lora_file)
     if not keys.ok:
         raise StageError(f"{lora_file.name} is not a LoRA for {setup.base_ref} ({setup.family}): {keys.line()}")
     scheduler = scheduler_of(pipe)
-    base = render(pipe, prompts, seeds, "base", **kw)
+    samples, embedded = (remote.render(pipeline_spec(setup.base_ref, setup.family, setup.cache_dir, lora_file,
+                                                     scheduler), prompts, seeds, kw) if remote else ({}, {}))
+    base = samples["base"] if remote else render(pipe, prompts, seeds, "base", **kw)
     timing = (prompts[:cfg.efficiency_prompts], cfg.seed, cfg.efficiency_images, kw)
     base_time = measure_base(pipe, *timing) if cfg.efficiency_images else None
     pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
     if scheduler_of(pipe) != scheduler:
         raise StageError("loading the LoRA changed the pipeline's scheduler; base and LoRA would not compare")
-    lora = render(pipe, prompts, seeds, "lora", **kw)
+    lora = samples["lora"] if remote else render(pipe, prompts, seeds, "lora", **kw)
     efficiency = measure_loaded(pipe, *timing, base=base_time) if base_time else {}
     portability = {}
     if setup.kohya_file is not None:
         portability = check_portability(pipe, setup, {lora_file.name: keys}, lora[0], prompts, kw)
-    return Rendered(base, lora, seeds, scheduler, portability, efficiency)
+    return Rendered(base, lora, seeds, scheduler, portability, efficiency, embedded)
 
 
 def check_portability(pipe: Any, setup: EvalSetup, keys: dict[str, KeyReport], reference: Sample,
@@ -151,8 +157,10 @@ def embed_all(embedders: list[Embedder], r: Rendered, prompts: list[EvalPrompt],
         if e.embed_texts is not None:
             texts = [strip_trigger(prompts[s.prompt_index].text, setup.trigger) for s in r.base]
             text = e.embed_texts(texts)
-        sets.append(EmbeddingSet(e.name, e.embed_images([s.image for s in r.base]),
-                                 e.embed_images([s.image for s in r.lora]),
+        done = {side: r.embedded.get(side, {}).get(e.name) for side in ("base", "lora")}
+        base, lora = (e.embed_images([s.image for s in samples]) if done[side] is None else done[side]
+                      for side, samples in (("base", r.base), ("lora", r.lora)))
+        sets.append(EmbeddingSet(e.name, base, lora,
                                  e.embed_images(refs) if refs else np.zeros((0, 1)), text))
     return sets
 
@@ -179,14 +187,14 @@ def worst_copies(scored: Scored, primary: str, r: Rendered, prompts: list[EvalPr
 
 
 def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfig, setup: EvalSetup,
-                  out_dir: Path) -> EvalResult:
+                  out_dir: Path, remote: EvalBatches | None = None) -> EvalResult:
     """Evaluate ``lora_file`` against ``setup.base_ref`` and write the outputs to ``out_dir``."""
     if not prompts:
         raise StageError("evaluate has no prompts; set evaluate.prompts in the profile")
     lora_file = Path(lora_file)
     if not lora_file.is_file():
         raise StageError(f"no LoRA weights at {lora_file}; run the train stage")
-    rendered = render_both(setup, lora_file, prompts, cfg)
+    rendered = render_both(setup, lora_file, prompts, cfg, remote)
     embedders = [load_embedder(n, setup.clip_ref, setup.cache_dir, refs=setup.scorer_refs) for n in cfg.embeddings]
     scored = Scored()
     kinds = [prompts[s.prompt_index].kind for s in rendered.base]

@@ -24,6 +24,7 @@ from lora_factory.catalog import (
 from lora_factory.config import FactoryConfig, TrainConfig
 from lora_factory.context import RunRef, Stage, run_stage
 from lora_factory.home import home_of
+from lora_factory.scaleout import mapper_for
 from lora_factory.schemas import CaptionStats, EvalResult
 from training.dataset import read_records, split_records
 from training.export_kohya import KOHYA_WEIGHT_NAME
@@ -32,6 +33,7 @@ from training.model_card import with_eval_scores
 from training.save import MODEL_CARD_NAME
 
 from .._prefect import stage_task
+from .batches import EvalBatches
 from .best import FINAL, choose, write_chosen
 from .efficiency import efficiency_metrics
 from .prompts import MAX_TAGS, Concept, EvalPrompt, build_prompts
@@ -54,6 +56,15 @@ def dataset_split(dataset: Path, tcfg: TrainConfig, seed: int) -> tuple[list[Pat
     records = read_records(dataset)
     _, held = split_records(records, tcfg.validation_split, seed)
     return [r.path for r in records], [r.caption for r in held]
+
+
+def eval_batches(cfg: FactoryConfig) -> EvalBatches | None:
+    """Rendering and image scoring on Dask (``runtime.executor: dask``); None: in process."""
+    mapper = mapper_for(cfg.runtime)
+    if mapper is None:
+        return None
+    return EvalBatches(mapper, cfg.runtime.batch_items, tuple(cfg.evaluate.embeddings),
+                       {"clip": cfg.models.clip_scorer, "dino": cfg.models.dino_scorer})
 
 
 def log_result(st: Stage, result: EvalResult) -> None:
@@ -129,7 +140,7 @@ def evaluate_task(ref: RunRef) -> dict[str, Any]:
                        "resolution": setup.resolution, "clip_scorer": cfg.models.clip_scorer})
         if cfg.evaluate.best_of_last:
             lora_dir = best_lora(st, setup, lora_dir, prompts)
-        result = evaluate_lora(lora_dir / LORA_WEIGHT_NAME, prompts, cfg.evaluate, setup, st.out)
+        result = evaluate_lora(lora_dir / LORA_WEIGHT_NAME, prompts, cfg.evaluate, setup, st.out, eval_batches(cfg))
         st.write(EVAL_MODEL_CARD, card_with_scores(lora_dir, result))
         log_result(st, result)
         from PIL import Image
