@@ -29,7 +29,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .catalog import StageSpec, spec
+from .catalog import STAGES, StageSpec, spec
 from .runstore import DONE, PENDING
 from .secrets import redact
 
@@ -159,6 +159,21 @@ def decide(state: Mapping[str, Any], stage: str, config: Mapping[str, Any], stag
     if entry.get("key") == key:
         return CacheDecision(stage, True, "inputs, settings and code unchanged", key, parts)
     return CacheDecision(stage, False, _what_changed(old, parts), key, parts)
+
+
+def all_hits(state: Mapping[str, Any], config: Mapping[str, Any], stage_dir: Any) -> list[CacheDecision] | None:
+    """Every stage's decision when all are hits (a re-run with nothing to do), else None.
+
+    Why None at the first miss: a later stage's decision depends on what the missed stage will
+    write, so only the run that runs it can decide the rest. With no miss, nothing is written
+    and these are the decisions the flow would make, so a caller can skip the flow."""
+    decisions = []
+    for stage in STAGES:
+        decision = decide(state, stage, config, stage_dir)
+        if not decision.hit:
+            return None
+        decisions.append(decision)
+    return decisions
 
 
 def _what_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
