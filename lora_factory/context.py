@@ -226,7 +226,7 @@ def record_decisions(ref: RunRef, decisions: list[CacheDecision]) -> None:
     state = run.state()
     tags: dict[str, str] = {}
     for d in decisions:
-        state["stages"].setdefault(d.stage, {})["cache"] = d.as_record()
+        d.record_in(state["stages"].setdefault(d.stage, {}))
         tags |= {f"cache.{d.stage}": "hit" if d.hit else "miss", f"cache.{d.stage}.reason": d.reason}
     run.write_state(state)
     ref.tracker().set_tags(ref.parent_run_id, tags)
