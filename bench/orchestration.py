@@ -44,7 +44,7 @@ def cli(args: list[str], env: dict[str, str], python_flags: tuple[str, ...] = ()
     cmd = [sys.executable, *python_flags, str(CLI), *args] if python_flags else [str(CLI), *args]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-3:]}")
     return time.perf_counter() - started, proc.stderr, proc.stdout
 
 
@@ -136,6 +136,8 @@ def main() -> None:
         home = Path(tmp) / "home"
         env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect"), "PREFECT_LOGGING_LEVEL": "WARNING"}
         env.pop("PREFECT_API_URL", None)
+        # Prefect's temporary server gets 120 s to start (cli.common); a loaded machine can need more.
+        env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
         cli(["demo", "--home", str(home)], env)  # builds the tiny models, the MLflow DB: not measured
         out["load_average_before"] = [round(x, 1) for x in os.getloadavg()]
         if "temporary" in modes:
