@@ -129,16 +129,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="cold runs and cached re-runs per mode (medians)")
     parser.add_argument("--modes", default="temporary,server", help="temporary, server or both (comma-separated)")
+    parser.add_argument("--home", type=Path, help="a data folder a demo ran in (its models built, Prefect's "
+                        "database beside it as prefect/): skips the unmeasured first demo")
     args = parser.parse_args()
     modes = set(args.modes.split(","))
     out: dict[str, object] = {"bench": "orchestration", "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="lf-bench-orch-") as tmp:
-        home = Path(tmp) / "home"
-        env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+        home = args.home.resolve() if args.home else Path(tmp) / "home"
+        env = {**os.environ, "PREFECT_HOME": str(home.parent / "prefect"), "PREFECT_LOGGING_LEVEL": "WARNING"}
         env.pop("PREFECT_API_URL", None)
         # Prefect's temporary server gets 120 s to start (cli.common); a loaded machine can need more.
         env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
-        cli(["demo", "--home", str(home)], env)  # builds the tiny models, the MLflow DB: not measured
+        if not args.home:
+            cli(["demo", "--home", str(home)], env)  # builds the tiny models, the MLflow DB: not measured
         out["load_average_before"] = [round(x, 1) for x in os.getloadavg()]
         if "temporary" in modes:
             temporary = cold_and_cached(home, env, args.repeats)
