@@ -75,6 +75,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     lines = [
         "",
         "LoRA Factory run finished.",
+        *([f"  {result['nothing_ran']}"] if result.get("nothing_ran") else []),
         f"  run id        {result['run_id']}",
         f"  run directory {result['run_dir']}",
         f"  LoRA weights  {result['run_dir']}/train/lora/pytorch_lora_weights.safetensors",
@@ -119,11 +120,19 @@ def _run(topics: list[str], profile: str, ov: dict[str, Any], resume: str | None
         topics = preflight(cfg, topics)
     runtime_defaults()
     _use_local_server(cfg)
+    public = _secrets_to_env(ov)
+    if resume:
+        from .cached import rerun_without_flow
+
+        _filter_log_output()
+        done = rerun_without_flow(cfg, resume, public)
+        if done is not None:
+            return done
     from flows.factory import lora_factory  # heavy: prefect, torch, diffusers
 
     _filter_log_output()
     ensure_prefect_api(home_of(cfg))
-    return lora_factory(topics=topics, profile=profile, overrides=_secrets_to_env(ov), resume_run_id=resume)
+    return lora_factory(topics=topics, profile=profile, overrides=public, resume_run_id=resume)
 
 
 def run(

@@ -214,14 +214,25 @@ def check_cache(ref: RunRef, name: str) -> CacheDecision:
     """Whether stage ``name`` of the run can be skipped (``stage_keys``), recorded in run.json
     (``stages.<name>.cache``) and as the ``cache.<name>`` tag of the run's MLflow parent run."""
     run = ref.run_dir()
-    state = run.state()
-    decision = decide(state, name, ref.config.model_dump(mode="json"), run.stage_path)
-    state["stages"].setdefault(name, {})["cache"] = decision.as_record()
-    run.write_state(state)
-    ref.tracker().set_tags(ref.parent_run_id, {f"cache.{name}": "hit" if decision.hit else "miss",
-                                               f"cache.{name}.reason": decision.reason})
-    get_logger().info("%s: cache %s (%s)", name, "hit" if decision.hit else "miss", decision.reason)
+    decision = decide(run.state(), name, ref.config.model_dump(mode="json"), run.stage_path)
+    record_decisions(ref, [decision])
     return decision
+
+
+def record_decisions(ref: RunRef, decisions: list[CacheDecision]) -> None:
+    """Record cache decisions where users look: ``stages.<s>.cache`` in run.json, the
+    ``cache.<s>`` and ``cache.<s>.reason`` tags of the MLflow parent run, and a log line each."""
+    run = ref.run_dir()
+    state = run.state()
+    tags: dict[str, str] = {}
+    for d in decisions:
+        d.record_in(state["stages"].setdefault(d.stage, {}))
+        tags |= {f"cache.{d.stage}": "hit" if d.hit else "miss", f"cache.{d.stage}.reason": d.reason}
+    run.write_state(state)
+    ref.tracker().set_tags(ref.parent_run_id, tags)
+    log = get_logger()
+    for d in decisions:
+        log.info("%s: cache %s (%s)", d.stage, "hit" if d.hit else "miss", d.reason)
 
 
 def _keep_partial_outputs(tracker: Tracker, mlflow_run_id: str, out: Path) -> None:

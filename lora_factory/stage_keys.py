@@ -29,11 +29,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .catalog import StageSpec, spec
+from .catalog import STAGES, StageSpec, spec
 from .runstore import DONE, PENDING
 from .secrets import redact
 
 _MISSING = "<unset>"
+# Why a stage finished before keys existed is kept: nothing recorded says what it was made from,
+# and running it again could cost hours (training); a change from now on re-runs it (record_in).
+LEGACY_HIT = "done before cache keys were recorded: kept unchecked, keyed from now on"
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,14 @@ class CacheDecision:
 
     def as_record(self) -> dict[str, Any]:
         return {"decision": "hit" if self.hit else "miss", "reason": self.reason, "key": self.key}
+
+    def record_in(self, entry: dict[str, Any]) -> None:
+        """Write this decision into the stage's run.json entry. A stage kept from before keys
+        were recorded takes today's key as its own: without one, no later change would ever
+        re-run it."""
+        entry["cache"] = self.as_record()
+        if self.hit and "key_parts" not in entry and self.parts:
+            entry.update(key=self.key, key_parts=self.parts)
 
 
 def _digest(data: bytes) -> str:
@@ -155,10 +166,25 @@ def decide(state: Mapping[str, Any], stage: str, config: Mapping[str, Any], stag
     key = key_of(parts)
     old = entry.get("key_parts")
     if old is None:
-        return CacheDecision(stage, True, "done before keys were recorded: kept", key, parts)
+        return CacheDecision(stage, True, LEGACY_HIT, key, parts)
     if entry.get("key") == key:
         return CacheDecision(stage, True, "inputs, settings and code unchanged", key, parts)
     return CacheDecision(stage, False, _what_changed(old, parts), key, parts)
+
+
+def all_hits(state: Mapping[str, Any], config: Mapping[str, Any], stage_dir: Any) -> list[CacheDecision] | None:
+    """Every stage's decision when all are hits (a re-run with nothing to do), else None.
+
+    Why None at the first miss: a later stage's decision depends on what the missed stage will
+    write, so only the run that runs it can decide the rest. With no miss, nothing is written
+    and these are the decisions the flow would make, so a caller can skip the flow."""
+    decisions = []
+    for stage in STAGES:
+        decision = decide(state, stage, config, stage_dir)
+        if not decision.hit:
+            return None
+        decisions.append(decision)
+    return decisions
 
 
 def _what_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

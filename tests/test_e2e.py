@@ -252,6 +252,73 @@ def test_a_copied_home_lists_resumes_and_opens_its_runs(factory_run: dict) -> No
     assert parent.data.tags["cache.train"] == "hit"
 
 
+def _without_prefect_server(tmp: Path, name: str) -> tuple[dict[str, str], Path]:
+    """The environment of a CLI run with no Prefect server configured (a flow would start a
+    temporary one) and a Prefect home of its own: its database exists only if a server started."""
+    import os
+
+    prefect_home = tmp / name
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(prefect_home)}
+    return env, prefect_home
+
+
+def _flow_runs(prefect_home: Path) -> list[tuple[str, str]]:
+    import sqlite3
+
+    with sqlite3.connect(prefect_home / "prefect.db") as db:
+        return db.execute("select f.name, r.state_type from flow_run r join flow f on f.id = r.flow_id").fetchall()
+
+
+@pytest.fixture(scope="module")
+def cached_home(factory_run: dict) -> Path:
+    """A copy of the finished run's home, so these re-runs leave the other tests' run alone."""
+    import shutil
+
+    home = factory_run["tmp"] / "cached" / "home"
+    shutil.copytree(factory_run["home"], home)
+    return home
+
+
+def test_a_fully_cached_rerun_without_a_server_starts_no_flow_and_records_its_hits(
+        factory_run: dict, cached_home: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    run_id = factory_run["run_dir"].name
+    run_json = cached_home / "runs" / run_id / "run.json"
+    before = json.loads(run_json.read_text())
+    env, prefect_home = _without_prefect_server(factory_run["tmp"], "prefect-cached")
+    rerun = subprocess.run([str(CLI), "run", "--resume", run_id, "--home", str(cached_home)], cwd=factory_run["tmp"],
+                           env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "nothing changed: every stage is a cache hit, so no flow ran" in rerun.stdout
+    assert f"run directory {cached_home / 'runs' / run_id}" in rerun.stdout
+    assert not (prefect_home / "prefect.db").exists()  # no temporary server started, no flow run recorded
+    state = json.loads(run_json.read_text())
+    assert {s: state["stages"][s]["cache"]["decision"] for s in STAGES} == dict.fromkeys(STAGES, "hit")
+    assert all(state["stages"][s]["history"] == before["stages"][s]["history"] for s in STAGES)
+    assert state["status"] == "done" and len(state["resumes"]) == len(before.get("resumes", [])) + 1
+    parent = MlflowClient(f"sqlite:///{cached_home / 'mlflow.db'}").get_run(state["mlflow_parent_run_id"])
+    assert {s: parent.data.tags[f"cache.{s}"] for s in STAGES} == dict.fromkeys(STAGES, "hit")
+    assert parent.data.tags["cache.deploy.reason"] == "inputs, settings and code unchanged"
+    assert parent.info.status == "FINISHED"
+
+
+def test_a_rerun_with_one_changed_setting_still_runs_the_flow(factory_run: dict, cached_home: Path) -> None:
+    run_id = factory_run["run_dir"].name
+    env, prefect_home = _without_prefect_server(factory_run["tmp"], "prefect-changed")
+    rerun = subprocess.run([str(CLI), "run", "--resume", run_id, "--home", str(cached_home),
+                            "--set", "deploy.approval_timeout_s=3600"], cwd=factory_run["tmp"], env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "no flow ran" not in rerun.stdout
+    assert _flow_runs(prefect_home) == [("lora-factory", "COMPLETED")]
+    state = json.loads((cached_home / "runs" / run_id / "run.json").read_text())
+    assert state["stages"]["deploy"]["cache"] == {**state["stages"]["deploy"]["cache"], "decision": "miss",
+                                                  "reason": "changed: settings"}
+    assert [state["stages"][s]["cache"]["decision"] for s in STAGES[:-1]] == ["hit"] * (len(STAGES) - 1)
+    assert state["stages"]["deploy"]["history"][-1]["status"] == "done"
+
+
 def test_an_edited_review_sheet_changes_the_trained_captions(factory_run: dict) -> None:
     """The review loop through the CLI: edit label/captions.csv, resume with label.review_file;
     label and every stage after it run again (crawl and curate are cache hits), the edited caption is

@@ -8,3 +8,8 @@ from .child_imports import heavy_imports_of
 
 def test_the_flow_imports_no_ml_library() -> None:
     assert heavy_imports_of("flows.factory") == "[]"
+
+
+def test_the_cli_decides_a_cached_rerun_without_ml_libraries() -> None:
+    """``cli.cached`` ends a re-run with nothing to do before the flow: it must stay as light."""
+    assert heavy_imports_of("cli.cached") == "[]"

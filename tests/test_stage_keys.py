@@ -14,7 +14,15 @@ from typing import Any
 from lora_factory import catalog
 from lora_factory.profiles import load_config
 from lora_factory.runstore import DONE, FAILED, PENDING
-from lora_factory.stage_keys import code_digest, decide, key_of, key_parts, path_digest
+from lora_factory.stage_keys import (
+    LEGACY_HIT,
+    all_hits,
+    code_digest,
+    decide,
+    key_of,
+    key_parts,
+    path_digest,
+)
 
 
 def _no_folder(stage: str) -> Path:
@@ -57,6 +65,19 @@ def test_a_changed_setting_reruns_its_stage_and_what_reads_its_outputs() -> None
     assert run_all(state, config(**{"train.rank": 8, "evaluate.num_inference_steps": 3})) == ["evaluate", "deploy"]
     assert run_all(state, config(**{"train.rank": 8, "evaluate.num_inference_steps": 3, "curate.min_side": 48}))[:2] == [
         "curate", "label"]
+
+
+def test_all_hits_decides_a_rerun_with_nothing_to_do_before_any_flow() -> None:
+    """The CLI skips the flow only on all_hits: one changed setting, or an unfinished stage, is None."""
+    state, cfg = fresh_state(), config()
+    assert all_hits(state, cfg, _no_folder) is None
+    run_all(state, cfg)
+    decisions = all_hits(state, cfg, _no_folder)
+    assert decisions is not None and [d.stage for d in decisions] == list(catalog.STAGES)
+    assert all(d.hit and d.reason == "inputs, settings and code unchanged" for d in decisions)
+    assert all_hits(state, config(**{"evaluate.num_inference_steps": 3}), _no_folder) is None
+    state["stages"]["deploy"]["status"] = FAILED
+    assert all_hits(state, cfg, _no_folder) is None
 
 
 def test_the_reason_names_what_changed() -> None:
@@ -130,3 +151,20 @@ def test_folder_digests_see_contents_and_names(tmp_path: Path) -> None:
     second = path_digest(tmp_path / "a")
     (tmp_path / "a" / "x.txt").rename(tmp_path / "a" / "y.txt")
     assert len({first, second, path_digest(tmp_path / "a")}) == 3
+
+
+def test_a_stage_kept_from_before_keys_is_keyed_from_then_on() -> None:
+    """Kept unchecked once (nothing says what it was made from), it says so in its reason; with
+    today's key recorded, a later change re-runs it instead of it being kept forever."""
+    state, cfg = fresh_state(), config()
+    run_all(state, cfg)
+    for entry in state["stages"].values():
+        del entry["key"], entry["key_parts"]
+    decisions = all_hits(state, cfg, _no_folder)
+    assert decisions is not None and {d.reason for d in decisions} == {LEGACY_HIT}
+    assert decide(state, "train", config(**{"train.rank": 8}), _no_folder).hit  # nothing to compare with yet
+    for d in decisions:
+        d.record_in(state["stages"][d.stage])
+    assert state["stages"]["train"]["cache"]["reason"] == LEGACY_HIT
+    assert run_all(state, cfg) == []
+    assert run_all(state, config(**{"train.rank": 8})) == ["tune", "train", "evaluate", "deploy"]
