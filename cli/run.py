@@ -86,8 +86,23 @@ def _print_summary(result: dict[str, Any]) -> None:
     if deploy.get("model_uri"):
         aliases = ", ".join(deploy.get("aliases", []))
         lines.append(f"  registered    {deploy['model_uri']} (aliases: {aliases})")
+    lines += refine_lines(result)
     lines.append(f"  look at it    {self_command()} ui --tracking-uri '{uri}'")
     typer.echo("\n".join(lines))
+
+
+def refine_lines(result: dict[str, Any]) -> list[str]:
+    """One line per auto-refine attempt (``deploy.refine``): each is a run of its own, nested in
+    the flow's result, and the user should not have to find them in MLflow."""
+    lines, attempt, refined = [], 1, result.get("refined")
+    while refined:
+        if "error" in refined:
+            lines.append(f"  refine #{refined.get('attempt', attempt)}    failed: {refined['error']}")
+            break
+        verdict = (refined.get("deploy") or {}).get("verdict", "no decision")
+        lines.append(f"  refine #{attempt}    run {refined['run_id']}: {verdict} ({refined['run_dir']})")
+        attempt, refined = attempt + 1, refined.get("refined")
+    return lines
 
 
 def _use_local_server(cfg: Any) -> None:

@@ -105,3 +105,13 @@ def test_a_rejected_run_is_refined_once_in_its_own_linked_run(tmp_path: Path, mo
     with sqlite3.connect(home / "mlflow.db") as con:
         tags = dict(con.execute("SELECT key, value FROM tags WHERE key LIKE 'lora_factory.refine%'").fetchall())
     assert tags == {"lora_factory.refine_of": first.name, "lora_factory.refine_attempt": "1"}
+    assert f"refine #1    run {second.name}: rejected" in proc.stdout  # the summary names the attempt's run
+
+
+def test_the_run_summary_names_every_refine_attempt() -> None:
+    from cli.run import refine_lines
+
+    result = {"run_id": "a", "refined": {"run_id": "b", "run_dir": "/r/b", "deploy": {"verdict": "rejected"},
+                                         "refined": {"attempt": 2, "error": "crawl: nothing found"}}}
+    assert refine_lines(result) == ["  refine #1    run b: rejected (/r/b)", "  refine #2    failed: crawl: nothing found"]
+    assert refine_lines({"run_id": "a"}) == []
