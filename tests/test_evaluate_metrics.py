@@ -206,3 +206,12 @@ def test_the_model_card_gets_the_scores_in_place_of_not_evaluated_yet() -> None:
     metrics_ = front["model-index"][0]["results"][0]["metrics"]
     assert {m["type"]: m["value"] for m in metrics_} == {"fidelity_gain": 0.125, "overall_score": 0.25}
     assert front["base_model"] == "tiny:sd"
+
+
+def test_a_conv_lora_fits_its_conv_layer_and_a_wrong_one_does_not() -> None:
+    from tasks.evaluate.portability import _fits
+
+    conv = torch.nn.Conv2d(4, 32, 3)
+    assert _fits(conv, torch.zeros(2, 4, 3, 3).flatten(1), torch.zeros(32, 2, 1, 1).flatten(1))  # LoCon shapes
+    assert not _fits(conv, torch.zeros(2, 8, 3, 3).flatten(1), torch.zeros(32, 2, 1, 1).flatten(1))
+    assert _fits(torch.nn.Linear(16, 8), torch.zeros(2, 16), torch.zeros(8, 2))

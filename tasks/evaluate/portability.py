@@ -87,7 +87,9 @@ def _fits(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor) -> bool:
     w = layer.weight  # base layers are plain (no adapter loaded) when checked
     if getattr(layer, "base_layer", None) is not None:
         w = layer.base_layer.weight
-    return down.shape[1] == w.shape[1] and up.shape[0] == w.shape[0] and up.shape[1] == down.shape[0]
+    # Flattened, a conv LoRA's down (r, in, kh, kw) is (r, in * kh * kw), like the conv's own weight.
+    fan_in = int(np.prod(w.shape[1:]))
+    return down.shape[1] == fan_in and up.shape[0] == w.shape[0] and up.shape[1] == down.shape[0]
 
 
 def check_keys(pipe: Any, family: str, path: Path) -> KeyReport:
