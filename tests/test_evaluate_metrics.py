@@ -113,6 +113,34 @@ def test_black_nan_and_blank_images_are_named_findings() -> None:
     assert findings.image_findings([_sample(0.4, i=3)], "LoRA") == []
 
 
+def _flat(colour: tuple[float, float, float], i: int = 0) -> Sample:
+    return Sample(i, 100 + i, "lora", np.broadcast_to(np.asarray(colour, np.float32), (8, 8, 3)).copy())
+
+
+def test_flat_or_black_images_like_the_training_images_are_learned_not_a_failure() -> None:
+    red, grey, black = (0.8, 0.15, 0.15), (0.5, 0.5, 0.5), (0.0, 0.0, 0.0)
+    flat_red_refs = [_flat(red).pixels, _flat((0.75, 0.2, 0.1)).pixels]
+    found = findings.image_findings([_flat(red, 0), _flat((0.82, 0.1, 0.18), 1)], "LoRA", flat_red_refs)
+    assert [(f.code, f.severity) for f in found] == [("like_training_images", "info")]
+    assert found[0].items == ["lora_p0_s100.png", "lora_p1_s101.png"]
+    # Flat in another colour than the flat training images, or flat while they are not: a failure.
+    found = findings.image_findings([_flat(grey, 0), _flat(red, 1)], "LoRA", flat_red_refs)
+    assert {f.code: f.items for f in found} == {"blank_images": ["lora_p0_s100.png"],
+                                                "like_training_images": ["lora_p1_s101.png"]}
+    textured_refs = [_sample(0.4, i=5).pixels]
+    assert [f.code for f in findings.image_findings([_flat(red)], "LoRA", textured_refs)] == ["blank_images"]
+    # Black images: learned from black training images, a failure otherwise.
+    assert [f.code for f in findings.image_findings([_flat(black)], "LoRA", [_flat(black).pixels])] == [
+        "like_training_images"]
+    assert [f.code for f in findings.image_findings([_flat(black)], "LoRA", flat_red_refs)] == ["black_images"]
+
+
+def test_reference_pixels_are_the_training_images_in_0_1(tmp_path: Path) -> None:
+    Image.new("RGB", (4, 6), (255, 0, 51)).save(tmp_path / "a.png")
+    (ref,) = findings.reference_pixels([tmp_path / "a.png"])
+    assert ref.shape == (6, 4, 3) and ref[0, 0] == pytest.approx([1.0, 0.0, 0.2])
+
+
 def _lora_file(path: Path, scale: float) -> Path:
     g = torch.Generator().manual_seed(0)
     save_file({"unet.down.lora_A.weight": torch.randn(4, 16, generator=g),
@@ -178,3 +206,12 @@ def test_the_model_card_gets_the_scores_in_place_of_not_evaluated_yet() -> None:
     metrics_ = front["model-index"][0]["results"][0]["metrics"]
     assert {m["type"]: m["value"] for m in metrics_} == {"fidelity_gain": 0.125, "overall_score": 0.25}
     assert front["base_model"] == "tiny:sd"
+
+
+def test_a_conv_lora_fits_its_conv_layer_and_a_wrong_one_does_not() -> None:
+    from tasks.evaluate.portability import _fits
+
+    conv = torch.nn.Conv2d(4, 32, 3)
+    assert _fits(conv, torch.zeros(2, 4, 3, 3), torch.zeros(32, 2, 1, 1))  # LoCon shapes
+    assert not _fits(conv, torch.zeros(2, 8, 3, 3), torch.zeros(32, 2, 1, 1))
+    assert _fits(torch.nn.Linear(16, 8), torch.zeros(2, 16), torch.zeros(8, 2))

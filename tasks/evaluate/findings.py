@@ -1,6 +1,7 @@
 """Silent failures, each a named finding: the ways a LoRA run "succeeds" and is still useless.
 
-``nan_images`` / ``black_images`` / ``blank_images`` (the pipeline produced nothing to look at),
+``nan_images`` / ``black_images`` / ``blank_images`` (the pipeline produced nothing to look at,
+unless the training images are black or flat in that colour too: then it is what was learned),
 ``zero_lora`` (the adapter's weight delta is ~0: it cannot change anything), ``identical_to_base``
 (it changed nothing), ``flat_loss`` (training never learned), ``random_scorer`` (the numbers come
 from a random tiny model and carry no meaning).
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from lora_factory.schemas import Finding
@@ -21,26 +23,71 @@ from lora_factory.schemas import Finding
 from .generate import Sample
 
 BLACK_MEAN = 0.02  # mean pixel value (0..1) below which an image is black
-BLANK_STD = 0.01  # pixel standard deviation below which an image is one flat colour
+BLANK_STD = 0.01  # every channel's standard deviation below this: one flat colour (of any hue)
+FLAT_COLOUR_TOL = 0.1  # max per-channel difference of mean colour: a flat image "like" a flat training image
 IDENTICAL_TOL = 0.5 / 255  # max |LoRA - base| that still counts as the same image
 FLAT_LOSS_REL = 0.01  # relative change of the mean loss, first quarter vs last: "never moved"
 FLAT_LOSS_MIN_STEPS = 8
 
 
-def image_findings(samples: list[Sample], side: str) -> list[Finding]:
-    """NaN, black and blank images among ``samples`` (one finding per kind, naming the images)."""
+def _image_kind(pixels: np.ndarray) -> str | None:
+    """``nan_images``, ``black_images``, ``blank_images`` or None (an image worth looking at)."""
+    if not np.isfinite(pixels).all():
+        return "nan_images"
+    if float(pixels.mean()) < BLACK_MEAN:
+        return "black_images"
+    if float(pixels.reshape(-1, pixels.shape[-1]).std(axis=0).max()) < BLANK_STD:
+        return "blank_images"
+    return None
+
+
+def _like_a_reference(pixels: np.ndarray, kind: str, references: list[np.ndarray]) -> bool:
+    """A black image when a training image is black too, a flat image when a training image is
+    flat in (about) the same colour: what the LoRA was trained to make, not a failure."""
+    colour = _mean_colour(pixels)
+    return any(_image_kind(ref) == kind
+               and (kind == "black_images" or np.abs(_mean_colour(ref) - colour).max() <= FLAT_COLOUR_TOL)
+               for ref in references)
+
+
+def _mean_colour(pixels: np.ndarray) -> np.ndarray:
+    return pixels.reshape(-1, pixels.shape[-1]).mean(axis=0)
+
+
+def reference_pixels(paths: list[Path]) -> list[np.ndarray]:
+    """Training images as HxWx3 floats in [0, 1], the form ``image_findings`` compares."""
+    out = []
+    for path in paths:
+        with Image.open(path) as im:
+            out.append(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
+    return out
+
+
+def image_findings(samples: list[Sample], side: str, references: list[np.ndarray] | None = None) -> list[Finding]:
+    """NaN, black and blank images among ``samples`` (one finding per kind, naming the images).
+
+    With the training images as ``references`` (the LoRA's side), a black or flat image like one
+    of them is what the LoRA learned: a LoRA trained on flat red images should make flat red
+    images. Those are one ``info`` finding, ``like_training_images``, not an error."""
     kinds: dict[str, list[str]] = {"nan_images": [], "black_images": [], "blank_images": []}
+    expected: list[str] = []
     for s in samples:
-        if not np.isfinite(s.pixels).all():
-            kinds["nan_images"].append(s.name)
-        elif float(s.pixels.mean()) < BLACK_MEAN:
-            kinds["black_images"].append(s.name)
-        elif float(s.pixels.std()) < BLANK_STD:
-            kinds["blank_images"].append(s.name)
+        kind = _image_kind(s.pixels)
+        if kind is None:
+            continue
+        if kind != "nan_images" and references and _like_a_reference(s.pixels, kind, references):
+            expected.append(s.name)
+        else:
+            kinds[kind].append(s.name)
     what = {"nan_images": "have NaN pixels", "black_images": "are black", "blank_images": "are one flat colour"}
-    return [Finding(code=code, severity="error", items=names,
-                    message=f"{len(names)} of {len(samples)} {side} images {what[code]}")
-            for code, names in kinds.items() if names]
+    found = [Finding(code=code, severity="error", items=names,
+                     message=f"{len(names)} of {len(samples)} {side} images {what[code]}")
+             for code, names in kinds.items() if names]
+    if expected:
+        found.append(Finding(code="like_training_images", severity="info", items=expected,
+                             message=f"{len(expected)} of {len(samples)} {side} images are black or one flat colour "
+                                     "like training images that are: learned, not a failure"))
+    return found
 
 
 LORA_SUFFIXES = {".lora_A.weight": "down", ".lora_B.weight": "up", ".lora.down.weight": "down",

@@ -165,9 +165,10 @@ def embed_all(embedders: list[Embedder], r: Rendered, prompts: list[EvalPrompt],
     return sets
 
 
-def silent_failures(r: Rendered, lora_file: Path, cfg: EvaluateConfig, losses: list[float]) -> tuple[list[Finding], float]:
+def silent_failures(r: Rendered, lora_file: Path, cfg: EvaluateConfig, losses: list[float],
+                    references: list[Path]) -> tuple[list[Finding], float]:
     rms = fnd.weight_delta_rms(lora_file)
-    found = fnd.image_findings(r.base, "base") + fnd.image_findings(r.lora, "LoRA")
+    found = fnd.image_findings(r.base, "base") + fnd.image_findings(r.lora, "LoRA", fnd.reference_pixels(references))
     found += fnd.zero_lora_finding(rms, cfg.min_weight_delta_rms)
     found += fnd.identical_finding(r.base, r.lora) + fnd.flat_loss_finding(losses)
     return found, rms
@@ -203,7 +204,7 @@ def evaluate_lora(lora_file: Path, prompts: list[EvalPrompt], cfg: EvaluateConfi
         score_set(es, kinds, cfg, scored)
     images = ([s.image for s in rendered.base], [s.image for s in rendered.lora])
     scorers = {e.name: e.ref for e in embedders} | add_aesthetic(scored, sets, cfg, images, setup.cache_dir)
-    found, rms = silent_failures(rendered, lora_file, cfg, setup.losses)
+    found, rms = silent_failures(rendered, lora_file, cfg, setup.losses, setup.references)
     if rendered.portability and not rendered.portability["passed"]:
         problems = [f"{n}: {f['problem']}" for n, f in rendered.portability["files"].items() if not f["ok"]]
         diff = rendered.portability["max_pixel_difference"]
