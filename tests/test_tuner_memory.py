@@ -138,3 +138,82 @@ def test_the_meta_trace_agrees_with_a_real_cpu_trace(config: str, resolution: in
     cpu, _ = saved_bytes(real, unet_config, resolution, 1, torch.float32, device="cpu", fused=False)
     meta = trace_unet(unet_config, resolution, torch.float32).saved_bytes
     assert abs(meta - cpu) <= 0.10 * cpu, (meta, cpu)
+
+
+# The text-embedding cache frees T5 (Flux, SD3) before the steps: two phases -----------------------------------
+
+@pytest.mark.parametrize("name", ["flux", "sd3", "tiny-flux", "tiny-sd3"])
+def test_the_encoder_freed_after_caching_is_held_only_while_the_captions_are_encoded(name: str) -> None:
+    row = family_row(name)
+    cached = TrainConfig(resolution=row.resolution, rank=16, mixed_precision="bf16", gradient_checkpointing=True)
+    t5_bytes = 2 * row.freed_encoder_params  # bf16
+    with_cache = estimate(cached, row)
+    for uncached in (cached.model_copy(update={"cache_text_embeddings": False}),
+                     cached.model_copy(update={"train_text_encoder": True}),
+                     cached.model_copy(update={"shuffle_tags": True})):  # the trainer caches none of these
+        held = estimate(uncached, row)
+        assert held.freed_encoders == 0 and held.encode_total == 0 and held.total == held.train_total
+        assert held.weights - with_cache.weights == t5_bytes
+    assert with_cache.freed_encoders == t5_bytes > 0
+    assert with_cache.encode_total == with_cache.weights + t5_bytes + with_cache.encode_runtime
+    assert with_cache.total == max(with_cache.train_total, with_cache.encode_total)
+    assert with_cache.total < estimate(cached.model_copy(update={"cache_text_embeddings": False}), row).total
+
+
+def test_a_4bit_flux_peaks_while_t5_encodes_the_captions() -> None:
+    """NF4 shrinks the transformer below T5-XXL in bf16: encoding the captions, before T5 is freed,
+    holds more than a training step does, and the estimate says so."""
+    row = family_row("flux")
+    cfg = TrainConfig(resolution=512, rank=16, mixed_precision="bf16", gradient_checkpointing=True,
+                      optimizer="adamw8bit", base_quantization="nf4")
+    est = estimate(cfg, row)
+    assert est.peak_phase == "encoding captions" and est.total == est.encode_total > est.train_total
+    assert any(part.startswith("peak phase: encoding captions") for part, _ in est.table())
+    no_cache = estimate(cfg.model_copy(update={"cache_text_embeddings": False}), row)
+    assert no_cache.peak_phase == "training steps" and no_cache.total > est.total
+    # Rows without a freed encoder keep one phase.
+    sdxl = estimate(TrainConfig(resolution=1024, mixed_precision="bf16"), family_row("sdxl"))
+    assert sdxl.freed_encoders == 0 and sdxl.total == sdxl.train_total
+
+
+@pytest.mark.parametrize(("ref", "row_name"), [("tiny:flux", "tiny-flux"), ("tiny:sd3", "tiny-sd3")])
+def test_the_freed_encoder_is_the_one_the_trainer_unloads(ref: str, row_name: str, model_cache: Path) -> None:
+    from lora_factory.models import load_pipeline
+    from training.families import family_for
+    from training.lora import text_encoders
+
+    pipe = load_pipeline(ref, None, model_cache)
+    family, row = family_for(row_name.removeprefix("tiny-")), family_row(row_name)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert sum(count(getattr(pipe, n)) for n in text_encoders(pipe)) == row.text_encoder_params
+    assert sum(count(getattr(pipe, n)) for n in family.unloadable_encoders) == row.freed_encoder_params
+
+
+def test_the_sd35_medium_text_encoders_and_vae_count_from_their_configs() -> None:
+    """stabilityai/stable-diffusion-3.5-medium: text_encoder (CLIP-L with its projection),
+    text_encoder_2 (OpenCLIP bigG with its projection), text_encoder_3 (T5-v1.1-XXL encoder) and the
+    16-channel VAE without quant convs — the configs Stability's reference code (sd3_infer.py) and
+    diffusers' scripts/convert_sd3_to_diffusers.py give; counted on the meta device."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from training.tuner.families import CLIP_L_PROJ, FLUX_VAE, OPENCLIP_BIGG, T5_XXL_ENCODER
+
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with torch.device("meta"):
+        clip_l = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            projection_dim=768, hidden_act="quick_gelu"))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+            projection_dim=1280, hidden_act="gelu"))
+        t5 = T5EncoderModel(T5Config(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+                                     vocab_size=32128, feed_forward_proj="gated-gelu"))
+        vae = AutoencoderKL(latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            use_quant_conv=False, use_post_quant_conv=False)
+    assert (count(clip_l), count(clip_g), count(t5), count(vae)) == (CLIP_L_PROJ, OPENCLIP_BIGG, T5_XXL_ENCODER,
+                                                                     FLUX_VAE)
+    row = family_row("sd3")
+    assert row.text_encoder_params == CLIP_L_PROJ + OPENCLIP_BIGG + T5_XXL_ENCODER and row.vae_params == FLUX_VAE
+    assert row.freed_encoder_params == T5_XXL_ENCODER

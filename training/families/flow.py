@@ -19,6 +19,7 @@ weighting and is not applied to these families.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,20 @@ def shifted_sigmas(u: torch.Tensor, scheduler_config: Any, image_seq_len: int) -
     """``u`` in (0, 1) shifted as the scheduler shifts its sigmas: exponential with
     ``μ = calculate_shift(image_seq_len)`` when it shifts dynamically, else ``s·u / (1 + (s-1)·u)``."""
     if scheduler_config.get("use_dynamic_shifting", False):
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        mu = calculate_shift(image_seq_len, scheduler_config.get("base_image_seq_len", 256),
-                             scheduler_config.get("max_image_seq_len", 4096),
-                             scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15))
-        return math.exp(mu) / (math.exp(mu) + (1 / u - 1))
+        exp_mu = _exp_mu(image_seq_len, scheduler_config.get("base_image_seq_len", 256),
+                         scheduler_config.get("max_image_seq_len", 4096),
+                         scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.15))
+        return exp_mu / (exp_mu + (1 / u - 1))
     shift = float(scheduler_config.get("shift", 1.0))
     return shift * u / (1 + (shift - 1) * u)
+
+
+@lru_cache(maxsize=256)
+def _exp_mu(image_seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float) -> float:
+    """``exp(μ)`` of a sequence length: the same few bucket sizes every step, so computed once each."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    return math.exp(calculate_shift(image_seq_len, base_seq_len, max_seq_len, base_shift, max_shift))
 
 
 class FlowFamily:

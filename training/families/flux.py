@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -66,6 +67,18 @@ def flux_kohya_state(peft_state: dict[str, torch.Tensor], alpha: float) -> dict[
     return transformer_kohya_state(peft_state, alpha, "flux", kohya_module, _widths)
 
 
+@lru_cache(maxsize=64)
+def _inputs(b: int, h: int, w: int, text_len: int, device: torch.device, dtype: torch.dtype,
+            guidance_embeds: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The transformer's guidance, text ids and image ids for a batch shape: constants of the
+    shape (the transformer only reads them), built once per bucket instead of every step."""
+    from diffusers import FluxPipeline
+
+    guidance = torch.full((b,), TRAIN_GUIDANCE, device=device, dtype=torch.float32) if guidance_embeds else None
+    return (guidance, torch.zeros(text_len, 3, device=device, dtype=dtype),
+            FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype))
+
+
 class Flux(FlowFamily):
     name = "flux"
     default_targets: tuple[str, ...] = (
@@ -91,14 +104,12 @@ class Flux(FlowFamily):
         x = noised.inputs
         b, c, h, w = x.shape
         transformer, hidden = pipe.transformer, prompt["hidden"]
-        guidance = (torch.full((b,), TRAIN_GUIDANCE, device=x.device, dtype=torch.float32)
-                    if transformer.config.guidance_embeds else None)
+        guidance, txt_ids, img_ids = _inputs(b, h, w, hidden.shape[1], x.device, x.dtype,
+                                             bool(transformer.config.guidance_embeds))
         out = transformer(
             hidden_states=FluxPipeline._pack_latents(x, b, c, h, w), timestep=noised.timesteps.to(x.dtype),
             guidance=guidance, pooled_projections=prompt["pooled"], encoder_hidden_states=hidden,
-            txt_ids=torch.zeros(hidden.shape[1], 3, device=x.device, dtype=x.dtype),
-            img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x.device, x.dtype),
-            return_dict=False)[0]
+            txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         return FluxPipeline._unpack_latents(out, h * scale, w * scale, scale)
 

@@ -47,6 +47,9 @@ class FamilyRow:
     # The trainer family's LoRA targets (train.target_modules unset), as in training.families.
     default_targets: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
     denoiser_class: str = "UNet2DConditionModel"  # the diffusers class of DENOISER_CONFIGS' config
+    # Of text_encoder_params, the encoders the trainer frees once the text cache holds every
+    # caption (the family's ``unloadable_encoders``: T5-XXL for Flux and SD3).
+    freed_encoder_params: int = 0
 
     def activation_bytes(self, precision: str, checkpointing: bool, resolution: int, batch: int) -> int:
         """Activations of a step: linear in pixels (convolutions and fused attention both are) and
@@ -131,7 +134,7 @@ FAMILIES: dict[str, FamilyRow] = {
             activations={("half", False): 60 * GIB, ("half", True): int(2.2 * GIB),
                          ("full", False): 120 * GIB, ("full", True): int(4.4 * GIB)},
             vae_first_channels=128, seconds_per_step=3.0, default_targets=_FLUX_TARGETS,
-            denoiser_class="FluxTransformer2DModel",
+            denoiser_class="FluxTransformer2DModel", freed_encoder_params=T5_XXL_ENCODER,
             note="FLUX.1-dev (transformer 11.9B, CLIP ViT-L + T5-XXL encoder 4.8B); activations assumed"),
         FamilyRow(
             name="tiny-flux", base_family="flux", architecture="tiny-flux", resolution=64, min_resolution=32,
@@ -140,7 +143,7 @@ FAMILIES: dict[str, FamilyRow] = {
             activations={("half", False): 600_000, ("half", True): 200_000,
                          ("full", False): 1_200_000, ("full", True): 400_000},
             vae_first_channels=8, seconds_per_step=0.3, default_targets=_FLUX_TARGETS,
-            denoiser_class="FluxTransformer2DModel",
+            denoiser_class="FluxTransformer2DModel", freed_encoder_params=TINY_T5,
             note="the factory's tiny random-init FLUX.1-dev (tiny:flux), for CPU runs; activations assumed"),
         # SD3.5 Medium: counted from its config; activations NOT traced, assumed as Flux's: 24
         # blocks of a 1536-wide stream over 4096 image + 333 text tokens at 1024 px.
@@ -152,7 +155,7 @@ FAMILIES: dict[str, FamilyRow] = {
             activations={("half", False): 12 * GIB, ("half", True): GIB // 2,
                          ("full", False): 24 * GIB, ("full", True): GIB},
             vae_first_channels=128, seconds_per_step=1.0, default_targets=_SD3_TARGETS,
-            denoiser_class="SD3Transformer2DModel",
+            denoiser_class="SD3Transformer2DModel", freed_encoder_params=T5_XXL_ENCODER,
             note="Stable Diffusion 3.5 Medium (MMDiT 2.2B, CLIP-L + OpenCLIP bigG + T5-XXL encoder 4.8B); "
                  "activations assumed"),
         FamilyRow(
@@ -162,7 +165,7 @@ FAMILIES: dict[str, FamilyRow] = {
             activations={("half", False): 600_000, ("half", True): 200_000,
                          ("full", False): 1_200_000, ("full", True): 400_000},
             vae_first_channels=8, seconds_per_step=0.3, default_targets=_SD3_TARGETS,
-            denoiser_class="SD3Transformer2DModel",
+            denoiser_class="SD3Transformer2DModel", freed_encoder_params=TINY_T5_SD3,
             note="the factory's tiny random-init SD3.5 Medium (tiny:sd3), for CPU runs; activations assumed"),
     )
 }
@@ -188,7 +191,10 @@ def _sdxl_unet() -> dict[str, Any]:
 
 
 def _sd3_medium() -> dict[str, Any]:
-    """stabilityai/stable-diffusion-3.5-medium's transformer/config.json."""
+    """stabilityai/stable-diffusion-3.5-medium's transformer/config.json, checked against
+    diffusers' scripts/convert_sd3_to_diffusers.py (which derives it from the checkpoint: 24 layers
+    and heads, caption projection 1536, dual attention in blocks 0-12, RMS q/k norm, 384 position
+    embeddings for the 2B model) and against the configs other projects vendor."""
     return {"sample_size": 128, "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 24,
             "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
             "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "pos_embed_max_size": 384,

@@ -5,6 +5,11 @@ stays fp32, as the trainer keeps it), the LoRA parameters, their gradients and o
 states (fp32), the larger of the denoiser's activations kept for backward and the VAE's
 transient while it encodes a batch, and the runtime's own working memory. What is measured and
 what is assumed is said in the README's Tuner section.
+
+Two phases when the text-embedding cache is on and the family frees an encoder after caching
+(T5-XXL for Flux and SD3, ``training.conditioning.Conditioner.unload_encoders``): first every
+caption is encoded with all the frozen weights loaded and no LoRA yet, then the steps run without
+the freed encoder. The peak is the larger of the two.
 """
 
 from __future__ import annotations
@@ -45,10 +50,27 @@ class MemoryEstimate:
     activations: int
     runtime: int
     activations_from: str  # "denoiser" or "vae" (whichever step holds more)
+    freed_encoders: int = 0  # text encoders freed before the steps (held only while encoding captions)
+    encode_runtime: int = 0  # the runtime's memory in the encoding phase
+
+    @property
+    def train_total(self) -> int:
+        """The steps' peak (``weights`` without the freed encoders)."""
+        return self.weights + self.lora + self.gradients + self.optimizer + self.activations + self.runtime
+
+    @property
+    def encode_total(self) -> int:
+        """The caption-encoding phase before the encoders are freed: every frozen weight, no LoRA
+        yet (one caption's encoder activations are small beside the weights); 0 without it."""
+        return self.weights + self.freed_encoders + self.encode_runtime if self.freed_encoders else 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.lora + self.gradients + self.optimizer + self.activations + self.runtime
+        return max(self.train_total, self.encode_total)
+
+    @property
+    def peak_phase(self) -> str:
+        return "encoding captions" if self.encode_total > self.train_total else "training steps"
 
     @property
     def parameters_and_optimizer(self) -> int:
@@ -62,7 +84,15 @@ class MemoryEstimate:
         return [("frozen weights", self.weights / GIB), ("LoRA parameters", self.lora / GIB),
                 ("gradients", self.gradients / GIB), ("optimizer states", self.optimizer / GIB),
                 (f"activations ({self.activations_from})", self.activations / GIB),
-                ("runtime", self.runtime / GIB), ("total", self.total / GIB)]
+                ("runtime", self.runtime / GIB), *self._encode_rows(), ("total", self.total / GIB)]
+
+    def _encode_rows(self) -> list[tuple[str, float]]:
+        if not self.freed_encoders:
+            return []
+        return [("training steps (freed encoders not held)", self.train_total / GIB),
+                ("text encoders freed after caching", self.freed_encoders / GIB),
+                ("encoding captions (all frozen weights, no LoRA)", self.encode_total / GIB),
+                (f"peak phase: {self.peak_phase}", self.total / GIB)]
 
 
 def precision_of(cfg: TrainConfig) -> str:
@@ -83,11 +113,19 @@ def on_cuda(cfg: TrainConfig) -> bool:
     return cfg.device != "cpu"
 
 
+def text_cache_on(cfg: TrainConfig) -> bool:
+    """The trainer's rule (``training.conditioning.make_conditioner``; the train task always gives
+    it a cache folder): cached unless the text encoder trains or the tags shuffle."""
+    return cfg.cache_text_embeddings and not cfg.train_text_encoder and not cfg.shuffle_tags
+
+
 def estimate(cfg: TrainConfig, row: FamilyRow) -> MemoryEstimate:
     """The peak of one training step of ``cfg`` on ``row`` (bytes, by part)."""
     weight_bytes = 4 if precision_of(cfg) == "full" else 2
     denoiser_bytes = QUANTIZED_BYTES.get(cfg.base_quantization, weight_bytes)
-    weights = int(row.denoiser_params * denoiser_bytes + row.text_encoder_params * weight_bytes + row.vae_params * 4)
+    freed = int(row.freed_encoder_params * weight_bytes) if text_cache_on(cfg) else 0
+    weights = int(row.denoiser_params * denoiser_bytes + row.text_encoder_params * weight_bytes
+                  + row.vae_params * 4) - freed
     lora = lora_parameters(cfg, row)
     samples = cfg.batch_size * (2 if cfg.prior_preservation else 1)
     denoiser = row.activation_bytes(precision_of(cfg), cfg.gradient_checkpointing, cfg.resolution, samples)
@@ -95,10 +133,15 @@ def estimate(cfg: TrainConfig, row: FamilyRow) -> MemoryEstimate:
     activations, source = (denoiser, "denoiser") if denoiser >= vae else (vae, "VAE encoding a batch")
     parts = {"weights": weights, "lora": lora * 4, "gradients": lora * 4,
              "optimizer": lora * OPTIMIZER_BYTES[cfg.optimizer], "activations": activations}
-    runtime = RUNTIME_BYTES["cuda" if on_cuda(cfg) else "cpu"]
+    return MemoryEstimate(**parts, runtime=_runtime(cfg, sum(parts.values())), activations_from=source,
+                          freed_encoders=freed, encode_runtime=_runtime(cfg, weights + freed) if freed else 0)
+
+
+def _runtime(cfg: TrainConfig, tensor_bytes: int) -> int:
+    """The runtime's working memory, plus the CUDA caching allocator's slack on the tensors."""
     if on_cuda(cfg):
-        runtime += int(CUDA_ALLOCATOR_SLACK * sum(parts.values()))
-    return MemoryEstimate(**parts, runtime=runtime, activations_from=source)
+        return RUNTIME_BYTES["cuda"] + int(CUDA_ALLOCATOR_SLACK * tensor_bytes)
+    return RUNTIME_BYTES["cpu"]
 
 
 @dataclass(frozen=True)
