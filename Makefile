@@ -9,7 +9,7 @@ export UV_PYTHON_DOWNLOADS := never
 # Byte-code caching roughly halves the start-up of every process that imports diffusers.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install demo test test-fast bench lock lint ui clean
+.PHONY: install demo test test-fast test-slow bench lock lint ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ test: install
 	$(BIN)/python -m pytest
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -m "not e2e and not slow"
+
+# Tests too long for every CI run (several whole factory runs each): run before touching what they cover.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 # Every bench/*.py prints one JSON document of figures; none of them is a test. bench/inspect.py is
 # bench/doctor.py under the issue's name: run once.

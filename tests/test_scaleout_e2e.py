@@ -28,7 +28,8 @@ DASK = ["--set", "runtime.executor=dask", "--set", "runtime.dask_workers=2", "--
 TEXT = {".json", ".jsonl", ".txt", ".toml", ".md", ".yaml"}
 BATCH_TASKS = {"measure_batch", "caption_batch", "embed_batch", "render_batch"}
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(7200)]  # a crawl and two tiny runs, on a loaded machine
+# A crawl and two tiny runs (about 5 minutes on an idle machine): `make test-slow`, not `make test`.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(7200)]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
