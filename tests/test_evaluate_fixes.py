@@ -71,16 +71,16 @@ def test_a_failing_fuse_leaves_the_fused_figures_unavailable_with_the_reason(pip
     pipe.load_lora_weights(str(tiny_lora), weight_name=LORA_WEIGHT_NAME)
     try:
         def fail(**_: object) -> None:
-            raise NotImplementedError("cannot fuse into a quantized layer\nsecond line of detail")
+            raise ValueError("cannot fuse into a quantized layer\nsecond line of detail")
         monkeypatch.setattr(pipe, "fuse_lora", fail)
         eff = measure_loaded(pipe, prompts, 1, 1, kw, base=base)
     finally:
         pipe.unload_lora_weights()
-    assert eff["modes"]["fused"] == {"unavailable": "fuse_lora failed: NotImplementedError: cannot fuse into a quantized layer"}
+    assert eff["modes"]["fused"] == {"unavailable": "fuse_lora failed: ValueError: cannot fuse into a quantized layer"}
     assert eff["modes"]["lora"]["images"] == 1
     flat = efficiency_metrics(eff)
     assert "latency_p50_s_lora" in flat and not any(k.endswith("_fused") for k in flat)
-    assert "unavailable: fuse_lora failed: NotImplementedError" in efficiency_section({"efficiency": eff})
+    assert "unavailable: fuse_lora failed: ValueError" in efficiency_section({"efficiency": eff})
 
 
 def test_eval_json_paths_are_relative_to_the_run_and_the_report_resolves_them(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ weighting and is not applied to these families.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ def _exp_mu(image_seq_len: int, base_seq_len: int, max_seq_len: int, base_shift:
     return math.exp(calculate_shift(image_seq_len, base_seq_len, max_seq_len, base_shift, max_shift))
 
 
-class FlowFamily:
+class FlowFamily(ABC):
+    """What the flow-matching transformers share; each family names its own kohya modules."""
+
     name = "flow"
     denoiser = "transformer"
     text_encoder_loras: tuple[str, ...] = ("text_encoder",)
@@ -92,9 +95,9 @@ class FlowFamily:
         per_sample = F.mse_loss(prediction.float(), noised.target.float(), reduction="none")
         return (per_sample.mean(dim=list(range(1, per_sample.ndim))) * weights).mean()
 
+    @abstractmethod
     def kohya_name(self, module: str) -> tuple[str, int | None]:
         """A transformer module path → (kohya LoRA name, member index in a fused layer or None)."""
-        raise NotImplementedError
 
     def kohya_layers(self, pipe: Any) -> dict[str, torch.nn.Module]:
         from ..export_kohya import kohya_stand_ins, prefixed_layers
