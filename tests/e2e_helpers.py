@@ -22,7 +22,7 @@ def run_factory(tmp: Path, profile: str) -> dict:
     """``lora-factory run -t lighthouse`` with ``profile`` on the smallest crawl that trains."""
     home = tmp / "home"
     done = subprocess.run([str(CLI), "run", "-t", "lighthouse", "--profile", profile, "--home", str(home),
-                           "--max-images", "10"], cwd=tmp, capture_output=True, text=True, timeout=1800)
+                           "--max-images", "10"], cwd=tmp, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = next((home / "runs").iterdir())
     return {"home": home, "run_dir": run_dir, "state": json.loads((run_dir / "run.json").read_text())}

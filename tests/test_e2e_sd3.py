@@ -13,7 +13,7 @@ from tests.e2e_helpers import STAGES, generate_with_champion, run_factory, stage
 
 TOKEN = "sd3-e2e-token-0123456789"  # the server wants 16 characters or more
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]  # a bound for a hung run, not a speed test: whole runs take 5x longer on a loaded machine
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ from training.lora import LORA_WEIGHT_NAME
 
 from .training_helpers import small_cfg, write_dataset
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]  # a bound for a hung run, not a speed test: whole runs take 5x longer on a loaded machine
 RES = 32
 
 

@@ -36,7 +36,7 @@ from training.trainer import train_lora
 
 from .training_helpers import tiny_job
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]  # a bound for a hung run, not a speed test: whole runs take 5x longer on a loaded machine
 
 RES = 64
 TRIGGER = "lfstyle"
