@@ -48,7 +48,7 @@ def kohya_prefixes(family: str) -> tuple[tuple[str, str], ...]:
     return _PREFIXES[family]
 
 
-def kohya_module(family: str, component: str, prefix: str, module: str) -> str:
+def kohya_lora_name(family: str, component: str, prefix: str, module: str) -> str:
     """The kohya LoRA name of ``module`` (a path in ``component``, e.g. "unet.") of ``family``."""
     return _RENAMED.get(family, {}).get(component + module) or prefix + module.replace(".", "_")
 
@@ -61,7 +61,7 @@ def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float, family: str = "s
         if prefix is None:
             raise ValueError(f"LoRA key {key!r} names no known component (unet., text_encoder.)")
         module, kind = key[len(prefix[0]):].rsplit(".lora_", 1)
-        name = kohya_module(family, *prefix, module)
+        name = kohya_lora_name(family, *prefix, module)
         if kind == "A.weight":
             out[f"{name}.lora_down.weight"] = value
             out[f"{name}.alpha"] = torch.tensor(float(alpha))
@@ -165,7 +165,7 @@ def prefixed_layers(pipe: Any, family: str) -> dict[str, torch.nn.Module]:
         module = getattr(pipe, component.rstrip("."), None)
         for name, layer in module.named_modules() if module is not None else ():
             if isinstance(layer, torch.nn.Linear | torch.nn.Conv2d):
-                layers[kohya_module(family, component, prefix, name)] = layer
+                layers[kohya_lora_name(family, component, prefix, name)] = layer
     return layers
 
 
