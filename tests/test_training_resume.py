@@ -142,8 +142,8 @@ def test_validation_keeps_the_best_and_last_k_and_a_stop_restores_the_best(
     assert best_state["step"] == best_step
     saved = lora_tensors(tmp_path / "lora")
     for name, value in best_weights.items():
-        key = name.replace(".lora_A.default.weight", ".lora.down.weight").replace(
-            ".lora_B.default.weight", ".lora.up.weight")
+        key = name.replace(".lora_A.default.weight", ".lora_A.weight").replace(
+            ".lora_B.default.weight", ".lora_B.weight")
         assert torch.equal(saved[key], value), key
 
 

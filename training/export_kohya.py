@@ -32,6 +32,13 @@ _PREFIXES = {
     "flux": (("text_encoder.", "lora_te1_"),),
     "sd3": (("text_encoder_2.", "lora_te2_"), ("text_encoder.", "lora_te1_")),
 }
+# Modules whose kohya name is not their diffusers path with "_" for ".": SDXL's added-conditioning
+# MLP carries the original (sgm) names kohya and A1111 write, the only ones diffusers' kohya
+# converter maps back (it turns ``add_embedding_linear_1`` into a module that does not exist).
+_RENAMED = {
+    "sdxl": {"unet.add_embedding.linear_1": "lora_unet_label_emb_0_0",
+             "unet.add_embedding.linear_2": "lora_unet_label_emb_0_2"},
+}
 # A transformer module path -> (kohya LoRA name, member index in a fused layer or None).
 KohyaName = Callable[[str], tuple[str, int | None]]
 
@@ -39,6 +46,11 @@ KohyaName = Callable[[str], tuple[str, int | None]]
 def kohya_prefixes(family: str) -> tuple[tuple[str, str], ...]:
     """(pipeline component + ".", kohya prefix) pairs of ``family``, e.g. ("unet.", "lora_unet_")."""
     return _PREFIXES[family]
+
+
+def kohya_lora_name(family: str, component: str, prefix: str, module: str) -> str:
+    """The kohya LoRA name of ``module`` (a path in ``component``, e.g. "unet.") of ``family``."""
+    return _RENAMED.get(family, {}).get(component + module) or prefix + module.replace(".", "_")
 
 
 def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float, family: str = "sdxl") -> dict[str, torch.Tensor]:
@@ -49,7 +61,7 @@ def peft_to_kohya(state: dict[str, torch.Tensor], alpha: float, family: str = "s
         if prefix is None:
             raise ValueError(f"LoRA key {key!r} names no known component (unet., text_encoder.)")
         module, kind = key[len(prefix[0]):].rsplit(".lora_", 1)
-        name = prefix[1] + module.replace(".", "_")
+        name = kohya_lora_name(family, *prefix, module)
         if kind == "A.weight":
             out[f"{name}.lora_down.weight"] = value
             out[f"{name}.alpha"] = torch.tensor(float(alpha))
@@ -153,7 +165,7 @@ def prefixed_layers(pipe: Any, family: str) -> dict[str, torch.nn.Module]:
         module = getattr(pipe, component.rstrip("."), None)
         for name, layer in module.named_modules() if module is not None else ():
             if isinstance(layer, torch.nn.Linear | torch.nn.Conv2d):
-                layers[prefix + name.replace(".", "_")] = layer
+                layers[kohya_lora_name(family, component, prefix, name)] = layer
     return layers
 
 

@@ -82,25 +82,44 @@ def lora_state(pipe: Any) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
+# Older files (and diffusers' ``convert_state_dict_to_diffusers``) name some modules the legacy
+# way; the PEFT name of each, key by key.
+_LEGACY_SUFFIXES = {".lora.down.weight": ".lora_A.weight", ".lora.up.weight": ".lora_B.weight",
+                    ".lora_linear_layer.down.weight": ".lora_A.weight",
+                    ".lora_linear_layer.up.weight": ".lora_B.weight"}
+
+
+def peft_key(key: str) -> str:
+    """``key`` with PEFT's ``lora_A``/``lora_B`` names, whatever naming it was written with."""
+    suffix = next((s for s in _LEGACY_SUFFIXES if key.endswith(s)), None)
+    return key if suffix is None else key[: -len(suffix)] + _LEGACY_SUFFIXES[suffix]
+
+
+def diffusers_keys(component: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A component's PEFT state dict as the diffusers file's tensors: ``<component>.<module>.lora_A.weight``
+    for every module, as diffusers' own training scripts save ``get_peft_model_state_dict``.
+
+    One naming for every key, because ``load_lora_weights`` picks the naming of a component from
+    its first key (in the file's sorted order): ``convert_state_dict_to_diffusers`` renames only
+    the attention projections to ``lora.down``/``lora.up``, so a file whose first key is a conv or
+    ``proj_in`` LoRA (still ``lora_A``) silently lost every attention LoRA on load."""
+    return {f"{component}.{peft_key(k)}": v for k, v in state.items()}
+
+
 def save_lora(pipe: Any, out_dir: Path) -> Path:
-    """``pytorch_lora_weights.safetensors`` in diffusers format, via the pipeline class's own
-    ``save_lora_weights`` so ``load_lora_weights`` on the same class reads it back.
+    """``pytorch_lora_weights.safetensors`` in diffusers format (``diffusers_keys``), via the
+    pipeline class's own ``save_lora_weights`` so ``load_lora_weights`` on the same class reads
+    it back.
 
     The PEFT configs travel in the file's metadata: without them diffusers assumes
     ``alpha == rank`` on load, and an adapter trained with another alpha would load at the
     wrong strength.
-
-    Transformer LoRAs are written with PEFT's own key names, as diffusers' Flux/SD3 training
-    scripts write them: ``convert_state_dict_to_diffusers`` renames ``to_q``/``to_k``/``to_v``/
-    ``to_out.0`` to the UNet attention processors' old ``lora.down``/``lora.up`` names, which
-    the transformer loaders silently drop.
     """
-    from diffusers.utils import convert_state_dict_to_diffusers
-
     kwargs: dict[str, Any] = {}
     for name, state in lora_state(pipe).items():
-        keys = state if name == "transformer" else convert_state_dict_to_diffusers(state)
-        layers = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in keys.items()}
+        prefix = f"{name}."
+        layers = {k[len(prefix):]: v.detach().to("cpu", torch.float32).contiguous()
+                  for k, v in diffusers_keys(name, state).items()}
         kwargs[f"{name}_lora_layers"] = layers
         kwargs[f"{name}_lora_adapter_metadata"] = getattr(pipe, name).peft_config["default"].to_dict()
     type(pipe).save_lora_weights(save_directory=out_dir, safe_serialization=True, **kwargs)
@@ -108,16 +127,11 @@ def save_lora(pipe: Any, out_dir: Path) -> Path:
 
 
 def _peft_keys(component: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A component's part of a diffusers LoRA file with PEFT's key names (``save_lora``'s inverse:
-    UNet and text-encoder keys were renamed to diffusers' ``lora.down``/``lora.up``, transformer
-    keys kept PEFT's)."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
-
+    """A component's part of a diffusers LoRA file with PEFT's key names (``save_lora``'s inverse),
+    renamed key by key: files written before ``diffusers_keys`` mix ``lora.down``/``lora.up`` and
+    ``lora_A``/``lora_B`` names within one component."""
     prefix = f"{component}."
-    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if own and component != "transformer" and not any("lora_A" in k for k in own):
-        own = convert_unet_state_dict_to_peft(own)
-    return own
+    return {peft_key(k[len(prefix):]): v for k, v in state.items() if k.startswith(prefix)}
 
 
 def init_from_lora(pipe: Any, path: Path) -> dict[str, int]:

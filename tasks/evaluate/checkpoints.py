@@ -54,14 +54,10 @@ def _peft_keys(weights: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Te
 
 def _diffusers_keys(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``<component>.<module>.lora_A.<adapter>.weight`` -> the diffusers file's key names."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    from training.lora import diffusers_keys
 
-    by_component = _peft_keys(weights)
-    out = {}
-    for component, state in by_component.items():
-        keys = state if component == "transformer" else convert_state_dict_to_diffusers(state)
-        out |= {f"{component}.{k}": v for k, v in keys.items()}
-    return out
+    return {k: v for component, state in _peft_keys(weights).items()
+            for k, v in diffusers_keys(component, state).items()}
 
 
 def _kohya_keys(weights: dict[str, torch.Tensor], template: Path, family: str) -> dict[str, torch.Tensor]:

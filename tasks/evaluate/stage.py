@@ -27,7 +27,7 @@ from .efficiency import measure_base, measure_loaded
 from .embedders import Embedder, load_embedder
 from .generate import Sample, render, scheduler_of
 from .grid import make_grid
-from .portability import KeyReport, check_keys, max_difference, portability_record
+from .portability import KeyReport, applied_modules, check_keys, max_difference, portability_record
 from .prompts import EvalPrompt, seeds_for, strip_trigger
 from .report import render_report
 from .score import EmbeddingSet, Scored, fidelity_gains, headline_scores, per_prompt, score_set
@@ -109,7 +109,7 @@ def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cf
     pipe, kw = open_pipeline(setup, cfg)
     seeds = seeds_for(cfg.seed, cfg.num_seeds)
     keys = check_keys(pipe, setup.family, lora_file)
-    if not keys.ok:
+    if not keys.fits:
         raise StageError(f"{lora_file.name} is not a LoRA for {setup.base_ref} ({setup.family}): {keys.line()}")
     scheduler = scheduler_of(pipe)
     samples, embedded = (remote.render(pipeline_spec(setup.base_ref, setup.family, setup.cache_dir, lora_file,
@@ -118,6 +118,7 @@ def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cf
     timing = (prompts[:cfg.efficiency_prompts], cfg.seed, cfg.efficiency_images, kw)
     base_time = measure_base(pipe, *timing) if cfg.efficiency_images else None
     pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name)
+    keys.applied = applied_modules(pipe)
     if scheduler_of(pipe) != scheduler:
         raise StageError("loading the LoRA changed the pipeline's scheduler; base and LoRA would not compare")
     lora = samples["lora"] if remote else render(pipe, prompts, seeds, "lora", **kw)
@@ -125,6 +126,8 @@ def render_both(setup: EvalSetup, lora_file: Path, prompts: list[EvalPrompt], cf
     portability = {}
     if setup.kohya_file is not None:
         portability = check_portability(pipe, setup, {lora_file.name: keys}, lora[0], prompts, kw)
+    elif not keys.ok:  # the file loads with modules missing: not portable even without a kohya file
+        portability = portability_record({lora_file.name: keys}, None)
     return Rendered(base, lora, seeds, scheduler, portability, efficiency, embedded)
 
 
@@ -139,6 +142,7 @@ def check_portability(pipe: Any, setup: EvalSetup, keys: dict[str, KeyReport], r
     if keys[kohya.name].ok:
         try:
             family_for(setup.family).load_kohya(pipe, kohya)
+            keys[kohya.name].applied = applied_modules(pipe)
         except AssertionError:  # diffusers' Flux converter assumes FLUX.1's widths (tiny:flux has others)
             log.warning("diffusers cannot read %s at this model's widths; its keys and shapes were checked, "
                         "its image was not", kohya.name)
