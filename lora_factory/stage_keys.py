@@ -11,7 +11,10 @@ stage's key is a hash of three parts, all declared in the catalog (``StageSpec``
   password is not a new result), with the content of every ``*_file`` setting (a review sheet
   edited under the same name is a change), and the run's topics for the crawl;
 - ``code``: the source of the stage's own modules (``StageSpec.code``), so a fixed bug re-runs
-  the stage it was in; kernel changes do not invalidate finished work.
+  the stage it was in; kernel changes do not invalidate finished work;
+- ``external`` (only for stages that declare ``StageSpec.external``): fingerprints of what the
+  stage reads outside the run directory (``lora_factory.external_inputs``: deploy's registry
+  champion), recorded as the stage left them, so a champion another run moved is a miss.
 
 A stage that is done and whose recorded key equals the key computed now is a hit and is skipped;
 anything else runs (a failed or killed stage resumes from its own checkpoints). Each decision is
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import STAGES, StageSpec, spec
+from .external_inputs import fingerprints, what_changed
 from .runstore import DONE, PENDING
 from .secrets import redact
 
@@ -144,11 +148,25 @@ def recorded_digest(state: Mapping[str, Any], output_key: str, stage_dir: Any) -
 
 def key_parts(state: Mapping[str, Any], stage: str, config: Mapping[str, Any], stage_dir: Any) -> dict[str, Any]:
     s = spec(stage)
-    return {
+    topics = list(state.get("topics", []))
+    parts: dict[str, Any] = {
         "inputs": {o.key: recorded_digest(state, o.key, stage_dir) for o in s.reads},
-        "settings": settings_digest(s, config, list(state.get("topics", []))),
+        "settings": settings_digest(s, config, topics),
         "code": code_digest(s.code),
     }
+    if s.external:  # absent otherwise: the keys other stages recorded stay valid
+        parts["external"] = fingerprints(s.external, config, topics)
+    return parts
+
+
+def settled_parts(parts: Mapping[str, Any], state: Mapping[str, Any], stage: str,
+                  config: Mapping[str, Any]) -> dict[str, Any]:
+    """``parts`` with the external inputs as the finished stage left them. Why: deploy moves the
+    champion itself; keyed on the champion it saw before, its own promotion would be a miss."""
+    s = spec(stage)
+    if not s.external:
+        return dict(parts)
+    return {**parts, "external": fingerprints(s.external, config, list(state.get("topics", [])))}
 
 
 def key_of(parts: Mapping[str, Any]) -> str:
@@ -193,4 +211,8 @@ def _what_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
         changed.append("settings")
     if old.get("code") != new["code"]:
         changed.append("code")
-    return "changed: " + (", ".join(changed) or "key")
+    before = old.get("external", {})
+    moved = [what_changed(k, before.get(k), v) for k, v in new.get("external", {}).items() if before.get(k) != v]
+    if moved and not changed:
+        return "; ".join(moved)
+    return "changed: " + (", ".join(changed + moved) or "key")
