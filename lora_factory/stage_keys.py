@@ -41,6 +41,8 @@ _MISSING = "<unset>"
 # Why a stage finished before keys existed is kept: nothing recorded says what it was made from,
 # and running it again could cost hours (training); a change from now on re-runs it (record_in).
 LEGACY_HIT = "done before cache keys were recorded: kept unchecked, keyed from now on"
+# Likewise a stage done before its external inputs were keyed: kept when the rest of its key holds.
+LEGACY_EXTERNAL_HIT = "inputs, settings and code unchanged; external inputs were not recorded: keyed from now on"
 
 
 @dataclass(frozen=True)
@@ -58,10 +60,10 @@ class CacheDecision:
 
     def record_in(self, entry: dict[str, Any]) -> None:
         """Write this decision into the stage's run.json entry. A stage kept from before keys
-        were recorded takes today's key as its own: without one, no later change would ever
-        re-run it."""
+        (or its external inputs' fingerprints) were recorded takes today's key as its own:
+        without one, no later change would ever re-run it."""
         entry["cache"] = self.as_record()
-        if self.hit and "key_parts" not in entry and self.parts:
+        if self.hit and self.parts and entry.get("key_parts") != self.parts:
             entry.update(key=self.key, key_parts=self.parts)
 
 
@@ -169,6 +171,10 @@ def settled_parts(parts: Mapping[str, Any], state: Mapping[str, Any], stage: str
     return {**parts, "external": fingerprints(s.external, config, list(state.get("topics", [])))}
 
 
+def _without_external(parts: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in parts.items() if k != "external"}
+
+
 def key_of(parts: Mapping[str, Any]) -> str:
     return _digest(json.dumps(parts, sort_keys=True).encode())[:16]
 
@@ -187,6 +193,8 @@ def decide(state: Mapping[str, Any], stage: str, config: Mapping[str, Any], stag
         return CacheDecision(stage, True, LEGACY_HIT, key, parts)
     if entry.get("key") == key:
         return CacheDecision(stage, True, "inputs, settings and code unchanged", key, parts)
+    if "external" in parts and "external" not in old and entry.get("key") == key_of(_without_external(parts)):
+        return CacheDecision(stage, True, LEGACY_EXTERNAL_HIT, key, parts)
     return CacheDecision(stage, False, _what_changed(old, parts), key, parts)
 
 

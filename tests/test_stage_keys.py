@@ -15,6 +15,7 @@ from lora_factory import catalog
 from lora_factory.profiles import load_config
 from lora_factory.runstore import DONE, FAILED, PENDING
 from lora_factory.stage_keys import (
+    LEGACY_EXTERNAL_HIT,
     LEGACY_HIT,
     all_hits,
     code_digest,
@@ -196,5 +197,15 @@ def test_a_moved_champion_reruns_deploy_alone(tmp_path: Path) -> None:
     assert both.reason == f"changed: settings, the champion moved: lighthouse@champion from version {v1} to {v2}"
     tracker.set_alias("lighthouse", "champion", v1)
     assert decide(state, "deploy", cfg, _no_folder).hit
+    # a deploy finished before the champion was keyed is kept once, and keyed from then on
+    entry = state["stages"]["deploy"]
+    del entry["key_parts"]["external"]
+    entry["key"] = key_of(entry["key_parts"])
+    kept = decide(state, "deploy", cfg, _no_folder)
+    assert kept.hit and kept.reason == LEGACY_EXTERNAL_HIT
+    kept.record_in(entry)
+    assert entry["key_parts"]["external"]["registry.champion"]["version"] == v1
+    tracker.set_alias("lighthouse", "champion", v2)
+    assert run_all(state, cfg) == ["deploy"]
     tracker.register("another-concept", other, "model")
     assert run_all(state, cfg) == []  # another concept's registry entries are not this run's input
