@@ -5,7 +5,8 @@ temporary API server and importing what the flow needs, only to skip every stage
 decisions need only the run directory, the config and the code digests
 (``lora_factory.stage_keys.all_hits``), so they are made here first. When every stage is a hit,
 the run is resumed and finished as the flow would (decisions in run.json and on the MLflow parent
-run, the run marked done, its lock released) and no flow runs. Anything else, and every run that
+run, the run marked done, its lock released, ``summary.md`` and ``timings.json`` written and
+logged to the parent run: ``lora_factory.run_summary``) and no flow runs. Anything else, and every run that
 goes to a Prefect server the user runs (its UI shows each run), takes the flow as before.
 """
 
@@ -16,10 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from lora_factory.config import FactoryConfig
-from lora_factory.context import RunRef, record_decisions
+from lora_factory.context import RunRef, get_logger, record_decisions
 from lora_factory.errors import FactoryError
 from lora_factory.home import run_store_for
 from lora_factory.lifecycle import finish_run, resume_config, resume_run, with_current_locations
+from lora_factory.run_summary import publish_summary
 from lora_factory.runlock import release
 from lora_factory.stage_keys import CacheDecision, all_hits
 
@@ -70,6 +72,10 @@ def rerun_without_flow(cfg: FactoryConfig, run_id: str, overrides: Mapping[str, 
         finish_run(ref, ok=False, error=str(e) if isinstance(e, FactoryError) else f"{type(e).__name__}: {e}")
         raise
     finish_run(ref, ok=True)
+    try:  # as the flow does; best effort: the run is finished either way
+        publish_summary(ref)
+    except Exception as e:  # noqa: BLE001 - see above
+        get_logger().warning("run %s: could not write the summary: %s", ref.run_id, e)
     run = ref.run_dir()
     return {
         "run_id": ref.run_id,

@@ -21,7 +21,7 @@ from typing import Any
 
 from lora_factory.config import DeployConfig
 from lora_factory.errors import FactoryError
-from lora_factory.names import topic_key
+from lora_factory.names import registered_model_name
 from lora_factory.tracking import Tracker, clean_value
 from training.lora import LORA_WEIGHT_NAME
 
@@ -55,11 +55,10 @@ class ResolvedLora:
 
 def concept_name(concept: str, topics: Sequence[str]) -> str:
     """The registered model's name: ``deploy.concept`` or, when empty, a key of the topics."""
-    if concept.strip():
-        return concept.strip()
-    if not topics:
+    name = registered_model_name(concept, topics)
+    if name is None:
         raise RegistryError("no topics and no deploy.concept: set deploy.concept to name the registered model")
-    return topic_key(" + ".join(topics))
+    return name
 
 
 def flavor_base_model(base_ref: str, cache_dir: Path) -> str:

@@ -37,7 +37,7 @@ from lora_factory.lifecycle import (
 )
 from lora_factory.names import run_label
 from lora_factory.profiles import load_config
-from lora_factory.run_summary import render_summary, stage_rows
+from lora_factory.run_summary import publish_summary
 from lora_factory.textfiles import read_topics_file
 
 
@@ -86,15 +86,15 @@ def _attach_dag(ref: RunRef) -> None:
 
 
 def _attach_summary(ref: RunRef) -> None:
-    """The run's summary (markdown) and stage timings (table) as Prefect artifacts. Best effort:
-    a run that failed must end with its own error, not with this one's."""
+    """The run's summary (markdown) and stage timings (table) in its directory and MLflow parent
+    run (``publish_summary``) and as Prefect artifacts. Best effort: a run that failed must end
+    with its own error, not with this one's."""
     try:
-        run = ref.run_dir()
-        experiment_id = ref.tracker().experiment_id
-        create_markdown_artifact(render_summary(run, experiment_id), key="lora-factory-summary",
+        markdown, rows = publish_summary(ref)
+        create_markdown_artifact(markdown, key="lora-factory-summary",
                                  description=f"Run {ref.run_id}: counts per stage, scores, decision, links")
-        create_table_artifact(stage_rows(run.state()), key="lora-factory-timings",
-                              description=f"Run {ref.run_id}: stage timings")
+        create_table_artifact(rows, key="lora-factory-timings",
+                              description=f"Run {ref.run_id}: stage timings and cache decisions")
     except Exception as e:  # noqa: BLE001 - see the docstring
         get_logger().warning("run %s: could not attach the summary: %s", ref.run_id, e)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from .catalog_formats import Csv, Embeddings, Folder, Format, Json, Png, Table, Text, Toml, Yaml
 from .config import TrainConfig
+from .external_inputs import EXTERNAL, REGISTRY_CHAMPION
 from .schemas import (
     DATASET_SCHEMA,
     DECISION_SCHEMA,
@@ -81,6 +82,9 @@ class StageSpec:
     # reads, and the modules whose source is its code.
     settings: tuple[str, ...] = ()
     code: tuple[str, ...] = ()
+    # Inputs outside the run directory (``lora_factory.external_inputs``), e.g. the registry's
+    # champion the gate compares with: fingerprinted into the key as the stage left them.
+    external: tuple[str, ...] = ()
 
     def upstream(self) -> list[str]:
         """The stages whose outputs this one reads, in first-read order."""
@@ -135,7 +139,7 @@ EVAL_LORA = _out("evaluate", "lora", "lora", Folder(), "the chosen checkpoint as
                  "with both weight files replaced), when evaluate.best_of_last chose one before the final: deploy "
                  "ships it", required=False)
 # deploy ---------------------------------------------------------------------------------------
-DEPLOY_DECISION = _out("deploy", "decision", "decision.json", Json(), "concept, registered version, aliases, verdict, the gate's checks and reasons")
+DEPLOY_DECISION = _out("deploy", "decision", "decision.json", Json(), "concept, registered version, aliases, verdict, the gate's checks and reasons, the champion before and after (champion, champion_after)")
 DEPLOY_REPORT = _out("deploy", "report", "report.html", Text(), "the evaluation report with the gate's decision and registered version")
 
 SPECS: tuple[StageSpec, ...] = (
@@ -169,7 +173,7 @@ SPECS: tuple[StageSpec, ...] = (
     StageSpec("deploy", "apply the gate, register the LoRA (mlflow.diffusers), move aliases",
               reads=(EVAL_RESULT, EVAL_REPORT, EVAL_MODEL_CARD, TRAIN_LORA, EVAL_LORA, LABEL_LABELS),
               writes=(DEPLOY_DECISION, DEPLOY_REPORT),
-              settings=("deploy", "models.base"), code=("tasks.deploy", "deploy")),
+              settings=("deploy", "models.base"), code=("tasks.deploy", "deploy"), external=(REGISTRY_CHAMPION,)),
 )
 
 
@@ -201,6 +205,9 @@ def _validate(specs: tuple[StageSpec, ...]) -> None:
                 raise CatalogError(f"{out.key} is declared twice")
             written[out.key] = spec.name
     for spec in specs:
+        unknown = set(spec.external) - set(EXTERNAL)
+        if unknown:
+            raise CatalogError(f"stage {spec.name} declares unknown external inputs {sorted(unknown)}")
         for out in spec.reads:
             if out.key not in written:
                 raise CatalogError(f"stage {spec.name} reads {out.key}, which no stage writes")

@@ -555,8 +555,8 @@ class RuntimeConfig(Section):
     dask_workers: int = Field(2, ge=1)
     dask_threads_per_worker: int = Field(1, ge=1)
     batch_items: int = Field(64, ge=1)  # images per mapped batch (rounded to the model's batch size)
-    # torch's threads in each worker; None: Dask's 1 per worker thread. Float results (embeddings)
-    # are bit-identical to the in-process run when this equals its count (torch.get_num_threads()).
+    # torch's threads in each worker; None: the flow process's torch.get_num_threads() (Dask's
+    # nanny would leave 1), so float results (embeddings) are bit-identical to the in-process run.
     dask_torch_threads: int | None = Field(None, ge=1)
 
 

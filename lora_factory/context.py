@@ -27,7 +27,7 @@ from .errors import FactoryError, StageError
 from .home import home_of, run_store_for
 from .manifest import refresh_run_manifest
 from .runstore import DONE, FAILED, RUNNING, STAGES, RunDir
-from .stage_keys import CacheDecision, decide, key_of, key_parts, output_digests
+from .stage_keys import CacheDecision, decide, key_of, key_parts, output_digests, settled_parts
 from .tracking import Tracker
 
 
@@ -201,6 +201,7 @@ def run_stage(ref: RunRef, name: str) -> Iterator[Stage]:
         log.error("%s: failed: %s", name, line)
         raise
     seconds = round(time.monotonic() - started, 2)
+    parts = settled_parts(parts, state, name, ref.config.model_dump(mode="json"))
     tracker.log_metrics(mlflow_run_id, {"stage_seconds": seconds})
     tracker.end(mlflow_run_id)
     run.set_stage(name, DONE, seconds=seconds, summary=_jsonable(stage.summary),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Sequence
 
 MAX_SLUG = 48
 MLFLOW_MAX_KEY = 250
@@ -43,6 +44,14 @@ def topic_key(topic: str) -> str:
         return topic
     slug = slugify(topic) or "topic"
     return f"{slug}-{short_hash(topic)}"
+
+
+def registered_model_name(concept: str, topics: Sequence[str]) -> str | None:
+    """The registered model a run's LoRA competes in: ``deploy.concept`` or, when empty, a key
+    of the topics; None when there is neither."""
+    if concept.strip():
+        return concept.strip()
+    return topic_key(" + ".join(topics)) if topics else None
 
 
 def mlflow_key(name: str) -> str:

@@ -68,14 +68,24 @@ def close_runners() -> None:
         _runners.clear()
 
 
-def run_batch(fn: Callable[[B], R], batch: B, torch_threads: int | None) -> R:
-    """On a worker: ``fn(batch)`` with torch's intra-op threads set as configured (their count
-    changes the order of float sums, so the last bits of an embedding)."""
-    if torch_threads is not None:
-        import torch
+def worker_torch_threads(cfg: RuntimeConfig) -> int:
+    """The torch threads each batch runs with on a worker: ``runtime.dask_torch_threads``, or
+    unset, this process's own count. Why: Dask's nanny starts workers with ``OMP_NUM_THREADS=1``,
+    so torch there would run single-threaded (slower, and floats off in their last bits)."""
+    if cfg.dask_torch_threads is not None:
+        return cfg.dask_torch_threads
+    import torch
 
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
+    return torch.get_num_threads()
+
+
+def run_batch(fn: Callable[[B], R], batch: B, torch_threads: int) -> R:
+    """On a worker: ``fn(batch)`` with torch's intra-op threads pinned to ``torch_threads`` (their
+    count changes the order of float sums, so the last bits of an embedding)."""
+    import torch
+
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
     return fn(batch)
 
 
@@ -119,13 +129,14 @@ def dask_map(cfg: RuntimeConfig) -> Mapper:
         if not batches:
             return []
         runner = dask_runner(cfg)
+        threads = worker_torch_threads(cfg)
         if in_prefect_run():
-            params = [{"fn": fn, "batch": b, "torch_threads": cfg.dask_torch_threads} for b in batches]
+            params = [{"fn": fn, "batch": b, "torch_threads": threads} for b in batches]
             with api_for_workers():
                 runs = [runner.submit(batch_task(fn, i, len(batches)), p) for i, p in enumerate(params)]
             return [r.result() for r in runs]
         client = runner.client
-        futures = [client.submit(run_batch, fn, b, cfg.dask_torch_threads, pure=False) for b in batches]
+        futures = [client.submit(run_batch, fn, b, threads, pure=False) for b in batches]
         return client.gather(futures)
 
     return run

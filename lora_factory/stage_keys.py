@@ -11,7 +11,10 @@ stage's key is a hash of three parts, all declared in the catalog (``StageSpec``
   password is not a new result), with the content of every ``*_file`` setting (a review sheet
   edited under the same name is a change), and the run's topics for the crawl;
 - ``code``: the source of the stage's own modules (``StageSpec.code``), so a fixed bug re-runs
-  the stage it was in; kernel changes do not invalidate finished work.
+  the stage it was in; kernel changes do not invalidate finished work;
+- ``external`` (only for stages that declare ``StageSpec.external``): fingerprints of what the
+  stage reads outside the run directory (``lora_factory.external_inputs``: deploy's registry
+  champion), recorded as the stage left them, so a champion another run moved is a miss.
 
 A stage that is done and whose recorded key equals the key computed now is a hit and is skipped;
 anything else runs (a failed or killed stage resumes from its own checkpoints). Each decision is
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import STAGES, StageSpec, spec
+from .external_inputs import fingerprints, what_changed
 from .runstore import DONE, PENDING
 from .secrets import redact
 
@@ -37,6 +41,8 @@ _MISSING = "<unset>"
 # Why a stage finished before keys existed is kept: nothing recorded says what it was made from,
 # and running it again could cost hours (training); a change from now on re-runs it (record_in).
 LEGACY_HIT = "done before cache keys were recorded: kept unchecked, keyed from now on"
+# Likewise a stage done before its external inputs were keyed: kept when the rest of its key holds.
+LEGACY_EXTERNAL_HIT = "inputs, settings and code unchanged; external inputs were not recorded: keyed from now on"
 
 
 @dataclass(frozen=True)
@@ -54,10 +60,10 @@ class CacheDecision:
 
     def record_in(self, entry: dict[str, Any]) -> None:
         """Write this decision into the stage's run.json entry. A stage kept from before keys
-        were recorded takes today's key as its own: without one, no later change would ever
-        re-run it."""
+        (or its external inputs' fingerprints) were recorded takes today's key as its own:
+        without one, no later change would ever re-run it."""
         entry["cache"] = self.as_record()
-        if self.hit and "key_parts" not in entry and self.parts:
+        if self.hit and self.parts and entry.get("key_parts") != self.parts:
             entry.update(key=self.key, key_parts=self.parts)
 
 
@@ -144,11 +150,29 @@ def recorded_digest(state: Mapping[str, Any], output_key: str, stage_dir: Any) -
 
 def key_parts(state: Mapping[str, Any], stage: str, config: Mapping[str, Any], stage_dir: Any) -> dict[str, Any]:
     s = spec(stage)
-    return {
+    topics = list(state.get("topics", []))
+    parts: dict[str, Any] = {
         "inputs": {o.key: recorded_digest(state, o.key, stage_dir) for o in s.reads},
-        "settings": settings_digest(s, config, list(state.get("topics", []))),
+        "settings": settings_digest(s, config, topics),
         "code": code_digest(s.code),
     }
+    if s.external:  # absent otherwise: the keys other stages recorded stay valid
+        parts["external"] = fingerprints(s.external, config, topics)
+    return parts
+
+
+def settled_parts(parts: Mapping[str, Any], state: Mapping[str, Any], stage: str,
+                  config: Mapping[str, Any]) -> dict[str, Any]:
+    """``parts`` with the external inputs as the finished stage left them. Why: deploy moves the
+    champion itself; keyed on the champion it saw before, its own promotion would be a miss."""
+    s = spec(stage)
+    if not s.external:
+        return dict(parts)
+    return {**parts, "external": fingerprints(s.external, config, list(state.get("topics", [])))}
+
+
+def _without_external(parts: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in parts.items() if k != "external"}
 
 
 def key_of(parts: Mapping[str, Any]) -> str:
@@ -169,6 +193,8 @@ def decide(state: Mapping[str, Any], stage: str, config: Mapping[str, Any], stag
         return CacheDecision(stage, True, LEGACY_HIT, key, parts)
     if entry.get("key") == key:
         return CacheDecision(stage, True, "inputs, settings and code unchanged", key, parts)
+    if "external" in parts and "external" not in old and entry.get("key") == key_of(_without_external(parts)):
+        return CacheDecision(stage, True, LEGACY_EXTERNAL_HIT, key, parts)
     return CacheDecision(stage, False, _what_changed(old, parts), key, parts)
 
 
@@ -193,4 +219,8 @@ def _what_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
         changed.append("settings")
     if old.get("code") != new["code"]:
         changed.append("code")
-    return "changed: " + (", ".join(changed) or "key")
+    before = old.get("external", {})
+    moved = [what_changed(k, before.get(k), v) for k, v in new.get("external", {}).items() if before.get(k) != v]
+    if moved and not changed:
+        return "; ".join(moved)
+    return "changed: " + (", ".join(changed + moved) or "key")

@@ -340,9 +340,14 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, version)
 
     def alias_version(self, name: str, alias: str) -> str | None:
-        from mlflow.exceptions import MlflowException
+        return alias_version(self.client, name, alias)
 
-        try:
-            return str(self.client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            return None
+
+def alias_version(client: Any, name: str, alias: str) -> str | None:
+    """The version of registered model ``name`` behind ``alias`` (``MlflowClient``), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None

@@ -150,6 +150,7 @@ def deploy_task(ref: RunRef) -> dict[str, Any]:
         concept = concept_name(cfg.concept, ref.topics)
         st.log_params({**cfg.model_dump(), "concept": concept})
         result = st.read(EVAL_RESULT)
+        champion = st.tracker.alias_version(concept, cfg.champion_alias)
         decision = gate(result, cfg.gate, champion_score(st.tracker, concept, cfg.champion_alias))
         facts = _facts(st, ref)
         base = flavor_base_model(st.config.models.base, home_of(st.config).models)
@@ -163,7 +164,8 @@ def deploy_task(ref: RunRef) -> dict[str, Any]:
         advice = suggest(decision, [f.code for f in result.errors()]) if not outcome.promote else None
         record = decision_record(concept, version, aliases, decision,
                                  "promoted" if outcome.promote else "rejected",
-                                 approval={**asdict(outcome), "note": outcome.note},
+                                 approval={**asdict(outcome), "note": outcome.note}, champion=champion,
+                                 champion_after=st.tracker.alias_version(concept, cfg.champion_alias),
                                  suggestion=None if advice is None else {**asdict(advice), "text": advice.text})
         if outcome.promote:
             record["exports"] = _export(st, record, facts, result.model_extra.get("resolution"))

@@ -151,6 +151,8 @@ def test_contradicting_declarations_are_caught() -> None:
         catalog._topological([StageSpec("a", "", reads=(b,), writes=(a,)), StageSpec("b", "", reads=(a,), writes=(b,))])
     with pytest.raises(CatalogError, match="which no stage writes"):
         catalog._validate((StageSpec("b", "", reads=(a,), writes=(b,)),))
+    with pytest.raises(CatalogError, match="unknown external inputs"):
+        catalog._validate((StageSpec("a", "", writes=(a,), external=("registry.nothing",)),))
     assert catalog._topological([StageSpec("b", "", reads=(a,), writes=(b,)), StageSpec("a", "", writes=(a,))]) == ("a", "b")
     assert catalog.downstream("tune") == ["tune", "train", "evaluate", "deploy"]
 

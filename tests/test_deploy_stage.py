@@ -14,7 +14,7 @@ import pytest
 from lora_factory.catalog import EVAL_MODEL_CARD, EVAL_REPORT, EVAL_RESULT, LABEL_LABELS, TRAIN_LORA
 from lora_factory.profiles import load_config
 from lora_factory.report_decision import PENDING, decision_section
-from lora_factory.runstore import DONE
+from lora_factory.runstore import DONE, RunDir
 from lora_factory.schemas import EvalResult
 
 from .hub_server import fake_hub, go_online
@@ -25,7 +25,7 @@ EVALUATED_CARD = "# lighthouse\n\n## Evaluation\n\noverall_score 0.30 (evaluate'
 pytestmark = pytest.mark.e2e
 
 
-def _run(cfg, tiny_lora: Path, overall: float) -> dict:  # noqa: ANN001 - FactoryConfig
+def _run(cfg, tiny_lora: Path, overall: float) -> tuple[dict, RunDir]:  # noqa: ANN001 - FactoryConfig
     from lora_factory.lifecycle import start_run
     from tasks.deploy import deploy_task
 
@@ -52,7 +52,7 @@ def _run(cfg, tiny_lora: Path, overall: float) -> dict:  # noqa: ANN001 - Factor
     report = (run.stage_path("deploy") / "report.html").read_text()
     assert PENDING not in report and f"version <b>{record['version']}</b>" in report
     assert f"<span class='{'pass' if record['verdict'] == 'promoted' else 'fail'}'>{record['verdict']}</span>" in report
-    return record
+    return record, run
 
 
 def test_deploy_stage_promotes_then_rejects(tiny_lora: Path, model_cache: Path, tmp_path: Path,
@@ -72,7 +72,7 @@ def test_deploy_stage_promotes_then_rejects(tiny_lora: Path, model_cache: Path, 
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
     with fake_hub() as (hub_url, hub):
         monkeypatch.setenv("HF_ENDPOINT", hub_url)
-        first = _run(cfg, tiny_lora, 0.30)
+        first, first_dir = _run(cfg, tiny_lora, 0.30)
     assert first["exports"]["hub"].startswith(f"{hub_url}/me/lighthouse/commit/")
     assert {"pytorch_lora_weights.safetensors", "README.md"} <= set(hub.files)
     assert hub.files["README.md"] == EVALUATED_CARD.encode()  # the card with the scores, not the trainer's
@@ -82,10 +82,15 @@ def test_deploy_stage_promotes_then_rejects(tiny_lora: Path, model_cache: Path, 
     assert (tmp_path / "loras" / "lighthouse.safetensors").is_file()
     assert (home / "loras" / "lighthouse" / f"v{first['version']}" / "pytorch_lora_weights.safetensors").is_file()
 
-    second = _run(cfg, tiny_lora, 0.10)
+    second, second_dir = _run(cfg, tiny_lora, 0.10)
     assert second["verdict"] == "rejected" and second["aliases"] == ["candidate"] and "exports" not in second
     assert "does not beat the champion's 0.3000" in second["reason"]
     assert second["suggestion"]["changes"] == {"more_data": 1.5, "max_steps": 1.25}
+    # decision.json says which champion the gate met and which one the deploy left
+    assert (first["champion"], first["champion_after"]) == (None, first["version"])
+    assert (second["champion"], second["champion_after"]) == (first["version"], first["version"])
+    # deploy's cache key holds the champion as it left it: its own promotion is no change...
+    assert _deploy_cache(cfg, first_dir).hit and _deploy_cache(cfg, second_dir).hit
 
     client = MlflowClient(f"sqlite:///{home}/mlflow.db")
     mv = client.get_model_version("lighthouse", second["version"])
@@ -101,3 +106,17 @@ def test_deploy_stage_promotes_then_rejects(tiny_lora: Path, model_cache: Path, 
     for f in home.rglob("*"):
         if f.is_file() and f.suffix in {".json", ".log", ".txt", ".yaml", ".md", ".jsonl"}:
             assert HF_TOKEN not in f.read_text(errors="replace"), f
+
+    from deploy.registry import promote
+    from lora_factory.context import make_tracker
+
+    promote(make_tracker(cfg), "lighthouse", second["version"], cfg.deploy)  # another run moves it
+    moved = _deploy_cache(cfg, first_dir)  # ...another run's move is: a re-run decides again
+    assert not moved.hit
+    assert moved.reason == f"the champion moved: lighthouse@champion from version {first['version']} to {second['version']}"
+
+
+def _deploy_cache(cfg, run: RunDir):  # noqa: ANN001, ANN202 - FactoryConfig, CacheDecision
+    from lora_factory.stage_keys import decide
+
+    return decide(run.state(), "deploy", cfg.model_dump(mode="json"), run.stage_path)

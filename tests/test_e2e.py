@@ -301,6 +301,28 @@ def test_a_fully_cached_rerun_without_a_server_starts_no_flow_and_records_its_hi
     assert {s: parent.data.tags[f"cache.{s}"] for s in STAGES} == dict.fromkeys(STAGES, "hit")
     assert parent.data.tags["cache.deploy.reason"] == "inputs, settings and code unchanged"
     assert parent.info.status == "FINISHED"
+    _assert_summary(cached_home, state, ["hit"] * len(STAGES))
+    timings = json.loads((cached_home / "runs" / run_id / "timings.json").read_text())
+    assert [r["seconds"] for r in timings["stages"]] == [before["stages"][s]["seconds"] for s in STAGES]
+
+
+def _assert_summary(home: Path, state: dict, cache: list[str]) -> None:
+    """The run's summary.md and timings.json, written by the re-run (its cache decisions) into
+    the run directory and logged to the MLflow parent run."""
+    from mlflow.artifacts import download_artifacts
+
+    run_dir = home / "runs" / state["run_id"]
+    summary = (run_dir / "summary.md").read_text()
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert [(r["stage"], r["status"], r["cache"]) for r in timings["stages"]] == list(zip(STAGES, ["done"] * 7, cache, strict=True))
+    for stage, decision in zip(STAGES, cache, strict=True):
+        assert f"| {stage} | done | {decision} | " in summary
+    assert "status **done**" in summary and "Decision: version " in summary and "champion before: " in summary
+    assert f"run `{state['mlflow_parent_run_id']}`" in summary and f"{run_dir}/deploy/report.html" in summary
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    for name, local in (("summary.md", summary), ("timings.json", timings)):
+        logged = Path(download_artifacts(run_id=state["mlflow_parent_run_id"], artifact_path=name, tracking_uri=uri))
+        assert (logged.read_text() if name.endswith(".md") else json.loads(logged.read_text())) == local
 
 
 def test_a_rerun_with_one_changed_setting_still_runs_the_flow(factory_run: dict, cached_home: Path) -> None:
@@ -317,6 +339,7 @@ def test_a_rerun_with_one_changed_setting_still_runs_the_flow(factory_run: dict,
                                                   "reason": "changed: settings"}
     assert [state["stages"][s]["cache"]["decision"] for s in STAGES[:-1]] == ["hit"] * (len(STAGES) - 1)
     assert state["stages"]["deploy"]["history"][-1]["status"] == "done"
+    _assert_summary(cached_home, state, ["hit"] * (len(STAGES) - 1) + ["miss"])
 
 
 def test_an_edited_review_sheet_changes_the_trained_captions(factory_run: dict) -> None:

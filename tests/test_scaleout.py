@@ -5,6 +5,7 @@ and write the same bytes as the in-process run. A few demo-site images of every 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from lora_factory.config import RuntimeConfig
 from lora_factory.profiles import load_config
-from lora_factory.scaleout import close_runners, mapper_for
+from lora_factory.scaleout import close_runners, dask_map, mapper_for
 from spiders.sources.demo_site import generate_demo_site
 from tasks.curate import curate_items
 from tasks.curate.stage import write_outputs as write_curate
@@ -85,3 +86,29 @@ def test_label_on_dask_gives_the_same_labels(demo: dict, curated: dict) -> None:
     assert all(c["score"] is not None for lb in local.labels for c in lb["candidates"])  # re-ranked
     assert dask.labels == local.labels
     assert dask.decisions == local.decisions
+
+
+def _worker_threads(_: int) -> tuple[int, str | None]:
+    """A batch function: the worker's torch threads while it runs, and its OMP_NUM_THREADS."""
+    return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.fixture(scope="module")
+def one_worker() -> RuntimeConfig:
+    """A local cluster of 1 worker process on loopback (closed with the module)."""
+    yield RuntimeConfig(executor="dask", dask_workers=1)
+    close_runners()
+
+
+def test_dask_workers_use_the_flow_process_torch_threads(one_worker: RuntimeConfig) -> None:
+    """Unset, ``dask_torch_threads`` means this process's count (3 here, not the nanny's 1); set,
+    it is that number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        unset = dask_map(one_worker)(_worker_threads, [0, 1])
+    finally:
+        torch.set_num_threads(before)
+    assert unset == [(3, "1"), (3, "1")]  # the worker started with OMP_NUM_THREADS=1, the batch ran on 3
+    pinned = one_worker.model_copy(update={"dask_torch_threads": 2})
+    assert dask_map(pinned)(_worker_threads, [0]) == [(2, "1")]

@@ -15,6 +15,7 @@ from lora_factory import catalog
 from lora_factory.profiles import load_config
 from lora_factory.runstore import DONE, FAILED, PENDING
 from lora_factory.stage_keys import (
+    LEGACY_EXTERNAL_HIT,
     LEGACY_HIT,
     all_hits,
     code_digest,
@@ -168,3 +169,43 @@ def test_a_stage_kept_from_before_keys_is_keyed_from_then_on() -> None:
     assert state["stages"]["train"]["cache"]["reason"] == LEGACY_HIT
     assert run_all(state, cfg) == []
     assert run_all(state, config(**{"train.rank": 8})) == ["tune", "train", "evaluate", "deploy"]
+
+
+def test_a_moved_champion_reruns_deploy_alone(tmp_path: Path) -> None:
+    """Deploy's key holds its concept's champion in a real MLflow registry (``StageSpec.external``):
+    another run moving it is a miss for deploy alone that says so; moved back, a hit again."""
+    from lora_factory.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    state, cfg = fresh_state(), config(**{"tracking.uri": uri})
+    assert run_all(state, cfg) == list(catalog.STAGES)
+    assert state["stages"]["deploy"]["key_parts"]["external"] == {
+        "registry.champion": {"model": "lighthouse", "alias": "champion", "version": None}}
+    assert "external" not in state["stages"]["train"]["key_parts"]  # other stages' keys are as before
+    assert not (tmp_path / "mlflow.db").exists()  # looking does not create a store
+    tracker = Tracker(uri, "exp", tmp_path / "mlartifacts")
+    other = tracker.start_parent("another run")
+    v1 = tracker.register("lighthouse", other, "model")
+    tracker.set_alias("lighthouse", "champion", v1)
+    assert all_hits(state, cfg, _no_folder) is None
+    moved = decide(state, "deploy", cfg, _no_folder)
+    assert not moved.hit and moved.reason == f"the champion moved: lighthouse@champion from version none to {v1}"
+    assert run_all(state, cfg) == ["deploy"]
+    v2 = tracker.register("lighthouse", other, "model")
+    tracker.set_alias("lighthouse", "champion", v2)
+    both = decide(state, "deploy", config(**{"tracking.uri": uri, "deploy.gate.min_overall_score": 0.5}), _no_folder)
+    assert both.reason == f"changed: settings, the champion moved: lighthouse@champion from version {v1} to {v2}"
+    tracker.set_alias("lighthouse", "champion", v1)
+    assert decide(state, "deploy", cfg, _no_folder).hit
+    # a deploy finished before the champion was keyed is kept once, and keyed from then on
+    entry = state["stages"]["deploy"]
+    del entry["key_parts"]["external"]
+    entry["key"] = key_of(entry["key_parts"])
+    kept = decide(state, "deploy", cfg, _no_folder)
+    assert kept.hit and kept.reason == LEGACY_EXTERNAL_HIT
+    kept.record_in(entry)
+    assert entry["key_parts"]["external"]["registry.champion"]["version"] == v1
+    tracker.set_alias("lighthouse", "champion", v2)
+    assert run_all(state, cfg) == ["deploy"]
+    tracker.register("another-concept", other, "model")
+    assert run_all(state, cfg) == []  # another concept's registry entries are not this run's input
