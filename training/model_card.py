@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from .families import family_for
+
 GPU_TARGETS = """\
 | model | resolution | batch | settings | target |
 |---|---|---|---|---|
@@ -34,8 +36,7 @@ def render_model_card(
         "base_model": base_ref,
         "library_name": "diffusers",
         "pipeline_tag": "text-to-image",
-        "tags": ["lora", "text-to-image", "diffusers", "lora-factory",
-                 "stable-diffusion-xl" if family == "sdxl" else "stable-diffusion"],
+        **family_for(family).hub_card.front_matter(),  # the family's tags and its hub base's licence
         "instance_prompt": trigger_word,
         "lora_factory": {"family": family, "train": train_config, "dataset": dataset, "result": result},
     }
