@@ -67,7 +67,8 @@ class ModelFamily(Protocol):
     denoiser: str  # the pipeline attribute that gets the LoRA: "unet" or "transformer"
     default_targets: tuple[str, ...]  # its LoRA target modules when train.target_modules is unset
     text_encoder_loras: tuple[str, ...]  # the text encoders train.train_text_encoder adapts
-    # Encoders freed once every caption's embedding is cached (T5-XXL: 9.5 GB in bf16).
+    # Encoders freed once every caption's embedding is cached, before the denoiser is loaded
+    # (Flux: T5-XXL, 9.5 GB in bf16, and CLIP-L; the steps read the cache only).
     unloadable_encoders: tuple[str, ...]
     modelspec_architecture: str  # modelspec.architecture of its LoRA files
     modelspec_implementation: str

@@ -91,7 +91,7 @@ class Flux(FlowFamily):
     a1111_sd_version = "Flux"  # Forge's SdVersion.Flux (A1111 itself shows it as unknown)
     hub_card = HubCard(("flux", "flux-diffusers"), "other", "flux-1-dev-non-commercial-license",
                        "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md")
-    unloadable_encoders: tuple[str, ...] = ("text_encoder_2",)  # T5-XXL
+    unloadable_encoders: tuple[str, ...] = ("text_encoder", "text_encoder_2")  # CLIP-L, T5-XXL
 
     def max_sequence_length(self, pipe: Any) -> int:
         return min(int(pipe.tokenizer_2.model_max_length), MAX_T5_TOKENS)

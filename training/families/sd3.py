@@ -88,7 +88,7 @@ class SD3(FlowFamily):
     # SD3 member commented out, so both would ignore "SD3"; "Unknown" is what they can read.
     hub_card = HubCard(("sd3", "sd3-diffusers"), "other", "stabilityai-ai-community",
                        "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/blob/main/LICENSE.md")
-    unloadable_encoders: tuple[str, ...] = ("text_encoder_3",)  # T5-XXL
+    unloadable_encoders: tuple[str, ...] = ("text_encoder", "text_encoder_2", "text_encoder_3")  # CLIP-L, -G, T5
     max_t5_tokens = 256  # diffusers' SD3 pipeline and trainers default
 
     def max_sequence_length(self, pipe: Any) -> int:
