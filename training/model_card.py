@@ -14,6 +14,10 @@ GPU_TARGETS = """\
 |---|---|---|---|---|
 | SD1.5, LoRA rank 16 | 512 px | 1 | fp16, AdamW8bit | ≤ 0.18 s/step on one H100 |
 | SDXL, LoRA rank 32 | 1024 px | 1 | bf16, gradient checkpointing, AdamW8bit | fits in 12 GB VRAM |
+| Flux, LoRA rank 16 | 1024 px | 1 | bf16, gradient checkpointing, AdamW8bit, int8 base | under 24 GB (estimate 16.6 GiB) |
+| Flux, LoRA rank 16 | 1024 px | 1 | bf16, gradient checkpointing, AdamW8bit, NF4 base | under 16 GB (estimate 10.9 GiB) |
+
+Targets from other trainers' published figures and the tuner's estimates, not measurements.
 """
 
 
