@@ -28,11 +28,12 @@ class Conditioner:
 
     def __init__(self, pipe: Any, family: ModelFamily, device: torch.device,
                  weight_dtype: torch.dtype, latent_cache: FeatureCache, text_cache: FeatureCache,
-                 text_trainable: bool) -> None:
+                 text_trainable: bool, encoded_with: dict[str, dict[str, str]] | None = None) -> None:
         self.pipe, self.family = pipe, family
         self.device, self.weight_dtype = device, weight_dtype
         self.latent_cache, self.text_cache = latent_cache, text_cache
         self.text_trainable = text_trainable
+        self.encoded_with = encoded_with or {}
         self.vae_encodes = 0  # images that went through the VAE (the cache test counts them)
         self.unloaded: tuple[str, ...] = ()  # text encoders freed after caching (unload_encoders)
 
@@ -87,9 +88,10 @@ class Conditioner:
         return {name: torch.stack([h[name] for h in hits]).to(self.device) for name in hits[0]}
 
     def unload_encoders(self, captions: list[str]) -> tuple[str, ...]:
-        """Cache every caption the run can see, then free the family's big encoders (T5-XXL for
-        Flux and SD3): the steps read the cache only. Only with the text cache on; the freed
-        memory goes back to the allocator (``del`` + ``gc``), so a GPU run fits a smaller card."""
+        """Cache every caption the run can see, then free the family's text encoders (Flux and
+        SD3: T5-XXL and the CLIPs): the steps read the cache only. Only with the text cache on;
+        the freed memory goes back to the allocator (``del`` + ``gc``), so a GPU run fits a
+        smaller card, and the trainer loads the denoiser after this (``setup.attach_denoiser``)."""
         if self.text_cache.folder is None or not self.family.unloadable_encoders:
             return ()
         for caption in dict.fromkeys([*captions, ""]):  # "": caption dropout, the negative prompt
@@ -112,7 +114,8 @@ class Conditioner:
 
     def report(self) -> dict[str, Any]:
         return {"latents": self.latent_cache.stats(), "text": self.text_cache.stats(),
-                "vae_encodes": self.vae_encodes, "unloaded_encoders": list(self.unloaded)}
+                "vae_encodes": self.vae_encodes, "unloaded_encoders": list(self.unloaded),
+                "encoded_with": self.encoded_with}
 
 
 def make_conditioner(pipe: Any, family: ModelFamily, cfg: TrainConfig, device: torch.device,
@@ -120,14 +123,22 @@ def make_conditioner(pipe: Any, family: ModelFamily, cfg: TrainConfig, device: t
     """A ``Conditioner`` whose caches live under ``cache_dir`` in a folder per encoder
     fingerprint (so another base model never reads this one's latents)."""
     latent_root = cache_dir if cache_dir is not None and cfg.cache_latents else None
-    # Shuffled tags make a new caption almost every step: caching those would fill the disk
-    # with entries that are never read again (kohya refuses the combination for the same reason).
-    text_root = (cache_dir if cache_dir is not None and cfg.cache_text_embeddings
-                 and not cfg.train_text_encoder and not cfg.shuffle_tags else None)
+    text_root = text_cache_root(cfg, cache_dir)
     latent_ns = f"latents/{module_fingerprint(pipe.vae)}" if latent_root else ""
-    text_ns = ""
-    if text_root:
-        encoders = [getattr(pipe, n) for n in text_encoders(pipe)]
-        text_ns = (f"text/{module_fingerprint(encoders[0], family.name, *map(module_fingerprint, encoders[1:]))}")
+    encoders = {n: getattr(pipe, n) for n in text_encoders(pipe)}
+    prints = {n: module_fingerprint(e) for n, e in encoders.items()}
+    first, *others = encoders
+    text_ns = f"text/{module_fingerprint(encoders[first], family.name, *(prints[n] for n in others))}" if text_root else ""
+    # Which encoders the prompt tensors come from (read from the cache or encoded live).
+    encoded_with = {n: {"class": type(e).__name__, "fingerprint": prints[n]} for n, e in encoders.items()}
     return Conditioner(pipe, family, device, weight_dtype, FeatureCache(latent_root, latent_ns),
-                       FeatureCache(text_root, text_ns), text_trainable=cfg.train_text_encoder)
+                       FeatureCache(text_root, text_ns), text_trainable=cfg.train_text_encoder,
+                       encoded_with=encoded_with)
+
+
+def text_cache_root(cfg: TrainConfig, cache_dir: Path | None) -> Path | None:
+    """Where caption embeddings are cached, or ``None`` when they are not: not when the text
+    encoder trains, and not with shuffled tags, which make a new caption almost every step
+    (caching those fills the disk with entries never read again; kohya refuses it too)."""
+    on = cfg.cache_text_embeddings and not cfg.train_text_encoder and not cfg.shuffle_tags
+    return cache_dir if cache_dir is not None and on else None

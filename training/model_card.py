@@ -7,11 +7,17 @@ from typing import Any
 
 import yaml
 
+from .families import family_for
+
 GPU_TARGETS = """\
 | model | resolution | batch | settings | target |
 |---|---|---|---|---|
 | SD1.5, LoRA rank 16 | 512 px | 1 | fp16, AdamW8bit | ≤ 0.18 s/step on one H100 |
 | SDXL, LoRA rank 32 | 1024 px | 1 | bf16, gradient checkpointing, AdamW8bit | fits in 12 GB VRAM |
+| Flux, LoRA rank 16 | 1024 px | 1 | bf16, gradient checkpointing, AdamW8bit, int8 base | under 24 GB (estimate 16.6 GiB) |
+| Flux, LoRA rank 16 | 1024 px | 1 | bf16, gradient checkpointing, AdamW8bit, NF4 base | under 16 GB (estimate 10.9 GiB) |
+
+Targets from other trainers' published figures and the tuner's estimates, not measurements.
 """
 
 
@@ -34,8 +40,7 @@ def render_model_card(
         "base_model": base_ref,
         "library_name": "diffusers",
         "pipeline_tag": "text-to-image",
-        "tags": ["lora", "text-to-image", "diffusers", "lora-factory",
-                 "stable-diffusion-xl" if family == "sdxl" else "stable-diffusion"],
+        **family_for(family).hub_card.front_matter(),  # the family's tags and its hub base's licence
         "instance_prompt": trigger_word,
         "lora_factory": {"family": family, "train": train_config, "dataset": dataset, "result": result},
     }

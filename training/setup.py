@@ -60,38 +60,79 @@ def placement(cfg: TrainConfig) -> tuple[torch.device, World, torch.dtype]:
     return device, world, weight_dtype_for(cfg.mixed_precision, device)
 
 
-def quantization(cfg: TrainConfig, family: ModelFamily, device: torch.device) -> dict[str, Any]:
-    """``from_pretrained``'s ``quantization_config`` for ``train.base_quantization``: the
-    denoiser in bitsandbytes NF4 (bf16 compute, double quantisation, as QLoRA) or int8."""
+def _bnb_kwargs(cfg: TrainConfig, device: torch.device) -> dict[str, Any] | None:
+    """bitsandbytes' settings for ``train.base_quantization``: NF4 (bf16 compute, double
+    quantisation, as QLoRA) or int8; ``None`` for a full-precision base."""
     if cfg.base_quantization == "none":
-        return {}
+        return None
     if device.type != "cuda":
         raise StageError(f"train.base_quantization {cfg.base_quantization!r} needs a CUDA device "
                          "(bitsandbytes); use 'none' on the CPU")
+    if cfg.base_quantization == "nf4":
+        return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                "bnb_4bit_compute_dtype": torch.bfloat16}
+    return {"load_in_8bit": True}
+
+
+def quantization(cfg: TrainConfig, family: ModelFamily, device: torch.device) -> dict[str, Any]:
+    """``from_pretrained``'s ``quantization_config`` for the whole pipeline: the denoiser quantised."""
+    kwargs = _bnb_kwargs(cfg, device)
+    if kwargs is None:
+        return {}
     from diffusers import PipelineQuantizationConfig
 
-    kwargs: dict[str, Any] = ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-                               "bnb_4bit_compute_dtype": torch.bfloat16}
-                              if cfg.base_quantization == "nf4" else {"load_in_8bit": True})
     backend = "bitsandbytes_4bit" if cfg.base_quantization == "nf4" else "bitsandbytes_8bit"
     return {"quantization_config": PipelineQuantizationConfig(
         quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=[family.denoiser])}
 
 
-def load_frozen_pipeline(job: TrainJob, family: ModelFamily, device: torch.device, weight_dtype: torch.dtype) -> Any:
-    """The base pipeline with every weight frozen and in eval mode. The VAE stays fp32: SDXL's
-    VAE overflows in fp16, and it only encodes (no activations kept)."""
-    from lora_factory.models import load_pipeline
+def encoders_before_denoiser(cfg: TrainConfig, family: ModelFamily, cache_dir: Path | None) -> bool:
+    """Whether the run encodes every caption and frees the text encoders before it loads the
+    denoiser (peak memory: the larger phase, not their sum): the text cache is on, the family
+    frees its encoders, and no class images need the whole pipeline first."""
+    from .conditioning import text_cache_root
 
-    pipe = load_pipeline(job.base_ref, job.family, job.cache_dir, device=str(device), dtype=weight_dtype,
-                         **quantization(job.train, family, device))
-    for module in pipe.components.values():
+    return (bool(family.unloadable_encoders) and text_cache_root(cfg, cache_dir) is not None
+            and not cfg.prior_preservation)
+
+
+def _freeze(modules: Any) -> None:
+    """Frozen weights in eval mode (no dropout): only the LoRAs train."""
+    for module in modules:
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
             module.eval()
+
+
+def load_frozen_pipeline(job: TrainJob, family: ModelFamily, device: torch.device, weight_dtype: torch.dtype,
+                         with_denoiser: bool = True) -> Any:
+    """The base pipeline with every weight frozen and in eval mode; without its denoiser when
+    ``with_denoiser`` is false (``attach_denoiser`` adds it later). The VAE stays fp32: SDXL's VAE
+    overflows in fp16, and it only encodes (no activations kept)."""
+    from lora_factory.models import load_pipeline
+
+    extra = quantization(job.train, family, device) if with_denoiser else {family.denoiser: None}
+    pipe = load_pipeline(job.base_ref, job.family, job.cache_dir, device=str(device), dtype=weight_dtype, **extra)
+    _freeze(pipe.components.values())
     if pipe.vae.dtype != torch.float32:
         pipe.vae.to(torch.float32)
     return pipe
+
+
+def attach_denoiser(pipe: Any, job: TrainJob, family: ModelFamily, device: torch.device,
+                    weight_dtype: torch.dtype) -> None:
+    """Load the denoiser alone (quantised as ``train.base_quantization`` says), frozen, into a
+    pipeline that was loaded without it."""
+    from diffusers import BitsAndBytesConfig
+
+    from lora_factory.models import load_pipeline_part
+
+    bnb = _bnb_kwargs(job.train, device)
+    extra = {"quantization_config": BitsAndBytesConfig(**bnb)} if bnb is not None else {}
+    denoiser = load_pipeline_part(job.base_ref, job.family, job.cache_dir, family.denoiser, device=str(device),
+                                  dtype=weight_dtype, **extra)
+    _freeze([denoiser])
+    pipe.register_modules(**{family.denoiser: denoiser})
 
 
 def add_trainable_loras(pipe: Any, cfg: TrainConfig, seed: int, family: ModelFamily) -> dict[str, torch.nn.Parameter]:

@@ -42,8 +42,10 @@ from .save import save_adapter
 from .setup import (
     TrainData,
     add_trainable_loras,
+    attach_denoiser,
     build_data,
     builtin_callbacks,
+    encoders_before_denoiser,
     fresh_state,
     load_frozen_pipeline,
     placement,
@@ -76,7 +78,10 @@ def train_lora(job: TrainJob, *, on_step: OnStep | None = None,
     device, world, weight_dtype = placement(cfg)
 
     # Models: everything frozen; the family's noise schedule; the encoders' outputs (cached).
-    pipe = load_frozen_pipeline(job, family, device, weight_dtype)
+    # Flux / SD3 with the text cache: the denoiser is loaded only once the captions are encoded
+    # and the text encoders freed, so the two phases' memory never adds up.
+    later = encoders_before_denoiser(cfg, family, job.feature_cache_dir)
+    pipe = load_frozen_pipeline(job, family, device, weight_dtype, with_denoiser=not later)
     cond = make_conditioner(pipe, family, cfg, device, weight_dtype, job.feature_cache_dir)
     model = Model(pipe, family, family.noise_scheduler(pipe), cond, device, weight_dtype)
     # Data: buckets on the model's grid, the held-out split, class images (before the LoRAs exist).
@@ -86,6 +91,8 @@ def train_lora(job: TrainJob, *, on_step: OnStep | None = None,
         unloaded = cond.unload_encoders(all_captions(data, sample_prompts))
     if unloaded:
         log.info("text embeddings cached; %s unloaded", ", ".join(unloaded))
+    if later:
+        attach_denoiser(pipe, job, family, device, weight_dtype)
     # LoRAs, optimizer, schedule, data order: the loop's state, fresh or from the latest checkpoint.
     named = add_trainable_loras(pipe, cfg, job.seed, family)
     state = fresh_state(job, named, data, world, device, weight_dtype,

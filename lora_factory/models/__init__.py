@@ -11,6 +11,7 @@ from lora_factory.models.loaders import (
     load_clip_scorer,
     load_dino_scorer,
     load_pipeline,
+    load_pipeline_part,
     load_tagger,
     load_text_embedder,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "load_clip_scorer",
     "load_dino_scorer",
     "load_pipeline",
+    "load_pipeline_part",
     "load_tagger",
     "load_text_embedder",
     "parse_ref",

@@ -7,6 +7,8 @@ reference is (tiny, local directory, hub id). Heavy libraries are imported insid
 
 from __future__ import annotations
 
+import importlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ from lora_factory.models.clip_scorer import ClipScorer
 from lora_factory.models.dino_scorer import DinoScorer
 from lora_factory.models.families import (
     FAMILY_PIPELINES,
+    INDEX,
     check_declared,
     family_of_class,
     read_pipeline_class,
@@ -87,3 +90,31 @@ def load_pipeline(
         path, dtype=dtype or torch.float32, **extra, **kwargs
     )
     return pipe.to(device)
+
+
+def load_pipeline_part(
+    ref: str,
+    family: str | None,
+    cache_dir: Path,
+    part: str,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """One component of the base pipeline (``transformer``, ``text_encoder_2``...), loaded alone
+    with the class its ``model_index.json`` names: the trainer loads Flux's transformer only
+    after the text encoders are freed, so the two never share the memory. ``kwargs`` go to
+    ``from_pretrained`` (a quantised component is placed by bitsandbytes, not moved)."""
+    import torch
+
+    path = resolve_ref(ref, "base", cache_dir)
+    pipeline_class = read_pipeline_class(path, ref)
+    check_declared(family_of_class(pipeline_class, ref), family, ref, pipeline_class)
+    entry = json.loads((Path(path) / INDEX).read_text(encoding="utf-8")).get(part)
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+        raise ModelUnavailableError(f"models.base = {ref!r}: its {INDEX} has no component {part!r}; "
+                                    "point models.base at a complete diffusers pipeline directory")
+    library, class_name = entry
+    component = getattr(importlib.import_module(library), class_name).from_pretrained(
+        path, subfolder=part, dtype=dtype or torch.float32, **kwargs)
+    return component if "quantization_config" in kwargs else component.to(device)

@@ -39,18 +39,43 @@ class Noised:
     target: torch.Tensor
 
 
+# The tags every LoRA card carries (diffusers' training scripts' set plus ours); a family adds its own two.
+COMMON_CARD_TAGS = ("text-to-image", "diffusers-training", "diffusers", "lora", "template:sd-lora", "lora-factory")
+
+
+@dataclass(frozen=True)
+class HubCard:
+    """What a family's LoRA card says on the Hugging Face hub: its model tags and the licence of
+    the family's hub base (a LoRA inherits its base's terms). ``license="other"`` needs a
+    ``license_name`` (and a ``license_link``), as the hub's card validator asks."""
+
+    tags: tuple[str, ...]
+    license: str
+    license_name: str | None = None
+    license_link: str | None = None
+
+    def front_matter(self) -> dict[str, Any]:
+        """The card's ``license*`` and ``tags`` keys."""
+        front: dict[str, Any] = {"license": self.license}
+        if self.license_name:
+            front |= {"license_name": self.license_name, "license_link": self.license_link}
+        return front | {"tags": [*COMMON_CARD_TAGS, *self.tags]}
+
+
 class ModelFamily(Protocol):
     name: str
     denoiser: str  # the pipeline attribute that gets the LoRA: "unet" or "transformer"
     default_targets: tuple[str, ...]  # its LoRA target modules when train.target_modules is unset
     text_encoder_loras: tuple[str, ...]  # the text encoders train.train_text_encoder adapts
-    # Encoders freed once every caption's embedding is cached (T5-XXL: 9.5 GB in bf16).
+    # Encoders freed once every caption's embedding is cached, before the denoiser is loaded
+    # (Flux: T5-XXL, 9.5 GB in bf16, and CLIP-L; the steps read the cache only).
     unloadable_encoders: tuple[str, ...]
     modelspec_architecture: str  # modelspec.architecture of its LoRA files
     modelspec_implementation: str
     modelspec_prediction: str  # modelspec.prediction_type: "epsilon", "v" or "flow"
     kohya_base_version: str  # ss_base_model_version
-    a1111_sd_version: str  # the "sd version" of A1111's LoRA sidecar: SD1, SDXL or Unknown
+    a1111_sd_version: str  # the "sd version" of A1111's / Forge's LoRA sidecar: SD1, SDXL, Flux or Unknown
+    hub_card: HubCard  # the model card's hub tags and the base model's licence
 
     def noise_scheduler(self, pipe: Any) -> Any:
         """The training noise schedule, built from the pipeline's; refuses one it cannot train."""

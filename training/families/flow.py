@@ -62,7 +62,9 @@ class FlowFamily(ABC):
     denoiser = "transformer"
     text_encoder_loras: tuple[str, ...] = ("text_encoder",)
     modelspec_prediction = "flow"
-    a1111_sd_version = "Unknown"  # A1111's sidecar knows SD1, SD2 and SDXL only
+    # The sidecar's "sd version" must be a member of the UI's SdVersion enum (A1111: Unknown, SD1,
+    # SD2, SDXL; Forge adds Flux); another name is ignored. A family neither knows says "Unknown".
+    a1111_sd_version = "Unknown"
     unloadable_encoders: tuple[str, ...] = ()
     patch = 2  # latent pixels per transformer token side
 

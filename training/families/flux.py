@@ -24,7 +24,7 @@ import torch
 
 from ..dataset import Sample
 from ..export_kohya import KohyaNames
-from . import Noised, Prompt
+from . import HubCard, Noised, Prompt
 from .flow import FlowFamily
 
 TRAIN_GUIDANCE = 1.0
@@ -88,7 +88,10 @@ class Flux(FlowFamily):
     modelspec_architecture = "flux-1-dev/lora"
     modelspec_implementation = "https://github.com/black-forest-labs/flux"
     kohya_base_version = "flux1"
-    unloadable_encoders: tuple[str, ...] = ("text_encoder_2",)  # T5-XXL
+    a1111_sd_version = "Flux"  # Forge's SdVersion.Flux (A1111 itself shows it as unknown)
+    hub_card = HubCard(("flux", "flux-diffusers"), "other", "flux-1-dev-non-commercial-license",
+                       "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md")
+    unloadable_encoders: tuple[str, ...] = ("text_encoder", "text_encoder_2")  # CLIP-L, T5-XXL
 
     def max_sequence_length(self, pipe: Any) -> int:
         return min(int(pipe.tokenizer_2.model_max_length), MAX_T5_TOKENS)

@@ -25,7 +25,7 @@ import torch
 
 from ..dataset import Sample
 from ..export_kohya import KohyaNames
-from . import Noised, Prompt
+from . import HubCard, Noised, Prompt
 from .flow import FlowFamily
 
 # diffusers module inside transformer_blocks.N -> MMDiT module inside joint_blocks.N.
@@ -84,7 +84,11 @@ class SD3(FlowFamily):
     modelspec_architecture = "stable-diffusion-v3-medium/lora"
     modelspec_implementation = "https://github.com/Stability-AI/sd3.5"
     kohya_base_version = "sd3"
-    unloadable_encoders: tuple[str, ...] = ("text_encoder_3",)  # T5-XXL
+    # "sd version" stays "Unknown" (FlowFamily's): A1111's SdVersion has no SD3 and Forge's has its
+    # SD3 member commented out, so both would ignore "SD3"; "Unknown" is what they can read.
+    hub_card = HubCard(("sd3", "sd3-diffusers"), "other", "stabilityai-ai-community",
+                       "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/blob/main/LICENSE.md")
+    unloadable_encoders: tuple[str, ...] = ("text_encoder", "text_encoder_2", "text_encoder_3")  # CLIP-L, -G, T5
     max_t5_tokens = 256  # diffusers' SD3 pipeline and trainers default
 
     def max_sequence_length(self, pipe: Any) -> int:

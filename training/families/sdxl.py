@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..dataset import Sample
-from . import Prompt
+from . import HubCard, Prompt
 from .unet import UNetFamily, token_ids
 
 
@@ -25,6 +25,7 @@ class SDXL(UNetFamily):
     modelspec_implementation = "https://github.com/Stability-AI/generative-models"
     kohya_base_version = "sdxl_base_v1-0"
     a1111_sd_version = "SDXL"
+    hub_card = HubCard(("stable-diffusion-xl", "stable-diffusion-xl-diffusers"), "openrail++")
 
     def encode_prompt(self, pipe: Any, captions: list[str], device: torch.device) -> Prompt:
         hidden, pooled = [], None

@@ -13,7 +13,7 @@ from lora_factory.errors import StageError
 
 from ..dataset import Sample
 from ..losses import diffusion_loss, sample_noise, training_target
-from . import Noised, Prompt, load_with_diffusers
+from . import HubCard, Noised, Prompt, load_with_diffusers
 
 
 class UNetFamily:
@@ -27,6 +27,7 @@ class UNetFamily:
     modelspec_prediction = "epsilon"
     kohya_base_version = "sd_v1"
     a1111_sd_version = "SD1"
+    hub_card = HubCard(("stable-diffusion", "stable-diffusion-diffusers"), "creativeml-openrail-m")
 
     def noise_scheduler(self, pipe: Any) -> Any:
         from diffusers import DDPMScheduler

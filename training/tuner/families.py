@@ -48,7 +48,8 @@ class FamilyRow:
     default_targets: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
     denoiser_class: str = "UNet2DConditionModel"  # the diffusers class of DENOISER_CONFIGS' config
     # Of text_encoder_params, the encoders the trainer frees once the text cache holds every
-    # caption (the family's ``unloadable_encoders``: T5-XXL for Flux and SD3).
+    # caption, before it loads the denoiser (the family's ``unloadable_encoders``: every text
+    # encoder of Flux and SD3).
     freed_encoder_params: int = 0
 
     def activation_bytes(self, precision: str, checkpointing: bool, resolution: int, batch: int) -> int:
@@ -134,7 +135,7 @@ FAMILIES: dict[str, FamilyRow] = {
             activations={("half", False): 60 * GIB, ("half", True): int(2.2 * GIB),
                          ("full", False): 120 * GIB, ("full", True): int(4.4 * GIB)},
             vae_first_channels=128, seconds_per_step=3.0, default_targets=_FLUX_TARGETS,
-            denoiser_class="FluxTransformer2DModel", freed_encoder_params=T5_XXL_ENCODER,
+            denoiser_class="FluxTransformer2DModel", freed_encoder_params=CLIP_L + T5_XXL_ENCODER,
             note="FLUX.1-dev (transformer 11.9B, CLIP ViT-L + T5-XXL encoder 4.8B); activations assumed"),
         FamilyRow(
             name="tiny-flux", base_family="flux", architecture="tiny-flux", resolution=64, min_resolution=32,
@@ -143,7 +144,7 @@ FAMILIES: dict[str, FamilyRow] = {
             activations={("half", False): 600_000, ("half", True): 200_000,
                          ("full", False): 1_200_000, ("full", True): 400_000},
             vae_first_channels=8, seconds_per_step=0.3, default_targets=_FLUX_TARGETS,
-            denoiser_class="FluxTransformer2DModel", freed_encoder_params=TINY_T5,
+            denoiser_class="FluxTransformer2DModel", freed_encoder_params=1_600_672 + TINY_T5,
             note="the factory's tiny random-init FLUX.1-dev (tiny:flux), for CPU runs; activations assumed"),
         # SD3.5 Medium: counted from its config; activations NOT traced, assumed as Flux's: 24
         # blocks of a 1536-wide stream over 4096 image + 333 text tokens at 1024 px.
@@ -155,7 +156,7 @@ FAMILIES: dict[str, FamilyRow] = {
             activations={("half", False): 12 * GIB, ("half", True): GIB // 2,
                          ("full", False): 24 * GIB, ("full", True): GIB},
             vae_first_channels=128, seconds_per_step=1.0, default_targets=_SD3_TARGETS,
-            denoiser_class="SD3Transformer2DModel", freed_encoder_params=T5_XXL_ENCODER,
+            denoiser_class="SD3Transformer2DModel", freed_encoder_params=CLIP_L_PROJ + OPENCLIP_BIGG + T5_XXL_ENCODER,
             note="Stable Diffusion 3.5 Medium (MMDiT 2.2B, CLIP-L + OpenCLIP bigG + T5-XXL encoder 4.8B); "
                  "activations assumed"),
         FamilyRow(
@@ -165,7 +166,7 @@ FAMILIES: dict[str, FamilyRow] = {
             activations={("half", False): 600_000, ("half", True): 200_000,
                          ("full", False): 1_200_000, ("full", True): 400_000},
             vae_first_channels=8, seconds_per_step=0.3, default_targets=_SD3_TARGETS,
-            denoiser_class="SD3Transformer2DModel", freed_encoder_params=TINY_T5_SD3,
+            denoiser_class="SD3Transformer2DModel", freed_encoder_params=2 * TINY_CLIP_PROJ + TINY_T5_SD3,
             note="the factory's tiny random-init SD3.5 Medium (tiny:sd3), for CPU runs; activations assumed"),
     )
 }

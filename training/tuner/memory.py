@@ -6,10 +6,17 @@ states (fp32), the larger of the denoiser's activations kept for backward and th
 transient while it encodes a batch, and the runtime's own working memory. What is measured and
 what is assumed is said in the README's Tuner section.
 
-Two phases when the text-embedding cache is on and the family frees an encoder after caching
-(T5-XXL for Flux and SD3, ``training.conditioning.Conditioner.unload_encoders``): first every
-caption is encoded with all the frozen weights loaded and no LoRA yet, then the steps run without
-the freed encoder. The peak is the larger of the two.
+Two phases when the text-embedding cache is on and the family frees its text encoders after
+caching (T5-XXL and the CLIPs for Flux and SD3, ``training.conditioning.Conditioner.unload_encoders``):
+first every caption is encoded with the text encoders and the VAE loaded (the denoiser is loaded
+only after the encoders are freed, ``training.setup.encoders_before_denoiser``; with prior
+preservation the whole pipeline is loaded first, to make the class images), then the steps run
+without the encoders. The peak is the larger of the two phases, not their sum.
+
+A quantised base (``train.base_quantization``: bitsandbytes NF4 or int8) stores the denoiser's
+weights in ``QUANTIZED_BYTES`` a weight; the LoRA, its gradients and optimizer states stay fp32.
+On a GPU these are estimates, not measurements (no GPU here): the README compares them with
+other trainers' published figures.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ class MemoryEstimate:
     activations_from: str  # "denoiser" or "vae" (whichever step holds more)
     freed_encoders: int = 0  # text encoders freed before the steps (held only while encoding captions)
     encode_runtime: int = 0  # the runtime's memory in the encoding phase
+    # The other frozen weights held while the captions are encoded: the VAE, and the denoiser too
+    # when it is loaded first (prior preservation); 0 without an encoding phase.
+    encode_weights: int = 0
 
     @property
     def train_total(self) -> int:
@@ -60,9 +70,10 @@ class MemoryEstimate:
 
     @property
     def encode_total(self) -> int:
-        """The caption-encoding phase before the encoders are freed: every frozen weight, no LoRA
-        yet (one caption's encoder activations are small beside the weights); 0 without it."""
-        return self.weights + self.freed_encoders + self.encode_runtime if self.freed_encoders else 0
+        """The caption-encoding phase before the encoders are freed: the text encoders and the
+        frozen weights loaded with them, no LoRA yet (one caption's encoder activations are small
+        beside the weights); 0 without it."""
+        return self.encode_weights + self.freed_encoders + self.encode_runtime if self.freed_encoders else 0
 
     @property
     def total(self) -> int:
@@ -91,7 +102,7 @@ class MemoryEstimate:
             return []
         return [("training steps (freed encoders not held)", self.train_total / GIB),
                 ("text encoders freed after caching", self.freed_encoders / GIB),
-                ("encoding captions (all frozen weights, no LoRA)", self.encode_total / GIB),
+                ("encoding captions (text encoders, VAE; no LoRA)", self.encode_total / GIB),
                 (f"peak phase: {self.peak_phase}", self.total / GIB)]
 
 
@@ -120,21 +131,24 @@ def text_cache_on(cfg: TrainConfig) -> bool:
 
 
 def estimate(cfg: TrainConfig, row: FamilyRow) -> MemoryEstimate:
-    """The peak of one training step of ``cfg`` on ``row`` (bytes, by part)."""
+    """The peak of ``cfg`` on ``row`` (bytes, by part): a training step's, or the caption-encoding
+    phase's when that holds more."""
     weight_bytes = 4 if precision_of(cfg) == "full" else 2
-    denoiser_bytes = QUANTIZED_BYTES.get(cfg.base_quantization, weight_bytes)
+    denoiser = int(row.denoiser_params * QUANTIZED_BYTES.get(cfg.base_quantization, weight_bytes))
     freed = int(row.freed_encoder_params * weight_bytes) if text_cache_on(cfg) else 0
-    weights = int(row.denoiser_params * denoiser_bytes + row.text_encoder_params * weight_bytes
-                  + row.vae_params * 4) - freed
+    weights = denoiser + int(row.text_encoder_params * weight_bytes + row.vae_params * 4) - freed
+    # Encoding phase: the VAE and the text encoders kept; the denoiser only when loaded first.
+    encode_weights = (weights if cfg.prior_preservation else weights - denoiser) if freed else 0
     lora = lora_parameters(cfg, row)
     samples = cfg.batch_size * (2 if cfg.prior_preservation else 1)
-    denoiser = row.activation_bytes(precision_of(cfg), cfg.gradient_checkpointing, cfg.resolution, samples)
+    kept = row.activation_bytes(precision_of(cfg), cfg.gradient_checkpointing, cfg.resolution, samples)
     vae = row.vae_encode_bytes(cfg.resolution, cfg.batch_size)
-    activations, source = (denoiser, "denoiser") if denoiser >= vae else (vae, "VAE encoding a batch")
+    activations, source = (kept, "denoiser") if kept >= vae else (vae, "VAE encoding a batch")
     parts = {"weights": weights, "lora": lora * 4, "gradients": lora * 4,
              "optimizer": lora * OPTIMIZER_BYTES[cfg.optimizer], "activations": activations}
     return MemoryEstimate(**parts, runtime=_runtime(cfg, sum(parts.values())), activations_from=source,
-                          freed_encoders=freed, encode_runtime=_runtime(cfg, weights + freed) if freed else 0)
+                          freed_encoders=freed, encode_weights=encode_weights,
+                          encode_runtime=_runtime(cfg, encode_weights + freed) if freed else 0)
 
 
 def _runtime(cfg: TrainConfig, tensor_bytes: int) -> int:
