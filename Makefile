@@ -28,8 +28,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/lora-factory demo
 
+# Two worker processes, each given whole test files (module fixtures such as a factory run are made
+# once); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not e2e and not slow"

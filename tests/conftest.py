@@ -24,6 +24,12 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `make test` two worker processes share the machine: one torch thread each (and in
+    # the CLI runs they start) instead of every process spinning a thread per core. Tiny models
+    # gain nothing from a second thread.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 for _key in [k for k in os.environ if k.startswith("LORA_FACTORY_")]:
     del os.environ[_key]
 
