@@ -35,11 +35,11 @@ test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e and not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not e2e and not slow"
 
 # Tests too long for every CI run (several whole factory runs each): run before touching what they cover.
 test-slow: install
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m slow
 
 # Every bench/*.py prints one JSON document of figures; none of them is a test. bench/inspect.py is
 # bench/doctor.py under the issue's name: run once.
