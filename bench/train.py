@@ -17,10 +17,10 @@ Overhead: three loops train the same LoRA (rank 4, to_q/k/v/out) with the same b
   ``LOG_EVERY`` steps as a real run does.
 
 ``tiny_flux`` and ``midsize_flux_layout`` (FLUX.1's block layout, 4 + 8 blocks of width 384): the
-same three loops on Flux, the bare step being
-diffusers' ``train_dreambooth_lora_flux.py`` one (weighting scheme "none", packed latents and
-image ids, guidance 1.0, flow-matching target ``noise - latents``). Target: ours ≤ 10 % over
-``bare_in_memory``.
+same three loops on Flux, the bare step being what diffusers' ``train_dreambooth_lora_flux.py``
+does per step (``_BareFlux``: logit-normal timesteps looked up by ``get_sigmas``, packed latents
+and image ids, guidance 1.0, flow-matching target ``noise - latents``, the constant LR schedule's
+step and the per-step ``loss.item()`` log). Target: ours ≤ 10 % over ``bare_in_memory``.
 
 Each loop runs ``STEPS`` optimizer steps; the first is a warm-up and is not timed; the loops
 alternate ``OVERHEAD_REPEATS`` times so none gains from running last on a shared machine, and the
@@ -29,9 +29,12 @@ loaded machine a step's wall time swings with the other processes' share of the 
 tiny-Flux step measured 10 % over in one run and 36 % in the next), its CPU time much less, so the
 headline ``overhead_pct_vs_bare_in_memory_cpu`` compares CPU-time medians (the loops run on one
 torch thread, so CPU time is the step's own work), beside the median of the per-repeat ratios
-(``_paired``) and the wall-time figures. Targets: ours ≤ 3 % over ``bare_in_memory``, and faster
+(``_paired``) and the wall-time figures; ``_interleaved``: each of our steps is followed by one
+bare in-memory step in the same loop (a callback), and the median of the per-pair ratios is taken,
+so the two sides of a ratio run ~20 ms apart under the same load. Targets: ours ≤ 3 % over ``bare_in_memory``, and faster
 than ``bare``. The figures carry the load average: on a shared machine, read them with it.
-``BENCH_ONLY=tiny_flux,midsize_flux_layout`` runs only the named figures.
+``BENCH_ONLY=tiny_flux,midsize_flux_layout`` runs only the named figures; ``BENCH_STEPS`` and
+``BENCH_REPEATS`` set the steps per loop (12) and the alternations (5).
 
 Latent cache: one epoch of the mid-size model over photo-sized JPEGs (768x512, the decode and
 resize are part of what the cache saves): once cold (filling the cache), then with the cache off
@@ -69,10 +72,12 @@ from training.families import family_for  # noqa: E402
 from training.lora import add_denoiser_lora  # noqa: E402
 from training.trainer import train_lora  # noqa: E402
 
-STEPS = 12
+# BENCH_STEPS / BENCH_REPEATS: more steps and alternations for a tighter median (a tiny-Flux step
+# takes ~10 ms, so 40 steps x 9 repeats adds seconds, not minutes).
+STEPS = int(os.environ.get("BENCH_STEPS", "12"))
 LOG_EVERY = 5
 REPEATS = 3  # alternations of the latent-cache epochs
-OVERHEAD_REPEATS = 5  # alternations of the three loops
+OVERHEAD_REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))  # alternations of the three loops
 CPU = torch.device("cpu")
 # The overhead loops run on one torch thread unless told: on a shared machine a multi-threaded op
 # waits for its descheduled threads, and a small model's step time then swings tenfold between
@@ -173,9 +178,24 @@ class _Bare:
 
 
 class _BareFlux(_Bare):
-    """The step of diffusers' ``train_dreambooth_lora_flux.py``: flow matching on packed latents."""
+    """The step of diffusers' ``train_dreambooth_lora_flux.py`` (text encoders frozen, latents
+    cached, no prior preservation), everything its loop does per step and nothing else: the
+    timestep's sigma looked up by ``get_sigmas`` (a ``nonzero().item()`` per sample), the constant
+    LR schedule's step, clipping over ``transformer.parameters()``, and the per-step log
+    (``loss.item()``, the LR) on the progress bar. ``weighting_scheme="logit_normal"`` (a script
+    option; its default "none" draws ``u`` uniformly): the sampling closest to ours, which adds
+    the scheduler's resolution shift. The progress bar is shown as ours is (only on a terminal);
+    the tracker call (``accelerator.log``) is left out, as ours logs to a no-op sink."""
 
     family = "flux"
+
+    def __init__(self, ref: str, cache: Path, cfg: TrainConfig, seed: int) -> None:
+        from diffusers.optimization import get_scheduler
+        from tqdm.auto import tqdm
+
+        super().__init__(ref, cache, cfg, seed)
+        self.lr_scheduler = get_scheduler("constant", optimizer=self.opt)
+        self.progress = tqdm(total=STEPS, desc="Steps", disable=None)
 
     def scheduler(self) -> Any:
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -189,6 +209,12 @@ class _BareFlux(_Bare):
             prompt = self.pipe.encode_prompt(prompt=captions, prompt_2=None, device=CPU,
                                              max_sequence_length=family_for("flux").max_sequence_length(self.pipe))
         return moments, prompt
+
+    def sigmas(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The script's ``get_sigmas``: each timestep's index in the schedule, found on the host."""
+        schedule = self.sched.timesteps
+        indices = [(schedule == t).nonzero().item() for t in timesteps]
+        return self.sched.sigmas[indices].flatten().view(-1, 1, 1, 1)
 
     def step(self, moments: torch.Tensor, prompt: Any) -> None:
         from diffusers import FluxPipeline
@@ -204,13 +230,13 @@ class _BareFlux(_Bare):
         latents = (latents - vae.shift_factor) * vae.scaling_factor
         noise = torch.randn(latents.shape, generator=self.gen)
         b, c, h, w = latents.shape
-        u = compute_density_for_timestep_sampling(weighting_scheme="none", batch_size=b, logit_mean=0.0,
+        u = compute_density_for_timestep_sampling(weighting_scheme="logit_normal", batch_size=b, logit_mean=0.0,
                                                   logit_std=1.0, mode_scale=1.29)
         indices = (u * self.sched.config.num_train_timesteps).long()
         timesteps = self.sched.timesteps[indices]
-        sigmas = self.sched.sigmas[indices].view(-1, 1, 1, 1)
+        sigmas = self.sigmas(timesteps)
         noisy = (1.0 - sigmas) * latents + sigmas * noise
-        guidance = torch.full((b,), 1.0) if self.denoiser.config.guidance_embeds else None
+        guidance = torch.tensor([1.0]).expand(b) if self.denoiser.config.guidance_embeds else None
         pred = self.denoiser(hidden_states=FluxPipeline._pack_latents(noisy, b, c, h, w), timestep=timesteps / 1000,
                              guidance=guidance, pooled_projections=pooled, encoder_hidden_states=hidden,
                              txt_ids=text_ids, img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, CPU,
@@ -218,9 +244,16 @@ class _BareFlux(_Bare):
                              return_dict=False)[0]
         scale = 2 ** (len(vae.block_out_channels) - 1)
         pred = FluxPipeline._unpack_latents(pred, h * scale, w * scale, scale)
-        weighting = compute_loss_weighting_for_sd3(weighting_scheme="none", sigmas=sigmas)
+        weighting = compute_loss_weighting_for_sd3(weighting_scheme="logit_normal", sigmas=sigmas)
         target = noise - latents
-        self.update(torch.mean((weighting.float() * (pred.float() - target.float()) ** 2).reshape(b, -1), 1).mean())
+        loss = torch.mean((weighting.float() * (pred.float() - target.float()) ** 2).reshape(b, -1), 1).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), self.max_grad_norm)
+        self.opt.step()
+        self.lr_scheduler.step()
+        self.opt.zero_grad()
+        self.progress.update(1)
+        self.progress.set_postfix(loss=loss.detach().item(), lr=self.lr_scheduler.get_last_lr()[0])
 
 
 def _cat(parts: list[Any]) -> Any:
@@ -241,25 +274,36 @@ def stamp() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
+class _BareSteps:
+    """The bare loop one step at a time, so its steps can also run between ours (``_Interleaved``)."""
+
+    def __init__(self, ref: str, cache: Path, dataset_dir: Path, cfg: TrainConfig, seed: int,
+                 in_memory: bool, bare_cls: type[_Bare]) -> None:
+        self.bare = bare_cls(ref, cache, cfg, seed)
+        self.ds = CaptionedImageDataset(dataset_dir, cfg.resolution)
+        self.order = DataOrder(len(self.ds), cfg.batch_size, seed)
+        self.encoded = ([self.bare.encode(self.ds[i]["pixel_values"][None], [self.ds.records[i].caption])
+                         for i in range(len(self.ds))] if in_memory else [])
+
+    def step(self) -> None:
+        indices = [d.index for d in self.order.next_batch()]
+        if self.encoded:
+            moments = torch.cat([self.encoded[i][0] for i in indices])
+            hidden = _cat([self.encoded[i][1] for i in indices])
+        else:
+            batch = collate([self.ds[i] for i in indices])
+            moments, hidden = self.bare.encode(batch["pixel_values"], batch["captions"])
+        self.bare.step(moments, hidden)
+
+
 def bare_loop(ref: str, cache: Path, dataset_dir: Path, cfg: TrainConfig, seed: int,
               in_memory: bool, bare_cls: type[_Bare] = _Bare) -> Times:
     """Seconds per optimizer step of the bare step: encoding every step, or (``in_memory``)
     from latents and embeddings encoded once before the loop."""
-    bare = bare_cls(ref, cache, cfg, seed)
-    ds = CaptionedImageDataset(dataset_dir, cfg.resolution)
-    order = DataOrder(len(ds), cfg.batch_size, seed)
-    encoded = ([bare.encode(ds[i]["pixel_values"][None], [ds.records[i].caption]) for i in range(len(ds))]
-               if in_memory else [])
+    steps = _BareSteps(ref, cache, dataset_dir, cfg, seed, in_memory, bare_cls)
     stamps = [stamp()]
     for _ in range(STEPS):
-        indices = [d.index for d in order.next_batch()]
-        if in_memory:
-            moments = torch.cat([encoded[i][0] for i in indices])
-            hidden = _cat([encoded[i][1] for i in indices])
-        else:
-            batch = collate([ds[i] for i in indices])
-            moments, hidden = bare.encode(batch["pixel_values"], batch["captions"])
-        bare.step(moments, hidden)
+        steps.step()
         stamps.append(stamp())
     return _deltas(stamps[1:])
 
@@ -286,6 +330,40 @@ class _Clock(Callback):
 
     def step_times(self) -> Times:
         return _deltas(self.stamps)
+
+
+class _Interleaved(_Clock):
+    """One in-memory bare step right after each of ours, timed apart: each pair of steps runs
+    within ~20 ms of each other, so a change in the machine's load weighs on both sides of the
+    pair's ratio (alternating whole loops leaves seconds between the two sides). The first pair
+    is the warm-up."""
+
+    def __init__(self, bare: _BareSteps) -> None:
+        super().__init__()
+        self.bare = bare
+        self.last: tuple[float, float] | None = None  # the end of the previous bare step
+        self.ours: list[tuple[float, float]] = []  # (wall, CPU) seconds of each timed step
+        self.bares: list[tuple[float, float]] = []
+
+    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+        ours_end = stamp()
+        self.bare.step()
+        bare_end = stamp()
+        if self.last is not None:
+            self.ours.append((ours_end[0] - self.last[0], ours_end[1] - self.last[1]))
+            self.bares.append((bare_end[0] - ours_end[0], bare_end[1] - ours_end[1]))
+        self.last = bare_end
+
+
+def interleaved(ref: str, cache: Path, dataset_dir: Path, cfg: TrainConfig, seed: int, out: Path,
+                feature_cache: Path, family: str) -> tuple[list[float], list[float]]:
+    """Per-pair ratios ours / bare (wall, CPU) of our loop with a bare step after each of its steps."""
+    bare_cls = _BareFlux if family == "flux" else _Bare
+    clock = _Interleaved(_BareSteps(ref, cache, dataset_dir, cfg, seed, True, bare_cls))
+    train_lora(tiny_job(dataset_dir, cfg, out, cache, seed=seed, base_ref=ref, family=family,
+                        feature_cache_dir=feature_cache), on_step=lambda step, metrics: None, callbacks=[clock])
+    return ([o[0] / b[0] for o, b in zip(clock.ours, clock.bares, strict=True)],
+            [o[1] / b[1] for o, b in zip(clock.ours, clock.bares, strict=True)])
 
 
 def ours(ref: str, cache: Path, dataset_dir: Path, cfg: TrainConfig, seed: int, out: Path,
@@ -359,7 +437,8 @@ def overhead_figures(name: str, ref: str, res: int, cache: Path, dataset_dir: Pa
     """The three loops alternating (see the module docstring); ours with a warm feature cache.
     Headline: the CPU-time medians (the loops' own work, whatever else the machine runs); the
     wall-time medians and the median of the per-repeat ratios (paired, so a slow spell of the
-    machine weighs on both sides of one ratio) beside them."""
+    machine weighs on both sides of one ratio) beside them; and, tighter still on a loaded
+    machine, the per-step ratios of our loop with a bare step interleaved after each of its steps."""
     bare_cls = _BareFlux if family == "flux" else _Bare
     cfg = TrainConfig(resolution=res, rank=4, learning_rate=1e-4, batch_size=2, max_steps=STEPS,
                       device="cpu", export_kohya=False, aspect_buckets=False, log_every=LOG_EVERY)
@@ -369,10 +448,19 @@ def overhead_figures(name: str, ref: str, res: int, cache: Path, dataset_dir: Pa
     wall: dict[str, list[float]] = {k: [] for k in kinds}
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
     paired: list[float] = []  # ours / bare_in_memory per repeat, CPU medians
+    step_pairs: tuple[list[float], list[float]] = ([], [])  # per-step ratios, interleaved (wall, CPU)
     for rep in range(OVERHEAD_REPEATS):
-        times = {"bare": bare_loop(ref, cache, dataset_dir, cfg, rep, False, bare_cls),
-                 "bare_in_memory": bare_loop(ref, cache, dataset_dir, cfg, rep, True, bare_cls),
-                 "ours": ours(ref, cache, dataset_dir, cfg, rep, tmp / f"{name}-{rep}", features, family)}
+        wall_pairs, cpu_pairs = interleaved(ref, cache, dataset_dir, cfg, rep, tmp / f"{name}-i{rep}", features,
+                                            family)
+        step_pairs[0].extend(wall_pairs)
+        step_pairs[1].extend(cpu_pairs)
+        runs = {"bare": functools.partial(bare_loop, ref, cache, dataset_dir, cfg, rep, False, bare_cls),
+                "bare_in_memory": functools.partial(bare_loop, ref, cache, dataset_dir, cfg, rep, True, bare_cls),
+                "ours": functools.partial(ours, ref, cache, dataset_dir, cfg, rep, tmp / f"{name}-{rep}", features,
+                                          family)}
+        # The order rotates with the repeat: none of the loops always runs first or last.
+        order = [kinds[(i + rep) % len(kinds)] for i in range(len(kinds))]
+        times = {k: runs[k]() for k in order}
         for k, (w, c) in times.items():
             wall[k] += w
             cpu[k] += c
@@ -388,6 +476,11 @@ def overhead_figures(name: str, ref: str, res: int, cache: Path, dataset_dir: Pa
         "overhead_pct_vs_bare_in_memory_cpu": _pct(med_cpu["ours"], med_cpu["bare_in_memory"]),
         "overhead_pct_vs_bare_in_memory_cpu_paired": round(100 * (median(paired) - 1), 1),
         "overhead_pct_vs_bare_in_memory": _pct(med["ours"], med["bare_in_memory"]),
+        # Each of our steps paired with a bare step run right after it (``_Interleaved``): the
+        # median of the per-pair ratios, on the wall and the CPU clocks.
+        "overhead_pct_vs_bare_in_memory_interleaved": round(100 * (median(step_pairs[0]) - 1), 1),
+        "overhead_pct_vs_bare_in_memory_interleaved_cpu": round(100 * (median(step_pairs[1]) - 1), 1),
+        "interleaved_pairs": len(step_pairs[0]),
         "overhead_pct_vs_bare": _pct(med["ours"], med["bare"]),
         # Fastest step of each: the least disturbed by other load on a shared machine.
         "overhead_pct_vs_bare_in_memory_fastest_steps": _pct(min(wall["ours"]), min(wall["bare_in_memory"])),
