@@ -180,3 +180,35 @@ def test_the_evaluators_key_check_takes_both_flux_files_and_flags_a_squeezed_fus
     save_kohya(peft, tmp_path / KOHYA_WEIGHT_NAME, family_for("flux"), 4, 4.0, {"resolution": 64})
     assert_key_check_flags_a_squeezed_layer(load_pipeline("tiny:flux", None, model_cache), "flux", tmp_path,
                                             "lora_unet_single_blocks_0_linear1", tmp_path)
+
+
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_a_quantised_base_trains_the_lora_on_the_cpu_and_exports_an_unquantised_lora(
+        quant: str, eight: Path, model_cache: Path, tmp_path: Path) -> None:
+    """``train.base_quantization``: the transformer's linear layers are bitsandbytes NF4 / int8
+    modules (quantised on the CPU, where diffusers' quantizer refuses), peft wraps them, only the
+    LoRA trains, and the file loads into the full-precision pipeline with every key."""
+    import bitsandbytes as bnb
+
+    from training.families import family_of_job
+    from training.setup import add_trainable_loras, load_frozen_pipeline
+    from training.trainer import train_lora
+
+    cfg = small_cfg(max_steps=4, batch_size=4, learning_rate=1e-2, base_quantization=quant)
+    job = tiny_job(eight, cfg, tmp_path / "o", model_cache, base_ref="tiny:flux", family="flux")
+    family = family_of_job(job.base_ref, job.family, job.cache_dir)
+    pipe = load_frozen_pipeline(job, family, torch.device("cpu"), torch.float32)
+    named = add_trainable_loras(pipe, cfg, 0, family)
+    bnb_kind = bnb.nn.Linear4bit if quant == "nf4" else bnb.nn.Linear8bitLt
+    to_q = pipe.transformer.transformer_blocks[0].attn.to_q
+    assert isinstance(to_q.base_layer, bnb_kind) and type(to_q).__module__ == "peft.tuners.lora.bnb"
+    trainable = {n: p for n, p in pipe.transformer.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and p.dtype == torch.float32 for n, p in trainable.items())
+    assert len(named) >= len(trainable)
+
+    result = train_lora(job)
+    assert all(np.isfinite(result.losses)) and len(result.losses) == 4
+    trained = lora_tensors(tmp_path / "o")
+    assert all(v.abs().sum() > 0 for k, v in trained.items() if "lora_B" in k)  # moved off the zero init
+    _, keys = _loaded(model_cache, tmp_path / "o", LORA_WEIGHT_NAME)
+    assert {k.removeprefix("transformer.") for k in trained} == keys

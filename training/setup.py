@@ -61,29 +61,37 @@ def placement(cfg: TrainConfig) -> tuple[torch.device, World, torch.dtype]:
 
 
 def _bnb_kwargs(cfg: TrainConfig, device: torch.device) -> dict[str, Any] | None:
-    """bitsandbytes' settings for ``train.base_quantization``: NF4 (bf16 compute, double
-    quantisation, as QLoRA) or int8; ``None`` for a full-precision base."""
+    """bitsandbytes' settings for ``train.base_quantization``: NF4 (double quantisation, as QLoRA;
+    bf16 compute on a GPU, fp32 on the CPU) or int8; ``None`` for a full-precision base."""
     if cfg.base_quantization == "none":
         return None
-    if device.type != "cuda":
-        raise StageError(f"train.base_quantization {cfg.base_quantization!r} needs a CUDA device "
-                         "(bitsandbytes); use 'none' on the CPU")
     if cfg.base_quantization == "nf4":
+        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
         return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-                "bnb_4bit_compute_dtype": torch.bfloat16}
+                "bnb_4bit_compute_dtype": compute}
     return {"load_in_8bit": True}
 
 
 def quantization(cfg: TrainConfig, family: ModelFamily, device: torch.device) -> dict[str, Any]:
     """``from_pretrained``'s ``quantization_config`` for the whole pipeline: the denoiser quantised."""
     kwargs = _bnb_kwargs(cfg, device)
-    if kwargs is None:
+    if kwargs is None or device.type == "cpu":  # the CPU quantises after loading (quantize.py)
         return {}
     from diffusers import PipelineQuantizationConfig
 
     backend = "bitsandbytes_4bit" if cfg.base_quantization == "nf4" else "bitsandbytes_8bit"
     return {"quantization_config": PipelineQuantizationConfig(
         quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=[family.denoiser])}
+
+
+def _quantise_on_cpu(denoiser: Any, cfg: TrainConfig, device: torch.device) -> None:
+    """On the CPU, where diffusers' bitsandbytes quantizer refuses to load, quantise the loaded
+    denoiser in place (bitsandbytes runs NF4 / int8 layers on the CPU)."""
+    kwargs = _bnb_kwargs(cfg, device)
+    if kwargs is not None and device.type == "cpu":
+        from .quantize import quantise_on_cpu
+
+        quantise_on_cpu(denoiser, kwargs)
 
 
 def encoders_before_denoiser(cfg: TrainConfig, family: ModelFamily, cache_dir: Path | None) -> bool:
@@ -113,6 +121,8 @@ def load_frozen_pipeline(job: TrainJob, family: ModelFamily, device: torch.devic
 
     extra = quantization(job.train, family, device) if with_denoiser else {family.denoiser: None}
     pipe = load_pipeline(job.base_ref, job.family, job.cache_dir, device=str(device), dtype=weight_dtype, **extra)
+    if with_denoiser:
+        _quantise_on_cpu(getattr(pipe, family.denoiser), job.train, device)
     _freeze(pipe.components.values())
     if pipe.vae.dtype != torch.float32:
         pipe.vae.to(torch.float32)
@@ -128,9 +138,11 @@ def attach_denoiser(pipe: Any, job: TrainJob, family: ModelFamily, device: torch
     from lora_factory.models import load_pipeline_part
 
     bnb = _bnb_kwargs(job.train, device)
-    extra = {"quantization_config": BitsAndBytesConfig(**bnb)} if bnb is not None else {}
+    on_gpu = bnb is not None and device.type != "cpu"
+    extra = {"quantization_config": BitsAndBytesConfig(**bnb)} if on_gpu else {}
     denoiser = load_pipeline_part(job.base_ref, job.family, job.cache_dir, family.denoiser, device=str(device),
                                   dtype=weight_dtype, **extra)
+    _quantise_on_cpu(denoiser, job.train, device)
     _freeze([denoiser])
     pipe.register_modules(**{family.denoiser: denoiser})
 
