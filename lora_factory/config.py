@@ -314,7 +314,7 @@ class TrainConfig(Section):
     init_lora: str = ""
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     # The frozen denoiser loaded quantised by bitsandbytes (CUDA only; QLoRA-style: the LoRA still
-    # trains in fp32 and is saved unquantised): nf4 (4-bit NormalFloat, bf16 compute) or int8.
+    # trains in fp32 and is saved unquantised): nf4 (4-bit NormalFloat, bf16 compute on a GPU, fp32 on the CPU) or int8.
     base_quantization: Literal["none", "nf4", "int8"] = "none"
     # Data: aspect-ratio buckets (never upscaled; a batch never mixes buckets) and augmentation.
     aspect_buckets: bool = True  # false: centre squares of `resolution` (small images upscaled)
