@@ -313,8 +313,9 @@ class TrainConfig(Section):
     # champion's: retrain.from_champion) instead of a fresh zero adapter; its rank must be train.rank.
     init_lora: str = ""
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    # The frozen denoiser loaded quantised by bitsandbytes (CUDA only; QLoRA-style: the LoRA still
-    # trains in fp32 and is saved unquantised): nf4 (4-bit NormalFloat, bf16 compute on a GPU, fp32 on the CPU) or int8.
+    # The frozen denoiser loaded quantised by bitsandbytes (QLoRA-style: the LoRA still trains in
+    # fp32 and is saved unquantised): nf4 (4-bit NormalFloat; bf16 compute on a GPU, fp32 on the
+    # CPU, where training/quantize.py swaps the layers in place) or int8.
     base_quantization: Literal["none", "nf4", "int8"] = "none"
     # Data: aspect-ratio buckets (never upscaled; a batch never mixes buckets) and augmentation.
     aspect_buckets: bool = True  # false: centre squares of `resolution` (small images upscaled)
