@@ -132,3 +132,20 @@ def test_the_aesthetic_head_scores_the_embeddings_of_its_own_clip(model_cache: P
     with pytest.raises(ConfigError, match=f"evaluate.aesthetic_clip gives {dim}-dim") as info:
         add_aesthetic(Scored(), sets, wide, (_images(1), _images(1)), model_cache)
     assert "\n" not in str(info.value) and "ViT-L/14" in str(info.value)
+
+
+def test_the_report_shows_each_files_adapted_modules_and_a_dropped_part() -> None:
+    from tasks.evaluate.portability import KeyReport, portability_record
+    from tasks.evaluate.report_sections import portability_section
+
+    whole = KeyReport(modules=56, applied=56)
+    mixed = KeyReport(modules=56, ignored=[f"unet.block.{i}.attn.to_q" for i in range(32)], applied=24)
+    page = portability_section({"portability": portability_record(
+        {"pytorch_lora_weights.safetensors": mixed, "kohya.safetensors": whole}, 0.19)})
+    assert "Portability: failed" in page
+    assert "24 of 56" in page and "56 of 56" in page
+    assert "32 modules diffusers&#x27; loader ignores" in page and "first: unet.block.0.attn.to_q" in page
+    assert "difference between the files' images (same prompt and seed): 0.19 " in page
+    fine = portability_section({"portability": portability_record({"kohya.safetensors": whole}, None)})
+    assert "Portability: passed" in fine and "not portable" not in fine and "were not compared" in fine
+    assert portability_section({}) == "<p>Not checked.</p>"

@@ -16,7 +16,12 @@ from lora_factory.report_decision import decision_section
 
 from .._html import thumbnail_uri
 from .metrics import WEIGHTS
-from .report_sections import best_checkpoint_section, efficiency_section, progression_section
+from .report_sections import (
+    best_checkpoint_section,
+    efficiency_section,
+    portability_section,
+    progression_section,
+)
 
 STYLE = """body { font-family: system-ui, sans-serif; margin: 2em; }
 table { border-collapse: collapse; margin-bottom: 1em; } td, th { border: 1px solid #ccc; padding: 4px 8px; }
@@ -106,6 +111,7 @@ scorers {html.escape(", ".join(f"{k}={v}" for k, v in r["scorers"].items()))}. S
 <h2>Per prompt</h2>{_per_prompt(r)}
 <h2>Nearest training images (worst copies)</h2>{_copies(r, images_dir, run_dir)}
 <h2>Efficiency</h2>{efficiency_section(r)}
+<h2>Portability (diffusers and kohya files)</h2>{portability_section(r)}
 {best_checkpoint_section(r)}
 <h2>Sample progression during training</h2>{progression_section(r, run_dir)}
 {decision_section(None)}

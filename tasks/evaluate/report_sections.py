@@ -61,3 +61,27 @@ def best_checkpoint_section(r: dict[str, Any]) -> str:
             f"{len(best['prompts'])} concept prompt(s), seeds {best['seeds']}; shipped: "
             f"<code>{html.escape(best['shipped'])}</code>.</p>"
             f"<table><tr><th>checkpoint</th><th>score</th><th></th></tr>{rows}</table>")
+
+
+def portability_section(r: dict[str, Any]) -> str:
+    """Per exported file: its modules, how many diffusers adapted after loading it, and its
+    problem; then whether the files rendered alike. Why on the page: a file that loads "fine"
+    while diffusers drops part of it is the failure users meet only later, in ComfyUI or A1111."""
+    port = r.get("portability") or {}
+    if not port.get("files"):
+        return "<p>Not checked.</p>"
+
+    def adapted(f: dict[str, Any]) -> str:
+        return "not loaded" if f.get("applied") is None else f"{f['applied']} of {f['modules']}"
+
+    rows = "".join(f"<tr><td><code>{html.escape(name)}</code></td><td>{f['modules']}</td><td>{adapted(f)}</td>"
+                   f"<td class='{'pass' if f['ok'] else 'fail'}'>{'ok' if f['ok'] else 'not portable'}</td>"
+                   f"<td>{html.escape(f['problem'])}</td></tr>" for name, f in port["files"].items())
+    diff = port.get("max_pixel_difference")
+    same = ("<p>The files' images were not compared (one file).</p>" if diff is None else
+            f"<p>Largest pixel difference between the files' images (same prompt and seed): {diff:.3g} "
+            f"(tolerance {port['tolerance']:.4f}).</p>")
+    verdict = "pass" if port.get("passed") else "fail"
+    return (f"<p class='{verdict}'>Portability: {'passed' if port.get('passed') else 'failed'}.</p>"
+            "<table><tr><th>file</th><th>modules</th><th>adapted after loading</th><th></th><th>problem</th></tr>"
+            f"{rows}</table>{same}")
