@@ -5,8 +5,6 @@ for bitsandbytes ones in place (the same modules diffusers would make; peft wrap
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from lora_factory.errors import StageError
@@ -30,30 +28,24 @@ def _quantised(linear: torch.nn.Linear, kind: str, compute: torch.dtype) -> torc
     return new.to("cpu")  # quantises the weight
 
 
-def quantise_linears_on_cpu(model: torch.nn.Module, kind: str, compute: torch.dtype) -> int:
-    """Swap every ``nn.Linear`` of ``model`` for a bitsandbytes ``kind`` ("nf4" | "int8") layer;
-    returns how many were swapped."""
+def quantise_on_cpu(denoiser: torch.nn.Module, kind: str) -> int:
+    """Swap every ``nn.Linear`` of ``denoiser`` for a bitsandbytes ``kind`` ("nf4" | "int8") layer
+    (NF4 computes in fp32: the CPU's dtype) and set the flags diffusers' quantizer sets, which peft
+    reads to wrap the layers with its bnb LoRA layers; returns how many were swapped."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
         raise StageError(f"train.base_quantization {kind!r} needs bitsandbytes: pip install bitsandbytes, "
                          "or set it to 'none'") from exc
     swapped = 0
-    for parent in list(model.modules()):
+    for parent in list(denoiser.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Linear:
                 try:
-                    setattr(parent, name, _quantised(child, kind, compute))
-                except (RuntimeError, NotImplementedError) as exc:
+                    setattr(parent, name, _quantised(child, kind, torch.float32))
+                except (RuntimeError, NotImplementedError) as exc:  # bitsandbytes' refusal of a backend
                     raise StageError(f"bitsandbytes cannot quantise to {kind} on this CPU ({exc}); "
                                      "set train.base_quantization to 'none'") from exc
                 swapped += 1
-    return swapped
-
-
-def quantise_on_cpu(denoiser: Any, cfg_kwargs: dict[str, Any]) -> None:
-    """Quantise ``denoiser`` in place as ``_bnb_kwargs`` says (NF4 or int8)."""
-    kind = "nf4" if cfg_kwargs.get("load_in_4bit") else "int8"
-    quantise_linears_on_cpu(denoiser, kind, cfg_kwargs.get("bnb_4bit_compute_dtype", torch.float32))
-    # The flags diffusers' quantizer sets: peft reads them to wrap the layers with its bnb LoRA layers.
     denoiser.is_loaded_in_4bit, denoiser.is_loaded_in_8bit = kind == "nf4", kind == "int8"
+    return swapped

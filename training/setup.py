@@ -60,21 +60,20 @@ def placement(cfg: TrainConfig) -> tuple[torch.device, World, torch.dtype]:
     return device, world, weight_dtype_for(cfg.mixed_precision, device)
 
 
-def _bnb_kwargs(cfg: TrainConfig, device: torch.device) -> dict[str, Any] | None:
-    """bitsandbytes' settings for ``train.base_quantization``: NF4 (double quantisation, as QLoRA;
-    bf16 compute on a GPU, fp32 on the CPU) or int8; ``None`` for a full-precision base."""
+def _bnb_kwargs(cfg: TrainConfig) -> dict[str, Any] | None:
+    """bitsandbytes' settings for ``train.base_quantization`` on a GPU: NF4 (double quantisation,
+    bf16 compute, as QLoRA) or int8; ``None`` for a full-precision base (the CPU: quantize.py)."""
     if cfg.base_quantization == "none":
         return None
     if cfg.base_quantization == "nf4":
-        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
         return {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-                "bnb_4bit_compute_dtype": compute}
+                "bnb_4bit_compute_dtype": torch.bfloat16}
     return {"load_in_8bit": True}
 
 
 def quantization(cfg: TrainConfig, family: ModelFamily, device: torch.device) -> dict[str, Any]:
     """``from_pretrained``'s ``quantization_config`` for the whole pipeline: the denoiser quantised."""
-    kwargs = _bnb_kwargs(cfg, device)
+    kwargs = _bnb_kwargs(cfg)
     if kwargs is None or device.type == "cpu":  # the CPU quantises after loading (quantize.py)
         return {}
     from diffusers import PipelineQuantizationConfig
@@ -87,11 +86,10 @@ def quantization(cfg: TrainConfig, family: ModelFamily, device: torch.device) ->
 def _quantise_on_cpu(denoiser: Any, cfg: TrainConfig, device: torch.device) -> None:
     """On the CPU, where diffusers' bitsandbytes quantizer refuses to load, quantise the loaded
     denoiser in place (bitsandbytes runs NF4 / int8 layers on the CPU)."""
-    kwargs = _bnb_kwargs(cfg, device)
-    if kwargs is not None and device.type == "cpu":
+    if cfg.base_quantization != "none" and device.type == "cpu":
         from .quantize import quantise_on_cpu
 
-        quantise_on_cpu(denoiser, kwargs)
+        quantise_on_cpu(denoiser, cfg.base_quantization)
 
 
 def encoders_before_denoiser(cfg: TrainConfig, family: ModelFamily, cache_dir: Path | None) -> bool:
@@ -137,7 +135,7 @@ def attach_denoiser(pipe: Any, job: TrainJob, family: ModelFamily, device: torch
 
     from lora_factory.models import load_pipeline_part
 
-    bnb = _bnb_kwargs(job.train, device)
+    bnb = _bnb_kwargs(job.train)
     on_gpu = bnb is not None and device.type != "cpu"
     extra = {"quantization_config": BitsAndBytesConfig(**bnb)} if on_gpu else {}
     denoiser = load_pipeline_part(job.base_ref, job.family, job.cache_dir, family.denoiser, device=str(device),
